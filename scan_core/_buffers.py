@@ -1,0 +1,69 @@
+"""Per-epoch loss buffers: what scope="global", loss history and InfoBatch need beyond bitmaps.
+
+scope="batch" keeps none of this (SPEC.md: per batch, at once). The others accumulate every
+recorded per-view loss into a dense (num_views, N) float32 sum and an (N,) count, reduced
+across ranks by sum, so a sample recorded twice (DistributedSampler padding) counts once as
+the mean of its records.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scan_core import bitset
+from scan_core.comm import Communicator
+from scan_core.config import ScanConfig
+from scan_core.select import SALT_HIGH, SALT_LOW, k_of, select_batch, stream_key
+
+
+class EpochLosses:
+    def __init__(self, num_views: int, num_samples: int) -> None:
+        self.sum = np.zeros((num_views, num_samples), np.float32)
+        self.count = np.zeros(num_samples, np.int32)
+
+    def add(self, ids: np.ndarray, losses: np.ndarray, *, normalize: bool) -> None:
+        if normalize and losses.shape[1] > 1:
+            # Per-batch z-score per view: makes losses of different batches comparable.
+            mean = losses.mean(axis=1, keepdims=True)
+            std = losses.std(axis=1, keepdims=True)
+            losses = (losses - mean) / (std + 1e-8)
+        np.add.at(self.sum, (slice(None), ids), losses.astype(np.float32))
+        np.add.at(self.count, ids, 1)
+
+    def all_reduce(self, comm: Communicator) -> None:
+        self.sum = comm.all_reduce(self.sum, "sum")
+        self.count = comm.all_reduce(self.count, "sum")
+
+    def mean(self) -> np.ndarray:
+        """(num_views, N) float32 mean loss per sample and view; NaN where never recorded."""
+        out = np.full(self.sum.shape, np.nan, np.float32)
+        seen = self.count > 0
+        out[:, seen] = self.sum[:, seen] / self.count[seen]
+        return out
+
+    def update_scores(self, scores: np.ndarray) -> None:
+        """InfoBatch: a sample's score becomes its latest mean-over-views loss."""
+        seen = self.count > 0
+        scores[seen] = self.sum[:, seen].mean(axis=0) / self.count[seen]
+
+
+def global_candidates(losses: EpochLosses, ema: np.ndarray | None, config: ScanConfig,
+                      epoch: int, rho_low: float, rho_high: float
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """scope="global": rank each view over every sample seen this epoch (optionally an EMA over
+    preparation epochs), then the same intersection and top-up as per batch.
+    Returns (red_bits, ill_bits, new ema)."""
+    values = losses.mean()
+    if ema is not None:
+        a = np.float32(config.global_ema)
+        blended = np.where(np.isnan(ema), values, a * ema + (1 - a) * values)
+        ema = np.where(np.isnan(values), ema, blended).astype(np.float32)
+        values = ema
+    ids = np.flatnonzero(~np.isnan(values).any(axis=0)).astype(np.int64)
+    table = np.ascontiguousarray(values[:, ids])
+    n = losses.count.shape[0]
+    red, ill = bitset.new_bits(n), bitset.new_bits(n)
+    select_batch(ids, table, k_of(rho_low, len(ids)), k_of(rho_high, len(ids)),
+                 stream_key(config.seed, epoch, SALT_LOW), stream_key(config.seed, epoch, SALT_HIGH),
+                 red, ill)
+    return red, ill, ema

@@ -1,0 +1,422 @@
+"""ScanPruner: the state machine that joins schedule, warm-up, selection, plans and the store.
+
+    pruner = ScanPruner(num_samples=N, num_views=2, config=ScanConfig(), store="run/scan.zarr")
+    for epoch in range(pruner.next_epoch, epochs):
+        plan = pruner.plan_epoch(epoch)
+        for ids in batches_of(plan.shard(rank, world_size)):
+            pruner.record(ids, per_view_losses)       # (num_views, B)
+        summary = pruner.end_epoch()
+
+Per batch, `record` validates its input and, in a preparation epoch, marks the batch's
+candidates in two packed bitmaps at once (scope="batch", SPEC.md); nothing else per sample is
+kept. At `end_epoch` the ranks combine what they saw (mean loss by sum, candidates by bitwise
+or), warm-up is decided on the global mean, and the state is persisted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+
+from scan_core import bitset, rules
+from scan_core._buffers import EpochLosses, global_candidates
+from scan_core.comm import Communicator, SingleProcess
+from scan_core.config import ScanConfig
+from scan_core.errors import (ScanConfigError, ScanDistributedError, ScanInputError,
+                              ScanResumeError, ScanStateError, ScanTargetUnreachableError)
+from scan_core.plan import EpochPlan
+from scan_core.schedule import solve_candidate_share
+from scan_core.select import SALT_HIGH, SALT_LOW, k_of, loss_stats, select_batch, stream_key
+from scan_core.store import LossStore
+from scan_core.summary import EpochSummary
+from scan_core.warmup import WarmupState, earliest_e0, end_of_epoch, initial_warmup
+
+STATE_SCHEMA = 1
+HISTORY_DTYPES = ("float16", "float32")
+
+
+class ScanPruner:
+    """Plans which samples each epoch trains on, from the per-sample losses it is shown.
+
+    Args:
+      num_samples: N; sample ids are 0..N-1.
+      num_views: per-sample loss directions (2 for CLIP's i->t / t->i and MoCo's two views).
+      config: the ScanConfig (rule, rates, schedule, seed). Default: the authors' CLIP config.
+      store: path of a Zarr store. New: created. Existing: the run resumes from its last
+        completed epoch (`next_epoch` says which); a store of another config is refused.
+      communicator: a `Communicator` for data-parallel runs; rank 0 writes the store.
+      loss_history: "float16" / "float32" to keep every preparation epoch's per-view losses in
+        the store (for analysis; costs num_views * N * itemsize per preparation epoch).
+    """
+
+    def __init__(self, num_samples: int, num_views: int = 2, config: ScanConfig | None = None,
+                 store: str | os.PathLike[str] | None = None, *,
+                 communicator: Communicator | None = None, loss_history: str | None = None) -> None:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
+                or num_samples < 1:
+            raise ScanConfigError(f"num_samples must be an int >= 1, got {num_samples!r}.")
+        if isinstance(num_views, bool) or not isinstance(num_views, (int, np.integer)) \
+                or num_views < 1:
+            raise ScanConfigError(f"num_views must be an int >= 1, got {num_views!r}.")
+        if config is not None and not isinstance(config, ScanConfig):
+            raise ScanConfigError(f"config must be a ScanConfig, got {type(config).__name__}.")
+        if loss_history is not None and loss_history not in HISTORY_DTYPES:
+            raise ScanConfigError(
+                f"loss_history must be None or one of {HISTORY_DTYPES}, got {loss_history!r}.")
+        if loss_history is not None and store is None:
+            raise ScanConfigError("loss_history needs a store to write the losses to.")
+        self.num_samples = int(num_samples)
+        self.num_views = int(num_views)
+        self.config = config if config is not None else ScanConfig()
+        self.loss_history = loss_history
+        self._comm: Communicator = communicator if communicator is not None else SingleProcess()
+        self.rank, self.world_size = int(self._comm.rank), int(self._comm.world_size)
+        cfg = self.config
+        if cfg.target_rate is not None:  # refuse up front what even the best case cannot reach
+            assert cfg.num_epochs is not None
+            solve_candidate_share(cfg.target_rate, cfg.num_epochs, earliest_e0(cfg), cfg.t_cos,
+                                  cfg.full_tail_epochs)
+        self._reset_state()
+        self._store: LossStore | None = None
+        if store is not None:
+            self._open_store(store)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    @property
+    def next_epoch(self) -> int:
+        """The epoch to plan next: 0 for a new run, last completed epoch + 1 after a resume."""
+        return self._next_epoch
+
+    @property
+    def warmup_ended_at(self) -> int | None:
+        """e0, the first pruning epoch, once warm-up has ended."""
+        return self._warmup.e0
+
+    @property
+    def rho_low(self) -> float:
+        """The redundant-end share in use (config.rho_low, scaled by a target rate)."""
+        return min(1.0, self.config.rho_low * self._scale) if self.config.mode != "ill_matched" else 0.0
+
+    @property
+    def rho_high(self) -> float:
+        """The ill-matched-end share in use (config.rho_high, scaled by a target rate)."""
+        return min(1.0, self.config.rho_high * self._scale) if self.config.mode != "redundant" else 0.0
+
+    def plan_epoch(self, epoch: int) -> EpochPlan:
+        """The plan of `epoch`, which must be `next_epoch`. Calling it again for the open epoch
+        returns the same plan."""
+        if self._plan is not None:
+            if epoch == self._plan.epoch:
+                return self._plan
+            raise ScanStateError(
+                f"plan_epoch({epoch}) while epoch {self._plan.epoch} is open; call end_epoch() "
+                "first.")
+        if epoch != self._next_epoch:
+            raise ScanStateError(
+                f"plan_epoch({epoch}): the next epoch of this run is {self._next_epoch} "
+                "(epochs are planned in order; a resumed run starts at pruner.next_epoch).")
+        cfg, n = self.config, self.num_samples
+        phase, rho = rules.phase_and_rho(cfg, epoch, self._warmup.e0)
+        drop = weight_bits = None
+        weight, num_candidates = 1.0, 0
+        if phase == "mutate" and cfg.rule == "infobatch":
+            drop, weight_bits, weight, num_candidates = rules.infobatch_bits(
+                cfg, epoch, n, self._scores)
+        elif phase == "mutate":
+            drop, num_candidates = rules.scan_family_drop(cfg, epoch, rho, n, self._red, self._ill)
+        self._collecting = rules.collects_candidates(cfg, phase, self._num_preparations)
+        if self._collecting and cfg.scope == "batch":
+            self._red[:] = 0
+            self._ill[:] = 0
+        num_kept = n - (bitset.popcount(drop) if drop is not None else 0)
+        self._plan = EpochPlan(epoch=epoch, phase=phase, rho_cur=rho, num_samples=n,
+                               num_candidates=num_candidates, num_kept=num_kept, seed=cfg.seed,
+                               drop_bits=drop, weight_bits=weight_bits, weight=weight)
+        self._loss_sum, self._loss_count = 0.0, 0
+        want_losses = (self._collecting and (cfg.scope == "global" or self.loss_history)) \
+            or cfg.rule == "infobatch"
+        self._epoch_losses = EpochLosses(self.num_views, n) if want_losses else None
+        if self._collecting and cfg.scope == "batch":
+            self._keys = (stream_key(cfg.seed, epoch, SALT_LOW), stream_key(cfg.seed, epoch, SALT_HIGH))
+        return self._plan
+
+    def record(self, ids: np.ndarray, losses: np.ndarray) -> None:
+        """Show the pruner one batch: ids (B,) integers, losses (num_views, B) per-sample
+        per-view losses (a (B,) array is accepted when num_views == 1)."""
+        if self._plan is None:
+            raise ScanStateError("record() outside an epoch: call plan_epoch(epoch) first.")
+        ids = self._check_ids(ids)
+        losses = self._check_losses(losses, ids.shape[0])
+        total, bad = loss_stats(losses)
+        if bad >= 0:
+            raise ScanInputError(
+                f"losses hold a non-finite value ({losses[:, bad].tolist()}) for sample id "
+                f"{int(ids[bad])} (batch position {bad}); check the loss for overflow or a bad "
+                "input before handing it over.")
+        self._loss_sum += total
+        self._loss_count += ids.shape[0]
+        if self._collecting and self.config.scope == "batch":
+            batch = ids.shape[0]
+            select_batch(ids, losses, k_of(self.rho_low, batch), k_of(self.rho_high, batch),
+                         self._keys[0], self._keys[1], self._red, self._ill)
+        if self._epoch_losses is not None:
+            self._epoch_losses.add(ids, losses, normalize=self.config.global_normalization == "batch"
+                                   and self.config.scope == "global")
+
+    def end_epoch(self) -> EpochSummary:
+        """Close the open epoch: combine ranks, update warm-up and candidates, persist."""
+        if self._plan is None:
+            raise ScanStateError(
+                "end_epoch() without an open epoch (called twice, or before plan_epoch()).")
+        plan, cfg = self._plan, self.config
+        stats = self._comm.all_reduce(np.array([self._loss_sum, self._loss_count], np.float64), "sum")
+        count = int(stats[1])
+        mean_loss = float(stats[0] / count) if count else None
+        if mean_loss is None and plan.phase in ("warmup", "prepare"):
+            raise ScanStateError(
+                f"end_epoch(): no losses were recorded in {plan.phase} epoch {plan.epoch} on any "
+                "rank; SCAN needs record(ids, losses) for every batch of such an epoch.")
+        if self._epoch_losses is not None and self.world_size > 1:
+            self._epoch_losses.all_reduce(self._comm)
+        if self._collecting:
+            self._finish_preparation(plan.epoch)
+        if cfg.rule == "infobatch" and self._epoch_losses is not None:
+            self._epoch_losses.update_scores(self._scores)
+        if mean_loss is not None and self._warmup.e0 is None:
+            self._end_warmup_step(plan.epoch, mean_loss)
+        self._visits_kept += plan.num_kept
+        self._visits_full += self.num_samples
+        summary = EpochSummary(
+            epoch=plan.epoch, phase=plan.phase, rho_cur=plan.rho_cur, mean_loss=mean_loss,
+            num_recorded=count, warmup_ended_at=self._warmup.e0,
+            num_candidates=self.num_candidates, num_kept=plan.num_kept,
+            pruned_share=plan.pruned_share,
+            realised_saving=1.0 - self._visits_kept / self._visits_full,
+            rho_low=self.rho_low, rho_high=self.rho_high)
+        self._log.append(summary.as_dict())
+        self._plan, self._epoch_losses = None, None
+        self._next_epoch = plan.epoch + 1
+        if self.world_size > 1:
+            self._check_agreement("end of epoch %d" % plan.epoch)
+        if self._store is not None:
+            self._store.write_snapshot(plan.epoch, self.state_dict())
+        return summary
+
+    # -- results ------------------------------------------------------------------------------
+    @property
+    def num_candidates(self) -> int:
+        """|D'| of the current candidate set."""
+        return bitset.popcount(self._red | self._ill)
+
+    def candidate_ids(self, end: str = "both") -> np.ndarray:
+        """Sorted ids of D' ("both"), or of its "redundant" / "ill_matched" end."""
+        bits = {"both": lambda: self._red | self._ill, "redundant": lambda: self._red,
+                "ill_matched": lambda: self._ill}.get(end)
+        if bits is None:
+            raise ScanConfigError(f"end must be 'both', 'redundant' or 'ill_matched', got {end!r}.")
+        return bitset.ids_of(bits(), self.num_samples, True)
+
+    def coreset(self) -> np.ndarray:
+        """Ids outside the last D' (SPEC.md, the coreset by-product), sorted."""
+        if self._num_preparations == 0:
+            raise ScanStateError(
+                "coreset(): no preparation epoch has completed yet, so there is no D' to leave out.")
+        return bitset.ids_of(self._red | self._ill, self.num_samples, False)
+
+    @property
+    def log(self) -> list[dict[str, Any]]:
+        """One dict per completed epoch (EpochSummary.as_dict())."""
+        return list(self._log)
+
+    # -- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the run exactly: JSON-able scalars and numpy arrays."""
+        if self._plan is not None:
+            raise ScanStateError(
+                f"state_dict() while epoch {self._plan.epoch} is open; call it after end_epoch() "
+                "(a mid-epoch snapshot could not resume identically).")
+        state: dict[str, Any] = {
+            "schema_version": STATE_SCHEMA, "config": self.config.to_dict(),
+            "num_samples": self.num_samples, "num_views": self.num_views,
+            "world_size": self.world_size, "next_epoch": self._next_epoch,
+            "warmup_prev_loss": self._warmup.prev_loss, "warmup_e0": self._warmup.e0,
+            "scale": self._scale, "num_preparations": self._num_preparations,
+            "visits_kept": self._visits_kept, "visits_full": self._visits_full,
+            "log": list(self._log),
+            "red_bits": self._red.copy(), "ill_bits": self._ill.copy()}
+        if self._ema is not None:
+            state["ema_losses"] = self._ema.copy()
+        if self._scores is not None:
+            state["scores"] = self._scores.copy()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from `state_dict()` (of the same config, N, views and world size)."""
+        if self._plan is not None:
+            raise ScanStateError("load_state_dict() while an epoch is open.")
+        if state.get("schema_version") != STATE_SCHEMA:
+            raise ScanResumeError(
+                f"state schema_version {state.get('schema_version')!r} is not {STATE_SCHEMA}.")
+        mine = {"config": self.config.to_dict(), "num_samples": self.num_samples,
+                "num_views": self.num_views}
+        diffs = [f"{k}: state has {state.get(k)!r}, this pruner has {v!r}"
+                 for k, v in mine.items() if state.get(k) != v]
+        if diffs:
+            raise ScanResumeError("state belongs to another run: " + "; ".join(diffs))
+        if state.get("world_size") != self.world_size:
+            raise ScanResumeError(
+                f"state was saved with world_size={state.get('world_size')}, this run has "
+                f"{self.world_size}; per-batch candidates depend on it. Resume with the same "
+                "number of ranks.")
+        nbytes = bitset.num_bytes(self.num_samples)
+        for key in ("red_bits", "ill_bits"):
+            if np.asarray(state[key]).shape != (nbytes,):
+                raise ScanResumeError(f"state[{key!r}] has shape {np.shape(state[key])}, "
+                                      f"expected ({nbytes},).")
+        self._next_epoch = int(state["next_epoch"])
+        self._warmup = WarmupState(prev_loss=state["warmup_prev_loss"], e0=state["warmup_e0"])
+        self._scale = float(state["scale"])
+        self._num_preparations = int(state["num_preparations"])
+        self._visits_kept, self._visits_full = int(state["visits_kept"]), int(state["visits_full"])
+        self._log = [dict(e) for e in state["log"]]
+        self._red = np.array(state["red_bits"], dtype=np.uint8, copy=True)
+        self._ill = np.array(state["ill_bits"], dtype=np.uint8, copy=True)
+        if self._ema is not None:
+            self._ema = np.array(state["ema_losses"], dtype=np.float32, copy=True)
+        if self._scores is not None:
+            self._scores = np.array(state["scores"], dtype=np.float32, copy=True)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], *, communicator: Communicator | None = None,
+                        store: str | os.PathLike[str] | None = None) -> "ScanPruner":
+        pruner = cls(int(state["num_samples"]), int(state["num_views"]),
+                     ScanConfig.from_dict(dict(state["config"])), communicator=communicator)
+        pruner.load_state_dict(state)
+        if store is not None:
+            pruner._store = LossStore.open(store, pruner._meta(), writable=pruner.rank == 0)
+        return pruner
+
+    # -- internals ----------------------------------------------------------------------------
+    def _reset_state(self) -> None:
+        cfg, n = self.config, self.num_samples
+        self._next_epoch = 0
+        self._warmup = initial_warmup(cfg)
+        self._scale = 1.0
+        if cfg.target_rate is not None and self._warmup.e0 is not None:
+            self._solve_target(self._warmup.e0)
+        self._num_preparations = 0
+        self._visits_kept = self._visits_full = 0
+        self._log: list[dict[str, Any]] = []
+        self._red, self._ill = bitset.new_bits(n), bitset.new_bits(n)
+        use_ema = cfg.scope == "global" and cfg.global_ema > 0
+        self._ema = np.full((self.num_views, n), np.nan, np.float32) if use_ema else None
+        self._scores = np.full(n, np.inf, np.float32) if cfg.rule == "infobatch" else None
+        self._plan: EpochPlan | None = None
+        self._collecting = False
+        self._epoch_losses: EpochLosses | None = None
+        self._scratch = bitset.new_bits(n)
+        self._loss_sum, self._loss_count = 0.0, 0
+
+    def _meta(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "num_samples": self.num_samples,
+                "num_views": self.num_views, "world_size": self.world_size}
+
+    def _open_store(self, path: str | os.PathLike[str]) -> None:
+        # Rank 0 creates or validates first; the all_reduce is the barrier the others wait at.
+        if self.rank == 0:
+            self._store = LossStore.open(path, self._meta(), writable=True)
+        self._comm.all_reduce(np.zeros(1, np.int64), "sum")
+        if self.rank != 0:
+            self._store = LossStore.open(path, self._meta(), writable=False)
+        assert self._store is not None
+        state = self._store.load_latest()
+        if state is not None:
+            self.load_state_dict(state)
+        if self.world_size > 1:
+            self._check_agreement("resume from the store")
+
+    def _end_warmup_step(self, epoch: int, mean_loss: float) -> None:
+        self._warmup = end_of_epoch(self._warmup, epoch, mean_loss, self.config)
+        if self._warmup.e0 is not None and self.config.target_rate is not None:
+            self._solve_target(self._warmup.e0)
+
+    def _solve_target(self, e0: int) -> None:
+        cfg = self.config
+        assert cfg.target_rate is not None and cfg.num_epochs is not None
+        try:
+            share = solve_candidate_share(cfg.target_rate, cfg.num_epochs, e0, cfg.t_cos,
+                                          cfg.full_tail_epochs)
+        except ScanTargetUnreachableError as exc:
+            # Warm-up ran longer than the best case checked at construction: prune as much as
+            # the schedule allows rather than lose the run, and say so.
+            warnings.warn(f"{exc} Pruning at the cap (|D'| = N) instead.", stacklevel=3)
+            share = 1.0
+        self._scale = share / cfg.candidate_share
+
+    def _finish_preparation(self, epoch: int) -> None:
+        cfg = self.config
+        if cfg.scope == "batch":
+            if self.world_size > 1:
+                self._red = self._comm.all_reduce(self._red, "bor")
+                self._ill = self._comm.all_reduce(self._ill, "bor")
+        else:
+            assert self._epoch_losses is not None
+            self._red, self._ill, self._ema = global_candidates(
+                self._epoch_losses, self._ema, cfg, epoch, self.rho_low, self.rho_high)
+        if self.loss_history and self._store is not None and self._epoch_losses is not None:
+            self._store.write_history(epoch, self._epoch_losses.mean(), self.loss_history)
+        self._num_preparations += 1
+        self._collecting = False
+
+    def _check_agreement(self, where: str) -> None:
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(np.asarray([self._next_epoch, self._num_preparations], np.int64).tobytes())
+        digest.update(self._red.tobytes())
+        digest.update(self._ill.tobytes())
+        value = np.array([int.from_bytes(digest.digest(), "little") >> 2], dtype=np.int64)
+        both = np.concatenate([value, -value])
+        high = self._comm.all_reduce(both, "max")
+        if high[0] != -high[1]:
+            raise ScanDistributedError(
+                f"ranks disagree on the pruner state at {where} (rank {self.rank}: epoch "
+                f"{self._next_epoch}, |D'| {self.num_candidates}); every rank must record its own "
+                "batches with the same config, seed and store.")
+
+    def _check_ids(self, ids: Any) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu":
+            raise ScanInputError(
+                f"ids must be an integer array, got dtype {ids.dtype}; pass the dataset indices "
+                "of the batch (e.g. torch.long / np.int64).")
+        if ids.ndim != 1:
+            raise ScanInputError(f"ids must be 1-D (B,), got shape {ids.shape}.")
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        code, pos = bitset.check_batch_ids(ids, self.num_samples, self._scratch)
+        if code == 1:
+            raise ScanInputError(
+                f"id {int(ids[pos])} at batch position {pos} is out of range [0, "
+                f"{self.num_samples}).")
+        if code == 2:
+            raise ScanInputError(
+                f"id {int(ids[pos])} is repeated within one batch (position {pos}); each sample "
+                "appears at most once per batch.")
+        return ids
+
+    def _check_losses(self, losses: Any, batch: int) -> np.ndarray:
+        losses = np.asarray(losses)
+        if losses.dtype.kind not in "fiu":
+            raise ScanInputError(f"losses must be real numbers, got dtype {losses.dtype}.")
+        if losses.ndim == 1 and self.num_views == 1:
+            losses = losses[None, :]
+        if losses.shape != (self.num_views, batch):
+            raise ScanInputError(
+                f"losses must have shape (num_views, B) = ({self.num_views}, {batch}), got "
+                f"{losses.shape}: one row per view (e.g. CLIP's image->text and text->image), "
+                "one column per id, no batch mean.")
+        if losses.dtype not in (np.float32, np.float64):
+            losses = losses.astype(np.float64)
+        return np.ascontiguousarray(losses)

@@ -1,0 +1,241 @@
+"""Numba kernels of SCAN's selection, each beside a plain numpy twin the tests compare against.
+
+Randomness is counter-based (splitmix64 of seed, epoch, a salt and the sample id), so a draw
+depends on nothing but those: not on batch order, rank, process or resume point.
+
+- `select_batch`: the per-batch dual-end selection of SPEC.md ("Candidates"): per view the
+  floor(rho_low * B) lowest and floor(rho_high * B) highest losses; with several views the
+  intersection, topped up at random from the rest of the union to k when it holds fewer than
+  0.9 * k (the authors' rule). Marks the chosen ids in packed bitmaps.
+- `draw_subset`: an exactly-k uniform random subset of a candidate bitmap (Knuth's selection
+  sampling, Algorithm S), written as a drop bitmap: O(N / 8) memory, one pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numba
+import numpy as np
+
+_MASK64 = (1 << 64) - 1
+_GAMMA = 0x9E3779B97F4A7C15
+TOPUP_FRACTION = 0.9  # the authors' threshold for topping up a thin intersection
+
+# Salts keep the streams of different draws apart.
+SALT_LOW, SALT_HIGH, SALT_DROP, SALT_INFOBATCH = 1, 2, 3, 4
+
+
+def _mix64_py(x: int) -> int:
+    x &= _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def stream_key(seed: int, epoch: int, salt: int) -> np.uint64:
+    """The 64-bit key of one draw: a function of (seed, epoch, salt) only."""
+    return np.uint64(_mix64_py(_mix64_py(seed) ^ _mix64_py(epoch * 0x100 + salt + _GAMMA)))
+
+
+def k_of(rho: float, batch_size: int) -> int:
+    """floor(rho * B), robust to the float error of rho * B (0.29 * 100 is 28.999...)."""
+    return int(math.floor(rho * batch_size + 1e-9))
+
+
+def errstate():
+    """Kernels do wrapping uint64 arithmetic; under NUMBA_DISABLE_JIT numpy would warn."""
+    if numba.config.DISABLE_JIT:
+        return np.errstate(over="ignore")
+    return contextlib.nullcontext()
+
+
+@numba.njit(cache=True, nogil=True)
+def _mix64(x):
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@numba.njit(cache=True, nogil=True)
+def _uniform(key, j):
+    """The j-th uniform double in [0, 1) of the stream `key`."""
+    return np.float64(_mix64(key + np.uint64(j + 1) * np.uint64(0x9E3779B97F4A7C15))
+                      >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _one_end(ids, losses, k, lowest, key, bits):
+    """Select k positions at one end of every view, intersect, top up; set their ids' bits."""
+    num_views, batch = losses.shape
+    if k <= 0:
+        return 0
+    votes = np.zeros(batch, dtype=np.int32)
+    for v in range(num_views):
+        order = np.argsort(losses[v], kind="mergesort")
+        start = 0 if lowest else batch - k
+        for i in range(start, start + k):
+            votes[order[i]] += 1
+    n_inter = 0
+    for p in range(batch):
+        if votes[p] == num_views:
+            n_inter += 1
+    chosen = n_inter
+    for p in range(batch):
+        if votes[p] == num_views:
+            j = ids[p]
+            bits[j >> 3] |= np.uint8(1 << (j & 7))
+    if num_views > 1 and n_inter < TOPUP_FRACTION * k:
+        n_pool = 0
+        for p in range(batch):
+            if 0 < votes[p] < num_views:
+                n_pool += 1
+        pool = np.empty(n_pool, dtype=np.int64)
+        prio = np.empty(n_pool, dtype=np.uint64)
+        q = 0
+        for p in range(batch):
+            if 0 < votes[p] < num_views:
+                pool[q] = ids[p]
+                prio[q] = _mix64(key ^ (np.uint64(ids[p]) * np.uint64(0x9E3779B97F4A7C15)))
+                q += 1
+        need = k - n_inter
+        pick = np.argsort(prio, kind="mergesort")
+        for i in range(need):
+            j = pool[pick[i]]
+            bits[j >> 3] |= np.uint8(1 << (j & 7))
+        chosen += need
+    return chosen
+
+
+@numba.njit(cache=True, nogil=True)
+def _select_batch(ids, losses, k_low, k_high, key_low, key_high, red_bits, ill_bits):
+    n_red = _one_end(ids, losses, k_low, True, key_low, red_bits)
+    n_ill = _one_end(ids, losses, k_high, False, key_high, ill_bits)
+    return n_red, n_ill
+
+
+def select_batch(ids: np.ndarray, losses: np.ndarray, k_low: int, k_high: int,
+                 key_low: np.uint64, key_high: np.uint64,
+                 red_bits: np.ndarray, ill_bits: np.ndarray) -> tuple[int, int]:
+    """Mark one batch's redundant and ill-matched candidates in `red_bits` / `ill_bits`.
+
+    ids: (B,) int64, distinct. losses: (V, B) float32/float64, finite. Returns the number of
+    candidates chosen at each end (k_low and k_high when B allows).
+    """
+    with errstate():
+        return _select_batch(ids, losses, k_low, k_high, key_low, key_high, red_bits, ill_bits)
+
+
+@numba.njit(cache=True, nogil=True)
+def _draw_subset(cand_bits, num_samples, all_ids, k, key, out_bits):
+    total = 0
+    if all_ids:
+        total = num_samples
+    else:
+        for b in range(cand_bits.shape[0]):
+            x = cand_bits[b]
+            while x:
+                x &= x - np.uint8(1)
+                total += 1
+    need = min(k, total)
+    remaining = total
+    j = 0
+    for b in range(out_bits.shape[0]):
+        if need == 0:
+            break
+        x = np.uint8(0xFF) if all_ids else cand_bits[b]
+        if x == 0:
+            continue
+        for bit in range(8):
+            sid = b * 8 + bit
+            if sid >= num_samples:
+                break
+            if (x >> bit) & 1:
+                if _uniform(key, j) * remaining < need:
+                    out_bits[b] |= np.uint8(1 << bit)
+                    need -= 1
+                remaining -= 1
+                j += 1
+    return min(k, total)
+
+
+def draw_subset(cand_bits: np.ndarray | None, num_samples: int, k: int, key: np.uint64,
+                out_bits: np.ndarray) -> int:
+    """Set in `out_bits` a uniform random subset of exactly min(k, |candidates|) candidates.
+
+    cand_bits: packed candidate bitmap, or None for all ids 0..num_samples-1. Returns the
+    number drawn.
+    """
+    all_ids = cand_bits is None
+    cand = out_bits if all_ids else cand_bits  # any uint8 array when unused
+    with errstate():
+        return _draw_subset(cand, num_samples, all_ids, int(k), key, out_bits)
+
+
+# -- plain numpy twins (the tests hold the kernels to these) ---------------------------------
+
+def _mix64_np(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def one_end_numpy(ids: np.ndarray, losses: np.ndarray, k: int, lowest: bool,
+                  key: np.uint64) -> np.ndarray:
+    """Sorted ids chosen at one end: the twin of the kernel, written with set operations."""
+    num_views, batch = losses.shape
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    per_view = []
+    for v in range(num_views):
+        order = np.argsort(losses[v], kind="stable")
+        per_view.append(order[:k] if lowest else order[batch - k:])
+    inter = per_view[0]
+    for sel in per_view[1:]:
+        inter = np.intersect1d(inter, sel)
+    chosen = ids[inter]
+    if num_views > 1 and len(inter) < TOPUP_FRACTION * k:
+        union = np.unique(np.concatenate(per_view))
+        pool = ids[np.setdiff1d(union, inter)]
+        with np.errstate(over="ignore"):
+            prio = _mix64_np(np.uint64(key) ^ (pool.astype(np.uint64) * np.uint64(_GAMMA)))
+        pick = pool[np.argsort(prio, kind="stable")[: k - len(inter)]]
+        chosen = np.concatenate([chosen, pick])
+    return np.sort(chosen)
+
+
+def draw_subset_numpy(cand_ids: np.ndarray, k: int, key: np.uint64) -> np.ndarray:
+    """Twin of `draw_subset` over sorted candidate ids: the same stream, the same decisions."""
+    total = len(cand_ids)
+    need = min(k, total)
+    drawn = []
+    with np.errstate(over="ignore"):
+        steps = np.arange(1, total + 1, dtype=np.uint64) * np.uint64(_GAMMA)
+        u = (_mix64_np(np.uint64(key) + steps) >> np.uint64(11)).astype(np.float64) / 2.0**53
+    remaining = total
+    for j in range(total):
+        if need == 0:
+            break
+        if u[j] * remaining < need:
+            drawn.append(cand_ids[j])
+            need -= 1
+        remaining -= 1
+    return np.asarray(drawn, dtype=np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def loss_stats(losses):
+    """(sum over samples of the mean over views, position of the first non-finite loss or -1)."""
+    num_views, batch = losses.shape
+    total = 0.0
+    for p in range(batch):
+        acc = 0.0
+        for v in range(num_views):
+            x = np.float64(losses[v, p])
+            if not np.isfinite(x):
+                return total, p
+            acc += x
+        total += acc / num_views
+    return total, -1

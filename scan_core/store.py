@@ -1,0 +1,222 @@
+"""The loss store: a run's pruner state persisted to Zarr (v3), one snapshot per epoch.
+
+Layout (documented for users in docs/store.md):
+
+    scan.zarr/
+      zarr.json                      root attrs: {"scan_store": 1, "meta": {config, num_samples,
+                                     num_views, world_size}}
+      snapshots/epoch_00000007/      the pruner state after epoch 7 ended
+        zarr.json                    attrs: {"state": scalars, "checksums": {array: crc32},
+                                     "complete": true}   (written last: the commit)
+        red_bits, ill_bits, ...      packed candidate bitmaps and other state arrays
+      history/epoch_00000004/        optional per-view losses of a preparation epoch
+        losses                       (num_views, N) float16 or float32; NaN = not seen
+
+A snapshot counts only once its attrs say complete and every array matches its checksum, so a
+run killed at any moment (mid-chunk, mid-attrs) resumes from the last completed epoch: a
+half-written newest snapshot is skipped with a warning. A completed snapshot that fails its
+checksum is corruption, not a kill, and raises ScanStoreCorruptError. The two newest complete
+snapshots are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+import zlib
+from typing import Any
+
+import numpy as np
+import zarr
+
+from scan_core.errors import ScanResumeError, ScanStoreCorruptError, ScanStoreMismatchError
+
+STORE_SCHEMA = 1
+KEEP_SNAPSHOTS = 2
+_CHUNK_BYTES = 1 << 22
+
+
+def _crc(array: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(array).view(np.uint8).reshape(-1)) & 0xFFFFFFFF
+
+
+def _chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    if not shape:
+        return ()
+    inner = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    rows = max(1, _CHUNK_BYTES // max(1, inner * itemsize))
+    return (min(max(shape[0], 1), rows),) + tuple(max(s, 1) for s in shape[1:])
+
+
+class LossStore:
+    """A Zarr group holding one run's snapshots. Use `LossStore.open` to create or resume."""
+
+    def __init__(self, path: str | os.PathLike[str], group: zarr.Group, meta: dict[str, Any],
+                 writable: bool) -> None:
+        self.path = os.fspath(path)
+        self._group = group
+        self.meta = meta
+        self.writable = writable
+
+    # -- opening ----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], meta: dict[str, Any], *,
+             writable: bool = True) -> "LossStore":
+        """Create the store at `path`, or open an existing one written with the same `meta`.
+
+        meta: {"config": dict, "num_samples": int, "num_views": int, "world_size": int}.
+        """
+        path = os.fspath(path)
+        root_json = os.path.join(path, "zarr.json")
+        if os.path.exists(path) and os.listdir(path):
+            stored = cls.read_meta(path)
+            _compare_meta(path, stored, meta)
+            group = zarr.open_group(path, mode="a" if writable else "r", zarr_format=3)
+            return cls(path, group, stored, writable)
+        if not writable:
+            raise ScanStoreCorruptError(
+                f"no SCAN store at {path!r} (expected {root_json}); the writing rank creates it.")
+        group = zarr.open_group(path, mode="w", zarr_format=3)
+        group.attrs.update({"scan_store": STORE_SCHEMA, "meta": meta})
+        return cls(path, group, meta, writable)
+
+    @staticmethod
+    def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+        """The meta a store was created with; ScanStoreCorruptError when unreadable."""
+        root_json = os.path.join(os.fspath(path), "zarr.json")
+        try:
+            with open(root_json, encoding="utf-8") as fh:
+                attrs = json.load(fh).get("attributes", {})
+        except FileNotFoundError as exc:
+            raise ScanStoreCorruptError(
+                f"{path!r} is not empty but has no zarr.json: not a SCAN store, or its creation "
+                "was cut short. Delete it or point `store` elsewhere.") from exc
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ScanStoreCorruptError(
+                f"cannot read the root metadata {root_json!r} ({exc}); the store is corrupt. "
+                "Delete it to start the run afresh.") from exc
+        if attrs.get("scan_store") != STORE_SCHEMA or "meta" not in attrs:
+            raise ScanStoreCorruptError(
+                f"{root_json!r} does not describe a SCAN store of schema {STORE_SCHEMA} "
+                f"(scan_store={attrs.get('scan_store')!r}).")
+        return attrs["meta"]
+
+    # -- snapshots --------------------------------------------------------------------------
+    def write_snapshot(self, epoch: int, state: dict[str, Any]) -> None:
+        """Persist the pruner state after `epoch`; the complete flag is written last."""
+        if not self.writable:
+            return
+        arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+        scalars = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
+        snaps = self._group.require_group("snapshots")
+        name = f"epoch_{epoch:08d}"
+        node = snaps.create_group(name, overwrite=True)
+        checksums = {}
+        for key, value in arrays.items():
+            arr = node.create_array(key, shape=value.shape, dtype=value.dtype,
+                                    chunks=_chunks(value.shape, value.dtype.itemsize))
+            if value.size:
+                arr[...] = value
+            checksums[key] = _crc(value)
+        node.attrs.update({"state": scalars, "checksums": checksums, "complete": True})
+        self._prune_old(snaps)
+
+    def load_latest(self) -> dict[str, Any] | None:
+        """The newest completed snapshot as a state dict, or None when there is none."""
+        if "snapshots" not in self._group:
+            return None
+        snaps = self._group["snapshots"]
+        for name in sorted(snaps.group_keys(), reverse=True):
+            attrs = self._snapshot_attrs(name)
+            if attrs is None:
+                warnings.warn(f"SCAN store {self.path!r}: snapshot {name} was not completed "
+                              "(the run was stopped while writing it); resuming from the one "
+                              "before.", stacklevel=3)
+                continue
+            return self._read_snapshot(snaps, name, attrs)
+        return None
+
+    def epochs(self) -> list[int]:
+        """Epochs with a completed snapshot, ascending."""
+        if "snapshots" not in self._group:
+            return []
+        return [int(n.split("_")[1]) for n in sorted(self._group["snapshots"].group_keys())
+                if self._snapshot_attrs(n) is not None]
+
+    def _snapshot_attrs(self, name: str) -> dict[str, Any] | None:
+        path = os.path.join(self.path, "snapshots", name, "zarr.json")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                attrs = json.load(fh).get("attributes", {})
+        except (OSError, ValueError, AttributeError):
+            return None
+        return attrs if attrs.get("complete") is True else None
+
+    def _read_snapshot(self, snaps: zarr.Group, name: str, attrs: dict[str, Any]) -> dict[str, Any]:
+        state = dict(attrs["state"])
+        for key, crc in attrs["checksums"].items():
+            try:
+                value = np.asarray(snaps[name][key][...])
+            except Exception as exc:  # zarr raises many kinds on damaged chunks
+                raise ScanStoreCorruptError(
+                    f"SCAN store {self.path!r}: array {name}/{key} of a completed snapshot cannot "
+                    f"be read ({type(exc).__name__}: {exc}); the store is corrupt.") from exc
+            if _crc(value) != crc:
+                raise ScanStoreCorruptError(
+                    f"SCAN store {self.path!r}: array {name}/{key} fails its checksum; the store "
+                    "was damaged after it was written. Restore it or start afresh.")
+            state[key] = value
+        return state
+
+    def _prune_old(self, snaps: zarr.Group) -> None:
+        names = sorted(snaps.group_keys())
+        complete = [n for n in names if self._snapshot_attrs(n) is not None]
+        for name in complete[:-KEEP_SNAPSHOTS]:
+            shutil.rmtree(os.path.join(self.path, "snapshots", name), ignore_errors=True)
+
+    # -- loss history -----------------------------------------------------------------------
+    def write_history(self, epoch: int, losses: np.ndarray, dtype: str) -> None:
+        """Per-view losses of a preparation epoch, (num_views, N), NaN where unseen."""
+        if not self.writable:
+            return
+        hist = self._group.require_group("history")
+        node = hist.create_group(f"epoch_{epoch:08d}", overwrite=True)
+        value = losses.astype(dtype)
+        arr = node.create_array("losses", shape=value.shape, dtype=value.dtype,
+                                chunks=_chunks(value.shape, value.dtype.itemsize))
+        arr[...] = value
+        node.attrs.update({"complete": True})
+
+    def history_epochs(self) -> list[int]:
+        if "history" not in self._group:
+            return []
+        return [int(n.split("_")[1]) for n in sorted(self._group["history"].group_keys())
+                if self._group["history"][n].attrs.get("complete") is True]
+
+    def read_history(self, epoch: int) -> np.ndarray:
+        return np.asarray(self._group[f"history/epoch_{epoch:08d}/losses"][...])
+
+
+def _compare_meta(path: str, stored: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """Raise naming every field where the store and this run differ."""
+    diffs = []
+    for key in ("num_samples", "num_views"):
+        if stored.get(key) != wanted.get(key):
+            diffs.append(f"{key}: store has {stored.get(key)!r}, this run has {wanted.get(key)!r}")
+    s_cfg, w_cfg = stored.get("config", {}), wanted.get("config", {})
+    for key in sorted(set(s_cfg) | set(w_cfg)):
+        if s_cfg.get(key) != w_cfg.get(key):
+            diffs.append(f"config.{key}: store has {s_cfg.get(key)!r}, "
+                         f"this run has {w_cfg.get(key)!r}")
+    if diffs:
+        raise ScanStoreMismatchError(
+            f"SCAN store {path!r} was written by another run: " + "; ".join(diffs)
+            + ". Use the original settings to resume, or a new store path for a new run.")
+    if stored.get("world_size") != wanted.get("world_size"):
+        raise ScanResumeError(
+            f"SCAN store {path!r} was written with world_size={stored.get('world_size')}, this "
+            f"run has world_size={wanted.get('world_size')}: per-batch candidates depend on the "
+            "local batches of each rank, so the run cannot continue identically. Resume with "
+            f"{stored.get('world_size')} ranks, or start a new store.")
