@@ -53,19 +53,16 @@ def set_ids(bits, ids):
 
 @numba.njit(cache=True, nogil=True)
 def ids_of(bits, num_samples, set_value):
-    """Sorted int64 ids whose bit equals `set_value` (True: set bits; False: clear bits)."""
-    total = 0
-    for b in range(bits.shape[0]):
-        x = bits[b]
-        while x:
-            x &= x - np.uint8(1)
-            total += 1
-    count = total if set_value else num_samples - total
+    """Sorted int64 ids in [0, num_samples) whose bit equals `set_value` (True: set bits;
+    False: clear bits). Bits past num_samples in the last byte are ignored."""
+    count = 0
+    for j in range(num_samples):
+        if (((bits[j >> 3] >> (j & 7)) & 1) == 1) == set_value:
+            count += 1
     out = np.empty(count, dtype=np.int64)
     k = 0
     for j in range(num_samples):
-        is_set = (bits[j >> 3] >> (j & 7)) & 1
-        if (is_set == 1) == set_value:
+        if (((bits[j >> 3] >> (j & 7)) & 1) == 1) == set_value:
             out[k] = j
             k += 1
     return out

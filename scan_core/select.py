@@ -66,52 +66,79 @@ def _uniform(key, j):
 
 
 @numba.njit(cache=True, nogil=True)
-def _one_end(ids, losses, k, lowest, key, bits):
-    """Select k positions at one end of every view, intersect, top up; set their ids' bits."""
-    num_views, batch = losses.shape
-    if k <= 0:
-        return 0
-    votes = np.zeros(batch, dtype=np.int32)
-    for v in range(num_views):
-        order = np.argsort(losses[v], kind="mergesort")
-        start = 0 if lowest else batch - k
-        for i in range(start, start + k):
-            votes[order[i]] += 1
+def _rank_keys(row, keys):
+    """keys[p] = orderable float32 bits of row[p] << 32 | p: unique, sortable as uint64, ties
+    broken by batch position, -0.0 ranked as +0.0. row: float32 viewed as uint32."""
+    for p in range(row.shape[0]):
+        b = np.uint64(row[p])
+        if b == np.uint64(0x80000000):
+            b = np.uint64(0)
+        if b & np.uint64(0x80000000):
+            b = np.uint64(0xFFFFFFFF) ^ b
+        else:
+            b = b | np.uint64(0x80000000)
+        keys[p] = (b << np.uint64(32)) | np.uint64(p)
+
+
+@numba.njit(cache=True, nogil=True)
+def _finish_end(ids, votes, num_views, k, key, bits):
+    """Intersection of the views' picks, topped up to k from the rest of their union when it
+    holds fewer than 0.9 k; sets the chosen ids' bits and returns how many were chosen."""
+    batch = votes.shape[0]
     n_inter = 0
+    n_pool = 0
     for p in range(batch):
         if votes[p] == num_views:
             n_inter += 1
-    chosen = n_inter
-    for p in range(batch):
-        if votes[p] == num_views:
             j = ids[p]
             bits[j >> 3] |= np.uint8(1 << (j & 7))
-    if num_views > 1 and n_inter < TOPUP_FRACTION * k:
-        n_pool = 0
-        for p in range(batch):
-            if 0 < votes[p] < num_views:
-                n_pool += 1
-        pool = np.empty(n_pool, dtype=np.int64)
-        prio = np.empty(n_pool, dtype=np.uint64)
-        q = 0
-        for p in range(batch):
-            if 0 < votes[p] < num_views:
-                pool[q] = ids[p]
-                prio[q] = _mix64(key ^ (np.uint64(ids[p]) * np.uint64(0x9E3779B97F4A7C15)))
-                q += 1
-        need = k - n_inter
-        pick = np.argsort(prio, kind="mergesort")
-        for i in range(need):
-            j = pool[pick[i]]
-            bits[j >> 3] |= np.uint8(1 << (j & 7))
-        chosen += need
-    return chosen
+        elif votes[p] > 0:
+            n_pool += 1
+    if num_views == 1 or n_inter >= TOPUP_FRACTION * k:
+        return n_inter
+    # The (k - n_inter) pool members of smallest hash priority (32 hash bits, then the pool
+    # index): a uniform draw that depends on (seed, epoch, id) only.
+    pool = np.empty(n_pool, dtype=np.int64)
+    prio = np.empty(n_pool, dtype=np.uint64)
+    q = 0
+    for p in range(batch):
+        if 0 < votes[p] < num_views:
+            pool[q] = ids[p]
+            h = _mix64(key ^ (np.uint64(ids[p]) * np.uint64(0x9E3779B97F4A7C15)))
+            prio[q] = ((h >> np.uint64(32)) << np.uint64(32)) | np.uint64(q)
+            q += 1
+    need = k - n_inter
+    if need < n_pool:
+        prio = np.partition(prio, need - 1)
+    for i in range(need):
+        j = pool[np.int64(prio[i] & np.uint64(0xFFFFFFFF))]
+        bits[j >> 3] |= np.uint8(1 << (j & 7))
+    return k
 
 
 @numba.njit(cache=True, nogil=True)
 def _select_batch(ids, losses, k_low, k_high, key_low, key_high, red_bits, ill_bits):
-    n_red = _one_end(ids, losses, k_low, True, key_low, red_bits)
-    n_ill = _one_end(ids, losses, k_high, False, key_high, ill_bits)
+    num_views, batch = losses.shape
+    if k_low <= 0 and k_high <= 0:
+        return 0, 0
+    raw = losses.view(np.uint32)
+    keys = np.empty(batch, dtype=np.uint64)
+    votes_low = np.zeros(batch, dtype=np.int32)
+    votes_high = np.zeros(batch, dtype=np.int32)
+    mask = np.uint64(0xFFFFFFFF)
+    for v in range(num_views):
+        _rank_keys(raw[v], keys)
+        # np.partition puts the k smallest (unique) keys first, in O(B).
+        if k_low > 0:
+            part = np.partition(keys, k_low - 1) if k_low < batch else keys
+            for i in range(k_low):
+                votes_low[np.int64(part[i] & mask)] += 1
+        if k_high > 0:
+            part = np.partition(keys, batch - k_high) if k_high < batch else keys
+            for i in range(batch - k_high, batch):
+                votes_high[np.int64(part[i] & mask)] += 1
+    n_red = _finish_end(ids, votes_low, num_views, k_low, key_low, red_bits) if k_low > 0 else 0
+    n_ill = _finish_end(ids, votes_high, num_views, k_high, key_high, ill_bits) if k_high > 0 else 0
     return n_red, n_ill
 
 
@@ -120,9 +147,10 @@ def select_batch(ids: np.ndarray, losses: np.ndarray, k_low: int, k_high: int,
                  red_bits: np.ndarray, ill_bits: np.ndarray) -> tuple[int, int]:
     """Mark one batch's redundant and ill-matched candidates in `red_bits` / `ill_bits`.
 
-    ids: (B,) int64, distinct. losses: (V, B) float32/float64, finite. Returns the number of
-    candidates chosen at each end (k_low and k_high when B allows).
+    ids: (B,) int64, distinct. losses: (V, B) finite; ranked at float32 precision, ties broken
+    by batch position. Returns the number of candidates chosen at each end.
     """
+    losses = np.ascontiguousarray(losses, dtype=np.float32)
     with errstate():
         return _select_batch(ids, losses, k_low, k_high, key_low, key_high, red_bits, ill_bits)
 
@@ -189,8 +217,9 @@ def one_end_numpy(ids: np.ndarray, losses: np.ndarray, k: int, lowest: bool,
     if k <= 0:
         return np.empty(0, dtype=np.int64)
     per_view = []
+    ranked = losses.astype(np.float32) + np.float32(0.0)  # ranking is at float32 precision
     for v in range(num_views):
-        order = np.argsort(losses[v], kind="stable")
+        order = np.argsort(ranked[v], kind="stable")
         per_view.append(order[:k] if lowest else order[batch - k:])
     inter = per_view[0]
     for sel in per_view[1:]:
@@ -201,7 +230,7 @@ def one_end_numpy(ids: np.ndarray, losses: np.ndarray, k: int, lowest: bool,
         pool = ids[np.setdiff1d(union, inter)]
         with np.errstate(over="ignore"):
             prio = _mix64_np(np.uint64(key) ^ (pool.astype(np.uint64) * np.uint64(_GAMMA)))
-        pick = pool[np.argsort(prio, kind="stable")[: k - len(inter)]]
+        pick = pool[np.argsort(prio >> np.uint64(32), kind="stable")[: k - len(inter)]]
         chosen = np.concatenate([chosen, pick])
     return np.sort(chosen)
 
