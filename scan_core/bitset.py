@@ -68,13 +68,21 @@ def ids_of(bits, num_samples, set_value):
     return out
 
 
-@numba.njit(cache=True, nogil=True)
-def check_batch_ids(ids, num_samples, scratch):
-    """Validate one batch of ids against 0 <= id < num_samples with no repeats.
+def check_batch_ids(ids: np.ndarray, num_samples: int, scratch: np.ndarray,
+                    drop_bits: np.ndarray | None = None) -> tuple[int, int]:
+    """Validate one batch of int64 ids: 0 <= id < num_samples, no repeats, and none of them set
+    in `drop_bits` when given.
 
     `scratch` is an all-clear bitmap of the dataset; it is left all-clear. Returns
-    (code, position): code 0 = fine, 1 = out of range, 2 = repeated, at that position.
+    (code, position): code 0 = fine, 1 = out of range, 2 = repeated, 3 = set in drop_bits.
     """
+    check_drop = drop_bits is not None
+    return _check_batch_ids(ids, num_samples, scratch,
+                            drop_bits if check_drop else scratch, check_drop)
+
+
+@numba.njit(cache=True, nogil=True)
+def _check_batch_ids(ids, num_samples, scratch, drop_bits, check_drop):
     code = 0
     pos = -1
     n_set = 0
@@ -87,6 +95,10 @@ def check_batch_ids(ids, num_samples, scratch):
         mask = np.uint8(1 << (j & 7))
         if scratch[j >> 3] & mask:
             code = 2
+            pos = i
+            break
+        if check_drop and drop_bits[j >> 3] & mask:
+            code = 3
             pos = i
             break
         scratch[j >> 3] |= mask

@@ -146,9 +146,9 @@ class EpochPlan:
         """A 16-hex-digit digest of (epoch, kept set, weights): equal plans, equal digests."""
         h = hashlib.blake2b(digest_size=8)
         h.update(np.asarray([self.epoch, self.num_samples, self.num_kept], dtype=np.int64).tobytes())
-        if self.drop_bits is not None:
+        if self.drop_bits is not None and self.num_pruned:
             h.update(self.drop_bits.tobytes())
-        if self.weight_bits is not None:
+        if self.weight_bits is not None and bitset.popcount(self.weight_bits):
             h.update(self.weight_bits.tobytes())
             h.update(np.float64(self.weight).tobytes())
         return h.hexdigest()

@@ -395,7 +395,8 @@ class ScanPruner:
         if ids.ndim != 1:
             raise ScanInputError(f"ids must be 1-D (B,), got shape {ids.shape}.")
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        code, pos = bitset.check_batch_ids(ids, self.num_samples, self._scratch)
+        drop = self._plan.drop_bits if self._plan is not None else None
+        code, pos = bitset.check_batch_ids(ids, self.num_samples, self._scratch, drop)
         if code == 1:
             raise ScanInputError(
                 f"id {int(ids[pos])} at batch position {pos} is out of range [0, "
@@ -404,6 +405,12 @@ class ScanPruner:
             raise ScanInputError(
                 f"id {int(ids[pos])} is repeated within one batch (position {pos}); each sample "
                 "appears at most once per batch.")
+        if code == 3:
+            raise ScanInputError(
+                f"id {int(ids[pos])} (batch position {pos}) was pruned from epoch "
+                f"{self._plan.epoch if self._plan else '?'}'s plan, yet it was trained on: the "
+                "data loader is not serving this epoch's plan (a sampler whose set_epoch was "
+                "never called?).")
         return ids
 
     def _check_losses(self, losses: Any, batch: int) -> np.ndarray:

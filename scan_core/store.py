@@ -112,6 +112,7 @@ class LossStore:
         scalars = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
         snaps = self._group.require_group("snapshots")
         name = f"epoch_{epoch:08d}"
+        shutil.rmtree(os.path.join(self.path, "snapshots", name), ignore_errors=True)
         node = snaps.create_group(name, overwrite=True)
         checksums = {}
         for key, value in arrays.items():
@@ -121,29 +122,33 @@ class LossStore:
                 arr[...] = value
             checksums[key] = _crc(value)
         node.attrs.update({"state": scalars, "checksums": checksums, "complete": True})
-        self._prune_old(snaps)
+        self._prune_old()
 
     def load_latest(self) -> dict[str, Any] | None:
         """The newest completed snapshot as a state dict, or None when there is none."""
-        if "snapshots" not in self._group:
-            return None
-        snaps = self._group["snapshots"]
-        for name in sorted(snaps.group_keys(), reverse=True):
+        for name in reversed(self._snapshot_names()):
             attrs = self._snapshot_attrs(name)
             if attrs is None:
                 warnings.warn(f"SCAN store {self.path!r}: snapshot {name} was not completed "
                               "(the run was stopped while writing it); resuming from the one "
                               "before.", stacklevel=3)
                 continue
-            return self._read_snapshot(snaps, name, attrs)
+            return self._read_snapshot(name, attrs)
         return None
 
     def epochs(self) -> list[int]:
         """Epochs with a completed snapshot, ascending."""
-        if "snapshots" not in self._group:
-            return []
-        return [int(n.split("_")[1]) for n in sorted(self._group["snapshots"].group_keys())
+        return [int(n.split("_")[1]) for n in self._snapshot_names()
                 if self._snapshot_attrs(n) is not None]
+
+    def _snapshot_names(self) -> list[str]:
+        # Listed from the file system, not through zarr: a half-written snapshot may have no
+        # (or a truncated) zarr.json, which zarr's own listing refuses to parse.
+        folder = os.path.join(self.path, "snapshots")
+        if not os.path.isdir(folder):
+            return []
+        return sorted(n for n in os.listdir(folder)
+                      if n.startswith("epoch_") and n[6:].isdigit())
 
     def _snapshot_attrs(self, name: str) -> dict[str, Any] | None:
         path = os.path.join(self.path, "snapshots", name, "zarr.json")
@@ -154,11 +159,12 @@ class LossStore:
             return None
         return attrs if attrs.get("complete") is True else None
 
-    def _read_snapshot(self, snaps: zarr.Group, name: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    def _read_snapshot(self, name: str, attrs: dict[str, Any]) -> dict[str, Any]:
         state = dict(attrs["state"])
         for key, crc in attrs["checksums"].items():
             try:
-                value = np.asarray(snaps[name][key][...])
+                node = zarr.open_array(os.path.join(self.path, "snapshots", name, key), mode="r")
+                value = np.asarray(node[...])
             except Exception as exc:  # zarr raises many kinds on damaged chunks
                 raise ScanStoreCorruptError(
                     f"SCAN store {self.path!r}: array {name}/{key} of a completed snapshot cannot "
@@ -170,9 +176,8 @@ class LossStore:
             state[key] = value
         return state
 
-    def _prune_old(self, snaps: zarr.Group) -> None:
-        names = sorted(snaps.group_keys())
-        complete = [n for n in names if self._snapshot_attrs(n) is not None]
+    def _prune_old(self) -> None:
+        complete = [n for n in self._snapshot_names() if self._snapshot_attrs(n) is not None]
         for name in complete[:-KEEP_SNAPSHOTS]:
             shutil.rmtree(os.path.join(self.path, "snapshots", name), ignore_errors=True)
 
