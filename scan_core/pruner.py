@@ -425,5 +425,5 @@ class ScanPruner:
                 f"{losses.shape}: one row per view (e.g. CLIP's image->text and text->image), "
                 "one column per id, no batch mean.")
         if losses.dtype not in (np.float32, np.float64):
-            losses = losses.astype(np.float64)
+            losses = losses.astype(np.float32 if losses.dtype == np.float16 else np.float64)
         return np.ascontiguousarray(losses)

@@ -142,17 +142,50 @@ def _select_batch(ids, losses, k_low, k_high, key_low, key_high, red_bits, ill_b
     return n_red, n_ill
 
 
+@numba.njit(cache=True, nogil=True)
+def _select_batch_f64(ids, losses, k_low, k_high, key_low, key_high, red_bits, ill_bits):
+    """float64 losses ranked at full precision: orderable 64-bit keys, a stable argsort (ties
+    by batch position). Slower than the float32 path, which trainers normally hit."""
+    num_views, batch = losses.shape
+    if k_low <= 0 and k_high <= 0:
+        return 0, 0
+    raw = losses.view(np.uint64)
+    keys = np.empty(batch, dtype=np.uint64)
+    sign = np.uint64(0x8000000000000000)
+    votes_low = np.zeros(batch, dtype=np.int32)
+    votes_high = np.zeros(batch, dtype=np.int32)
+    for v in range(num_views):
+        for p in range(batch):
+            b = raw[v, p]
+            if b == sign:  # -0.0 ranks as +0.0
+                b = np.uint64(0)
+            keys[p] = (~b) if (b & sign) else (b | sign)
+        order = np.argsort(keys, kind="mergesort")
+        for i in range(k_low):
+            votes_low[order[i]] += 1
+        for i in range(batch - k_high, batch):
+            votes_high[order[i]] += 1
+    n_red = _finish_end(ids, votes_low, num_views, k_low, key_low, red_bits) if k_low > 0 else 0
+    n_ill = _finish_end(ids, votes_high, num_views, k_high, key_high, ill_bits) if k_high > 0 else 0
+    return n_red, n_ill
+
+
 def select_batch(ids: np.ndarray, losses: np.ndarray, k_low: int, k_high: int,
                  key_low: np.uint64, key_high: np.uint64,
                  red_bits: np.ndarray, ill_bits: np.ndarray) -> tuple[int, int]:
     """Mark one batch's redundant and ill-matched candidates in `red_bits` / `ill_bits`.
 
-    ids: (B,) int64, distinct. losses: (V, B) finite; ranked at float32 precision, ties broken
-    by batch position. Returns the number of candidates chosen at each end.
+    ids: (B,) int64, distinct. losses: (V, B) finite, ranked exactly (float64 at full
+    precision; float16 and integers are widened), ties broken by batch position. float32 takes
+    the fast O(B) path. Returns the number of candidates chosen at each end.
     """
-    losses = np.ascontiguousarray(losses, dtype=np.float32)
+    kernel = _select_batch
+    if losses.dtype == np.float64 or losses.dtype.kind in "iu":
+        losses, kernel = np.ascontiguousarray(losses, dtype=np.float64), _select_batch_f64
+    else:
+        losses = np.ascontiguousarray(losses, dtype=np.float32)
     with errstate():
-        return _select_batch(ids, losses, k_low, k_high, key_low, key_high, red_bits, ill_bits)
+        return kernel(ids, losses, k_low, k_high, key_low, key_high, red_bits, ill_bits)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -217,7 +250,8 @@ def one_end_numpy(ids: np.ndarray, losses: np.ndarray, k: int, lowest: bool,
     if k <= 0:
         return np.empty(0, dtype=np.int64)
     per_view = []
-    ranked = losses.astype(np.float32) + np.float32(0.0)  # ranking is at float32 precision
+    wide = losses.dtype == np.float64 or losses.dtype.kind in "iu"
+    ranked = losses.astype(np.float64 if wide else np.float32) + 0.0  # -0.0 ranks as +0.0
     for v in range(num_views):
         order = np.argsort(ranked[v], kind="stable")
         per_view.append(order[:k] if lowest else order[batch - k:])
