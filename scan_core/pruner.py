@@ -16,6 +16,7 @@ or), warm-up is decided on the global mean, and the state is persisted.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from typing import Any
@@ -84,6 +85,8 @@ class ScanPruner:
         self._store: LossStore | None = None
         if store is not None:
             self._open_store(store)
+        if self.world_size > 1:  # a collective: every rank constructs its pruner
+            self._check_agreement("construction" if store is None else "resume from the store")
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -201,7 +204,7 @@ class ScanPruner:
         self._plan, self._epoch_losses = None, None
         self._next_epoch = plan.epoch + 1
         if self.world_size > 1:
-            self._check_agreement("end of epoch %d" % plan.epoch)
+            self._check_agreement(f"end of epoch {plan.epoch}", plan.fingerprint)
         if self._store is not None:
             self._store.write_snapshot(plan.epoch, self.state_dict())
         return summary
@@ -336,8 +339,6 @@ class ScanPruner:
         state = self._store.load_latest()
         if state is not None:
             self.load_state_dict(state)
-        if self.world_size > 1:
-            self._check_agreement("resume from the store")
 
     def _end_warmup_step(self, epoch: int, mean_loss: float) -> None:
         self._warmup = end_of_epoch(self._warmup, epoch, mean_loss, self.config)
@@ -372,8 +373,11 @@ class ScanPruner:
         self._num_preparations += 1
         self._collecting = False
 
-    def _check_agreement(self, where: str) -> None:
+    def _check_agreement(self, where: str, plan_fingerprint: str = "") -> None:
+        """All ranks must hold the same config, epoch, candidates and (just ended) plan."""
         digest = hashlib.blake2b(digest_size=8)
+        digest.update(json.dumps(self._meta(), sort_keys=True).encode())
+        digest.update(plan_fingerprint.encode())
         digest.update(np.asarray([self._next_epoch, self._num_preparations], np.int64).tobytes())
         digest.update(self._red.tobytes())
         digest.update(self._ill.tobytes())
@@ -383,8 +387,9 @@ class ScanPruner:
         if high[0] != -high[1]:
             raise ScanDistributedError(
                 f"ranks disagree on the pruner state at {where} (rank {self.rank}: epoch "
-                f"{self._next_epoch}, |D'| {self.num_candidates}); every rank must record its own "
-                "batches with the same config, seed and store.")
+                f"{self._next_epoch}, |D'| {self.num_candidates}, plan {plan_fingerprint or '-'}, "
+                f"seed {self.config.seed}); every rank needs the same config, seed and store, "
+                "and must record its own batches.")
 
     def _check_ids(self, ids: Any) -> np.ndarray:
         ids = np.asarray(ids)
