@@ -51,21 +51,14 @@ def set_ids(bits, ids):
         bits[j >> 3] |= np.uint8(1 << (j & 7))
 
 
-@numba.njit(cache=True, nogil=True)
-def ids_of(bits, num_samples, set_value):
+def ids_of(bits: np.ndarray, num_samples: int, set_value: bool) -> np.ndarray:
     """Sorted int64 ids in [0, num_samples) whose bit equals `set_value` (True: set bits;
-    False: clear bits). Bits past num_samples in the last byte are ignored."""
-    count = 0
-    for j in range(num_samples):
-        if (((bits[j >> 3] >> (j & 7)) & 1) == 1) == set_value:
-            count += 1
-    out = np.empty(count, dtype=np.int64)
-    k = 0
-    for j in range(num_samples):
-        if (((bits[j >> 3] >> (j & 7)) & 1) == 1) == set_value:
-            out[k] = j
-            k += 1
-    return out
+    False: clear bits). Bits past num_samples in the last byte are ignored. Uses one byte per
+    sample of scratch while it runs."""
+    flags = np.unpackbits(bits, count=num_samples, bitorder="little")
+    if not set_value:
+        np.logical_not(flags, out=flags)
+    return np.flatnonzero(flags).astype(np.int64, copy=False)
 
 
 def check_batch_ids(ids: np.ndarray, num_samples: int, scratch: np.ndarray,

@@ -31,7 +31,7 @@ from scan_core.errors import (ScanConfigError, ScanDistributedError, ScanInputEr
                               ScanResumeError, ScanStateError, ScanTargetUnreachableError)
 from scan_core.plan import EpochPlan
 from scan_core.schedule import solve_candidate_share
-from scan_core.select import SALT_HIGH, SALT_LOW, k_of, loss_stats, select_batch, stream_key
+from scan_core.select import SALT_HIGH, SALT_LOW, k_of, record_batch, stream_key
 from scan_core.store import LossStore
 from scan_core.summary import EpochSummary
 from scan_core.warmup import WarmupState, earliest_e0, end_of_epoch, initial_warmup
@@ -143,29 +143,27 @@ class ScanPruner:
         want_losses = (self._collecting and (cfg.scope == "global" or self.loss_history)) \
             or cfg.rule == "infobatch"
         self._epoch_losses = EpochLosses(self.num_views, n) if want_losses else None
-        if self._collecting and cfg.scope == "batch":
-            self._keys = (stream_key(cfg.seed, epoch, SALT_LOW), stream_key(cfg.seed, epoch, SALT_HIGH))
+        self._keys = (stream_key(cfg.seed, epoch, SALT_LOW), stream_key(cfg.seed, epoch, SALT_HIGH))
         return self._plan
 
     def record(self, ids: np.ndarray, losses: np.ndarray) -> None:
         """Show the pruner one batch: ids (B,) integers, losses (num_views, B) per-sample
         per-view losses (a (B,) array is accepted when num_views == 1)."""
-        if self._plan is None:
+        plan = self._plan
+        if plan is None:
             raise ScanStateError("record() outside an epoch: call plan_epoch(epoch) first.")
         ids = self._check_ids(ids)
         losses = self._check_losses(losses, ids.shape[0])
-        total, bad = loss_stats(losses)
-        if bad >= 0:
-            raise ScanInputError(
-                f"losses hold a non-finite value ({losses[:, bad].tolist()}) for sample id "
-                f"{int(ids[bad])} (batch position {bad}); check the loss for overflow or a bad "
-                "input before handing it over.")
+        collect = self._collecting and self.config.scope == "batch"
+        batch = ids.shape[0]
+        k_low, k_high = (k_of(self.rho_low, batch), k_of(self.rho_high, batch)) if collect else (0, 0)
+        code, pos, total = record_batch(ids, losses, self.num_samples, self._scratch,
+                                        plan.drop_bits, collect, k_low, k_high, self._keys[0],
+                                        self._keys[1], self._red, self._ill)
+        if code:
+            self._raise_bad_batch(code, pos, ids, losses)
         self._loss_sum += total
-        self._loss_count += ids.shape[0]
-        if self._collecting and self.config.scope == "batch":
-            batch = ids.shape[0]
-            select_batch(ids, losses, k_of(self.rho_low, batch), k_of(self.rho_high, batch),
-                         self._keys[0], self._keys[1], self._red, self._ill)
+        self._loss_count += batch
         if self._epoch_losses is not None:
             self._epoch_losses.add(ids, losses, normalize=self.config.global_normalization == "batch"
                                    and self.config.scope == "global")
@@ -399,9 +397,9 @@ class ScanPruner:
                 "of the batch (e.g. torch.long / np.int64).")
         if ids.ndim != 1:
             raise ScanInputError(f"ids must be 1-D (B,), got shape {ids.shape}.")
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        drop = self._plan.drop_bits if self._plan is not None else None
-        code, pos = bitset.check_batch_ids(ids, self.num_samples, self._scratch, drop)
+        return np.ascontiguousarray(ids, dtype=np.int64)
+
+    def _raise_bad_batch(self, code: int, pos: int, ids: np.ndarray, losses: np.ndarray) -> None:
         if code == 1:
             raise ScanInputError(
                 f"id {int(ids[pos])} at batch position {pos} is out of range [0, "
@@ -416,7 +414,10 @@ class ScanPruner:
                 f"{self._plan.epoch if self._plan else '?'}'s plan, yet it was trained on: the "
                 "data loader is not serving this epoch's plan (a sampler whose set_epoch was "
                 "never called?).")
-        return ids
+        raise ScanInputError(
+            f"losses hold a non-finite value ({losses[:, pos].tolist()}) for sample id "
+            f"{int(ids[pos])} (batch position {pos}); check the loss for overflow or a bad "
+            "input before handing it over.")
 
     def _check_losses(self, losses: Any, batch: int) -> np.ndarray:
         losses = np.asarray(losses)

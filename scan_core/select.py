@@ -19,6 +19,9 @@ import math
 import numba
 import numpy as np
 
+from scan_core.bitset import _check_batch_ids
+from scan_core.rank import mark_ends, mark_smallest
+
 _MASK64 = (1 << 64) - 1
 _GAMMA = 0x9E3779B97F4A7C15
 TOPUP_FRACTION = 0.9  # the authors' threshold for topping up a thin intersection
@@ -66,21 +69,6 @@ def _uniform(key, j):
 
 
 @numba.njit(cache=True, nogil=True)
-def _rank_keys(row, keys):
-    """keys[p] = orderable float32 bits of row[p] << 32 | p: unique, sortable as uint64, ties
-    broken by batch position, -0.0 ranked as +0.0. row: float32 viewed as uint32."""
-    for p in range(row.shape[0]):
-        b = np.uint64(row[p])
-        if b == np.uint64(0x80000000):
-            b = np.uint64(0)
-        if b & np.uint64(0x80000000):
-            b = np.uint64(0xFFFFFFFF) ^ b
-        else:
-            b = b | np.uint64(0x80000000)
-        keys[p] = (b << np.uint64(32)) | np.uint64(p)
-
-
-@numba.njit(cache=True, nogil=True)
 def _finish_end(ids, votes, num_views, k, key, bits):
     """Intersection of the views' picks, topped up to k from the rest of their union when it
     holds fewer than 0.9 k; sets the chosen ids' bits and returns how many were chosen."""
@@ -96,75 +84,38 @@ def _finish_end(ids, votes, num_views, k, key, bits):
             n_pool += 1
     if num_views == 1 or n_inter >= TOPUP_FRACTION * k:
         return n_inter
-    # The (k - n_inter) pool members of smallest hash priority (32 hash bits, then the pool
-    # index): a uniform draw that depends on (seed, epoch, id) only.
-    pool = np.empty(n_pool, dtype=np.int64)
-    prio = np.empty(n_pool, dtype=np.uint64)
-    q = 0
-    for p in range(batch):
-        if 0 < votes[p] < num_views:
-            pool[q] = ids[p]
-            h = _mix64(key ^ (np.uint64(ids[p]) * np.uint64(0x9E3779B97F4A7C15)))
-            prio[q] = ((h >> np.uint64(32)) << np.uint64(32)) | np.uint64(q)
-            q += 1
+    # Top up with a uniform random (k - n_inter)-subset of the pool (selection sampling over
+    # the pool in batch order, one hashed uniform per member keyed by its id).
     need = k - n_inter
-    if need < n_pool:
-        prio = np.partition(prio, need - 1)
-    for i in range(need):
-        j = pool[np.int64(prio[i] & np.uint64(0xFFFFFFFF))]
-        bits[j >> 3] |= np.uint8(1 << (j & 7))
+    remaining = n_pool
+    for p in range(batch):
+        if need == 0:
+            break
+        if 0 < votes[p] < num_views:
+            j = ids[p]
+            u = np.float64(_mix64(key ^ (np.uint64(j) * np.uint64(0x9E3779B97F4A7C15)))
+                           >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+            if u * remaining < need:
+                bits[j >> 3] |= np.uint8(1 << (j & 7))
+                need -= 1
+            remaining -= 1
     return k
 
 
 @numba.njit(cache=True, nogil=True)
 def _select_batch(ids, losses, k_low, k_high, key_low, key_high, red_bits, ill_bits):
     num_views, batch = losses.shape
-    if k_low <= 0 and k_high <= 0:
-        return 0, 0
-    raw = losses.view(np.uint32)
-    keys = np.empty(batch, dtype=np.uint64)
     votes_low = np.zeros(batch, dtype=np.int32)
     votes_high = np.zeros(batch, dtype=np.int32)
-    mask = np.uint64(0xFFFFFFFF)
+    mark_low = np.empty(batch, dtype=np.uint8)
+    mark_high = np.empty(batch, dtype=np.uint8)
     for v in range(num_views):
-        _rank_keys(raw[v], keys)
-        # np.partition puts the k smallest (unique) keys first, in O(B).
-        if k_low > 0:
-            part = np.partition(keys, k_low - 1) if k_low < batch else keys
-            for i in range(k_low):
-                votes_low[np.int64(part[i] & mask)] += 1
-        if k_high > 0:
-            part = np.partition(keys, batch - k_high) if k_high < batch else keys
-            for i in range(batch - k_high, batch):
-                votes_high[np.int64(part[i] & mask)] += 1
-    n_red = _finish_end(ids, votes_low, num_views, k_low, key_low, red_bits) if k_low > 0 else 0
-    n_ill = _finish_end(ids, votes_high, num_views, k_high, key_high, ill_bits) if k_high > 0 else 0
-    return n_red, n_ill
-
-
-@numba.njit(cache=True, nogil=True)
-def _select_batch_f64(ids, losses, k_low, k_high, key_low, key_high, red_bits, ill_bits):
-    """float64 losses ranked at full precision: orderable 64-bit keys, a stable argsort (ties
-    by batch position). Slower than the float32 path, which trainers normally hit."""
-    num_views, batch = losses.shape
-    if k_low <= 0 and k_high <= 0:
-        return 0, 0
-    raw = losses.view(np.uint64)
-    keys = np.empty(batch, dtype=np.uint64)
-    sign = np.uint64(0x8000000000000000)
-    votes_low = np.zeros(batch, dtype=np.int32)
-    votes_high = np.zeros(batch, dtype=np.int32)
-    for v in range(num_views):
+        mark_low[:] = 0
+        mark_high[:] = 0
+        mark_ends(losses[v], k_low, k_high, mark_low, mark_high)
         for p in range(batch):
-            b = raw[v, p]
-            if b == sign:  # -0.0 ranks as +0.0
-                b = np.uint64(0)
-            keys[p] = (~b) if (b & sign) else (b | sign)
-        order = np.argsort(keys, kind="mergesort")
-        for i in range(k_low):
-            votes_low[order[i]] += 1
-        for i in range(batch - k_high, batch):
-            votes_high[order[i]] += 1
+            votes_low[p] += mark_low[p]
+            votes_high[p] += mark_high[p]
     n_red = _finish_end(ids, votes_low, num_views, k_low, key_low, red_bits) if k_low > 0 else 0
     n_ill = _finish_end(ids, votes_high, num_views, k_high, key_high, ill_bits) if k_high > 0 else 0
     return n_red, n_ill
@@ -175,17 +126,16 @@ def select_batch(ids: np.ndarray, losses: np.ndarray, k_low: int, k_high: int,
                  red_bits: np.ndarray, ill_bits: np.ndarray) -> tuple[int, int]:
     """Mark one batch's redundant and ill-matched candidates in `red_bits` / `ill_bits`.
 
-    ids: (B,) int64, distinct. losses: (V, B) finite, ranked exactly (float64 at full
-    precision; float16 and integers are widened), ties broken by batch position. float32 takes
-    the fast O(B) path. Returns the number of candidates chosen at each end.
+    ids: (B,) int64, distinct. losses: (V, B) finite, ranked exactly (float32 and float64 at
+    their own precision; float16 and integers are widened), ties broken by batch position.
+    Returns the number of candidates chosen at each end.
     """
-    kernel = _select_batch
-    if losses.dtype == np.float64 or losses.dtype.kind in "iu":
-        losses, kernel = np.ascontiguousarray(losses, dtype=np.float64), _select_batch_f64
-    else:
-        losses = np.ascontiguousarray(losses, dtype=np.float32)
+    if losses.dtype != np.float32:
+        wide = losses.dtype == np.float64 or losses.dtype.kind in "iu"
+        losses = losses.astype(np.float64 if wide else np.float32)
+    losses = np.ascontiguousarray(losses)
     with errstate():
-        return kernel(ids, losses, k_low, k_high, key_low, key_high, red_bits, ill_bits)
+        return _select_batch(ids, losses, k_low, k_high, key_low, key_high, red_bits, ill_bits)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -261,11 +211,19 @@ def one_end_numpy(ids: np.ndarray, losses: np.ndarray, k: int, lowest: bool,
     chosen = ids[inter]
     if num_views > 1 and len(inter) < TOPUP_FRACTION * k:
         union = np.unique(np.concatenate(per_view))
-        pool = ids[np.setdiff1d(union, inter)]
+        pool = ids[np.setdiff1d(union, inter)]  # in batch order
         with np.errstate(over="ignore"):
             prio = _mix64_np(np.uint64(key) ^ (pool.astype(np.uint64) * np.uint64(_GAMMA)))
-        pick = pool[np.argsort(prio >> np.uint64(32), kind="stable")[: k - len(inter)]]
-        chosen = np.concatenate([chosen, pick])
+        u = (prio >> np.uint64(11)).astype(np.float64) / 2.0**53
+        need, remaining, pick = k - len(inter), len(pool), []
+        for q in range(len(pool)):  # selection sampling, as the kernel does
+            if need == 0:
+                break
+            if u[q] * remaining < need:
+                pick.append(pool[q])
+                need -= 1
+            remaining -= 1
+        chosen = np.concatenate([chosen, np.asarray(pick, dtype=np.int64)])
     return np.sort(chosen)
 
 
@@ -302,3 +260,33 @@ def loss_stats(losses):
             acc += x
         total += acc / num_views
     return total, -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _record_batch(ids, losses, num_samples, scratch, drop_bits, check_drop, collect,
+                  k_low, k_high, key_low, key_high, red_bits, ill_bits):
+    code, pos = _check_batch_ids(ids, num_samples, scratch, drop_bits, check_drop)
+    if code != 0:
+        return code, pos, 0.0
+    total, bad = loss_stats(losses)
+    if bad >= 0:
+        return 4, bad, 0.0
+    if collect:
+        _select_batch(ids, losses, k_low, k_high, key_low, key_high, red_bits, ill_bits)
+    return 0, -1, total
+
+
+def record_batch(ids: np.ndarray, losses: np.ndarray, num_samples: int, scratch: np.ndarray,
+                 drop_bits: np.ndarray | None, collect: bool, k_low: int, k_high: int,
+                 key_low: np.uint64, key_high: np.uint64, red_bits: np.ndarray,
+                 ill_bits: np.ndarray) -> tuple[int, int, float]:
+    """The whole per-batch work of `ScanPruner.record` in one kernel call: validate ids (codes
+    1 out of range, 2 repeated, 3 pruned this epoch), check losses are finite (code 4), sum
+    the per-sample view means, and with `collect` mark the batch's candidates.
+    ids: (B,) int64 contiguous; losses: (V, B) float32 or float64 contiguous.
+    Returns (code, position, sum of per-sample mean losses)."""
+    check_drop = drop_bits is not None
+    with errstate():
+        return _record_batch(ids, losses, num_samples, scratch,
+                             drop_bits if check_drop else scratch, check_drop, collect,
+                             k_low, k_high, key_low, key_high, red_bits, ill_bits)
