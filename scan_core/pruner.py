@@ -157,8 +157,7 @@ class ScanPruner:
         collect = self._collecting and self.config.scope == "batch"
         batch = ids.shape[0]
         k_low, k_high = (k_of(self.rho_low, batch), k_of(self.rho_high, batch)) if collect else (0, 0)
-        code, pos, total = record_batch(ids, losses, self.num_samples, self._scratch,
-                                        plan.drop_bits, collect, k_low, k_high, self._keys[0],
+        code, pos, total = record_batch(ids, losses, self.num_samples, plan.drop_bits, collect, k_low, k_high, self._keys[0],
                                         self._keys[1], self._red, self._ill)
         if code:
             self._raise_bad_batch(code, pos, ids, losses)
@@ -319,7 +318,6 @@ class ScanPruner:
         self._plan: EpochPlan | None = None
         self._collecting = False
         self._epoch_losses: EpochLosses | None = None
-        self._scratch = bitset.new_bits(n)
         self._loss_sum, self._loss_count = 0.0, 0
 
     def _meta(self) -> dict[str, Any]:

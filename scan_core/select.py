@@ -19,7 +19,7 @@ import math
 import numba
 import numpy as np
 
-from scan_core.bitset import _check_batch_ids
+from scan_core.bitset import _EMPTY, _check_batch_ids
 from scan_core.rank import mark_ends, mark_smallest
 
 _MASK64 = (1 << 64) - 1
@@ -263,9 +263,9 @@ def loss_stats(losses):
 
 
 @numba.njit(cache=True, nogil=True)
-def _record_batch(ids, losses, num_samples, scratch, drop_bits, check_drop, collect,
+def _record_batch(ids, losses, num_samples, drop_bits, check_drop, collect,
                   k_low, k_high, key_low, key_high, red_bits, ill_bits):
-    code, pos = _check_batch_ids(ids, num_samples, scratch, drop_bits, check_drop)
+    code, pos = _check_batch_ids(ids, num_samples, drop_bits, check_drop)
     if code != 0:
         return code, pos, 0.0
     total, bad = loss_stats(losses)
@@ -276,7 +276,7 @@ def _record_batch(ids, losses, num_samples, scratch, drop_bits, check_drop, coll
     return 0, -1, total
 
 
-def record_batch(ids: np.ndarray, losses: np.ndarray, num_samples: int, scratch: np.ndarray,
+def record_batch(ids: np.ndarray, losses: np.ndarray, num_samples: int,
                  drop_bits: np.ndarray | None, collect: bool, k_low: int, k_high: int,
                  key_low: np.uint64, key_high: np.uint64, red_bits: np.ndarray,
                  ill_bits: np.ndarray) -> tuple[int, int, float]:
@@ -287,6 +287,6 @@ def record_batch(ids: np.ndarray, losses: np.ndarray, num_samples: int, scratch:
     Returns (code, position, sum of per-sample mean losses)."""
     check_drop = drop_bits is not None
     with errstate():
-        return _record_batch(ids, losses, num_samples, scratch,
-                             drop_bits if check_drop else scratch, check_drop, collect,
+        return _record_batch(ids, losses, num_samples,
+                             drop_bits if check_drop else _EMPTY, check_drop, collect,
                              k_low, k_high, key_low, key_high, red_bits, ill_bits)

@@ -136,12 +136,11 @@ def batches_to_check(draw):
 
 
 def run_check(ids, n, drop):
-    scratch = bitset.new_bits(n)
     if drop is None:
-        code, pos = bitset.check_batch_ids(ids, n, scratch)
+        code, pos = bitset.check_batch_ids(ids, n)
     else:
-        code, pos = bitset.check_batch_ids(ids, n, scratch, bits_of(drop, n))
-    return (int(code), int(pos)), scratch
+        code, pos = bitset.check_batch_ids(ids, n, bits_of(drop, n))
+    return (int(code), int(pos))
 
 
 def bits_of(ids, n):
@@ -156,34 +155,26 @@ def test_bitset_check_batch_ids_codes(case):
     range (negative included), (2, i) at the first repeat, (3, i) at the first id set in
     drop_bits when given, whichever comes first."""
     ids, n, drop = case
-    got, _ = run_check(ids, n, drop)
+    got = run_check(ids, n, drop)
     want = check_model(ids.tolist(), n, frozenset() if drop is None else set(drop.tolist()))
     assert got == want
 
 
 @given(batches_to_check())
-def test_bitset_check_batch_ids_leaves_scratch_clear(case):
-    """The scratch bitmap is all-clear after check_batch_ids, whatever it found, and a second
-    call on the same scratch gives the same answer."""
+def test_bitset_check_batch_ids_is_repeatable(case):
+    """A second call on the same batch gives the same answer (no state survives a call)."""
     ids, n, drop = case
-    first, scratch = run_check(ids, n, drop)
-    assert not scratch.any()
-    args = () if drop is None else (bits_of(drop, n),)
-    again = bitset.check_batch_ids(ids, n, scratch, *args)
-    assert (int(again[0]), int(again[1])) == first
-    assert not scratch.any()
+    assert run_check(ids, n, drop) == run_check(ids, n, drop)
 
 
 def test_bitset_check_batch_ids_examples():
     """Worked examples of each code."""
-    scratch = bitset.new_bits(10)
     ids = lambda *xs: np.array(xs, dtype=np.int64)  # noqa: E731
-    assert bitset.check_batch_ids(ids(0, 9, 5), 10, scratch) == (0, -1)
-    assert bitset.check_batch_ids(ids(0, -1, 5), 10, scratch) == (1, 1)
-    assert bitset.check_batch_ids(ids(3, 4, 10), 10, scratch) == (1, 2)
-    assert bitset.check_batch_ids(ids(3, 4, 3), 10, scratch) == (2, 2)
-    assert bitset.check_batch_ids(ids(), 10, scratch) == (0, -1)
+    assert bitset.check_batch_ids(ids(0, 9, 5), 10) == (0, -1)
+    assert bitset.check_batch_ids(ids(0, -1, 5), 10) == (1, 1)
+    assert bitset.check_batch_ids(ids(3, 4, 10), 10) == (1, 2)
+    assert bitset.check_batch_ids(ids(3, 4, 3), 10) == (2, 2)
+    assert bitset.check_batch_ids(ids(), 10) == (0, -1)
     drop = bits_of([4, 7], 10)
-    assert bitset.check_batch_ids(ids(0, 9, 7), 10, scratch, drop) == (3, 2)
-    assert bitset.check_batch_ids(ids(4, 4), 10, scratch, drop) == (3, 0)
-    assert not scratch.any()
+    assert bitset.check_batch_ids(ids(0, 9, 7), 10, drop) == (3, 2)
+    assert bitset.check_batch_ids(ids(4, 4), 10, drop) == (3, 0)
