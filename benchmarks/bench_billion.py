@@ -108,7 +108,7 @@ def run(num_samples: int, batch_size: int, pool_size: int, seed: int, iterate_ke
         out["iterate_s"] = time.perf_counter() - t0
         assert count == plan.num_kept
         out["peak_with_iteration"] = grown()
-    out["bitmaps_bytes"] = 4 * ((num_samples + 7) // 8)
+    out["bitmaps_bytes"] = 3 * ((num_samples + 7) // 8)
     return out
 
 
@@ -137,7 +137,7 @@ def report(r: dict, command: str, info: dict[str, str]) -> str:
         f"| **peak RSS growth after plan_epoch(1)** | **{r['peak_state'] / mib:.0f} MiB "
         f"({r['peak_state'] / r['n']:.3f} bytes/sample)** |",
         f"| RSS growth held after plan_epoch(1) | {r['rss_end_state'] / mib:.0f} MiB |",
-        f"| four N-bit bitmaps (red, ill, scratch, drop), for scale | "
+        f"| three N-bit bitmaps (red, ill, drop), for scale | "
         f"{r['bitmaps_bytes'] / mib:.0f} MiB |",
     ]
     if "iterate_s" in r:
