@@ -27,8 +27,9 @@ from scan_core import bitset, rules
 from scan_core._buffers import EpochLosses, global_candidates
 from scan_core.comm import Communicator, SingleProcess
 from scan_core.config import ScanConfig
-from scan_core.errors import (ScanConfigError, ScanDistributedError, ScanInputError,
-                              ScanResumeError, ScanStateError, ScanTargetUnreachableError)
+from scan_core.errors import (ScanConfigError, ScanDistributedError, ScanResumeError,
+                              ScanStateError, ScanTargetUnreachableError)
+from scan_core.inputs import as_ids, as_losses, raise_bad_batch
 from scan_core.plan import EpochPlan
 from scan_core.schedule import solve_candidate_share
 from scan_core.select import SALT_HIGH, SALT_LOW, k_of, record_batch, stream_key
@@ -152,15 +153,15 @@ class ScanPruner:
         plan = self._plan
         if plan is None:
             raise ScanStateError("record() outside an epoch: call plan_epoch(epoch) first.")
-        ids = self._check_ids(ids)
-        losses = self._check_losses(losses, ids.shape[0])
+        ids = as_ids(ids)
+        losses = as_losses(losses, self.num_views, ids.shape[0])
         collect = self._collecting and self.config.scope == "batch"
         batch = ids.shape[0]
         k_low, k_high = (k_of(self.rho_low, batch), k_of(self.rho_high, batch)) if collect else (0, 0)
         code, pos, total = record_batch(ids, losses, self.num_samples, plan.drop_bits, collect, k_low, k_high, self._keys[0],
                                         self._keys[1], self._red, self._ill)
         if code:
-            self._raise_bad_batch(code, pos, ids, losses)
+            raise_bad_batch(code, pos, ids, losses, self.num_samples, plan.epoch)
         self._loss_sum += total
         self._loss_count += batch
         if self._epoch_losses is not None:
@@ -386,48 +387,3 @@ class ScanPruner:
                 f"{self._next_epoch}, |D'| {self.num_candidates}, plan {plan_fingerprint or '-'}, "
                 f"seed {self.config.seed}); every rank needs the same config, seed and store, "
                 "and must record its own batches.")
-
-    def _check_ids(self, ids: Any) -> np.ndarray:
-        ids = np.asarray(ids)
-        if ids.dtype.kind not in "iu":
-            raise ScanInputError(
-                f"ids must be an integer array, got dtype {ids.dtype}; pass the dataset indices "
-                "of the batch (e.g. torch.long / np.int64).")
-        if ids.ndim != 1:
-            raise ScanInputError(f"ids must be 1-D (B,), got shape {ids.shape}.")
-        return np.ascontiguousarray(ids, dtype=np.int64)
-
-    def _raise_bad_batch(self, code: int, pos: int, ids: np.ndarray, losses: np.ndarray) -> None:
-        if code == 1:
-            raise ScanInputError(
-                f"id {int(ids[pos])} at batch position {pos} is out of range [0, "
-                f"{self.num_samples}).")
-        if code == 2:
-            raise ScanInputError(
-                f"id {int(ids[pos])} is repeated within one batch (position {pos}); each sample "
-                "appears at most once per batch.")
-        if code == 3:
-            raise ScanInputError(
-                f"id {int(ids[pos])} (batch position {pos}) was pruned from epoch "
-                f"{self._plan.epoch if self._plan else '?'}'s plan, yet it was trained on: the "
-                "data loader is not serving this epoch's plan (a sampler whose set_epoch was "
-                "never called?).")
-        raise ScanInputError(
-            f"losses hold a non-finite value ({losses[:, pos].tolist()}) for sample id "
-            f"{int(ids[pos])} (batch position {pos}); check the loss for overflow or a bad "
-            "input before handing it over.")
-
-    def _check_losses(self, losses: Any, batch: int) -> np.ndarray:
-        losses = np.asarray(losses)
-        if losses.dtype.kind not in "fiu":
-            raise ScanInputError(f"losses must be real numbers, got dtype {losses.dtype}.")
-        if losses.ndim == 1 and self.num_views == 1:
-            losses = losses[None, :]
-        if losses.shape != (self.num_views, batch):
-            raise ScanInputError(
-                f"losses must have shape (num_views, B) = ({self.num_views}, {batch}), got "
-                f"{losses.shape}: one row per view (e.g. CLIP's image->text and text->image), "
-                "one column per id, no batch mean.")
-        if losses.dtype not in (np.float32, np.float64):
-            losses = losses.astype(np.float32 if losses.dtype == np.float16 else np.float64)
-        return np.ascontiguousarray(losses)

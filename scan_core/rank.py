@@ -32,6 +32,21 @@ def _min_max(values, idx, n):
 
 
 @numba.njit(cache=True, nogil=True)
+def _bucketize(values, idx, n, lo, scale, bucket, hist):
+    """bucket[i] = floor((values[idx[i]] - lo) * scale) clamped to [0, n); hist counts them.
+    Monotone in the value whatever the rounding, which is all exactness needs."""
+    hist[:n] = 0
+    for i in range(n):
+        b = np.int64((np.float64(values[idx[i]]) - lo) * scale)
+        if b >= n:
+            b = n - 1
+        if b < 0:
+            b = 0
+        bucket[i] = b
+        hist[b] += 1
+
+
+@numba.njit(cache=True, nogil=True)
 def mark_smallest(values, count, mark):
     """mark[p] = 1 for the `count` smallest values (ties: lower position first).
 
@@ -64,15 +79,7 @@ def mark_smallest(values, count, mark):
             for i in range(count):
                 mark[idx[i]] = 1
             return
-        hist[:n] = 0
-        for i in range(n):
-            b = np.int64((np.float64(values[idx[i]]) - lo) * scale)
-            if b >= n:
-                b = n - 1
-            if b < 0:
-                b = 0
-            bucket[i] = b
-            hist[b] += 1
+        _bucketize(values, idx, n, lo, scale, bucket, hist)
         edge = 0
         below = 0
         while below + hist[edge] < count:
@@ -143,14 +150,7 @@ def mark_ends(values, k_low, k_high, mark_low, mark_high):
         return
     bucket = np.empty(m, dtype=np.int64)
     hist = np.zeros(m, dtype=np.int64)
-    for p in range(m):
-        b = np.int64((np.float64(values[p]) - lo) * scale)
-        if b >= m:
-            b = m - 1
-        if b < 0:
-            b = 0
-        bucket[p] = b
-        hist[b] += 1
+    _bucketize(values, everything, m, lo, scale, bucket, hist)
     if k_low > 0:
         edge = 0
         below = 0
