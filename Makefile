@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,torch]"
 	touch $(STAMP)
 
 # A preview of a SCAN run's saving on a realistic config (CLIP defaults, 1.2M samples, 32 epochs).

@@ -1,0 +1,15 @@
+"""PyTorch adapter for scan_core: a Sampler over epoch plans, per-sample InfoNCE for CLIP and
+MoCo v3, and the torch.distributed communicator.
+
+    from adapters.torch import ScanSampler, TorchCommunicator, clip_loss, record
+
+No global patching of PyTorch and no reseeding of global RNGs: every random draw comes from a
+generator this package creates (the shuffle) or from scan_core's counter-based hashes.
+"""
+
+from adapters.torch.distributed import TorchCommunicator, gather_features, record, to_numpy
+from adapters.torch.losses import ContrastiveLoss, clip_loss, moco_loss
+from adapters.torch.sampler import ScanSampler
+
+__all__ = ["ContrastiveLoss", "ScanSampler", "TorchCommunicator", "clip_loss", "gather_features",
+           "moco_loss", "record", "to_numpy"]

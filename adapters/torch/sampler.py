@@ -1,0 +1,90 @@
+"""ScanSampler: a torch Sampler that serves a ScanPruner's epoch plans.
+
+It has DistributedSampler's exact semantics over the kept ids: the same seed + epoch shuffle
+(torch.randperm with a generator seeded seed + epoch), padding by wrapping or drop_last
+truncation, rank stride, and a length fixed before iteration. With nothing pruned it yields
+exactly what `torch.utils.data.DistributedSampler` yields for the same seed, epoch and rank.
+
+Call `set_epoch(epoch)` before every epoch (as with DistributedSampler). Iterating without it
+raises instead of silently replaying epoch 0, the pitfall of open_clip's
+`isinstance(sampler, DistributedSampler)` check that never reaches custom samplers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from scan_core import EpochPlan, ScanPruner, ScanStateError
+from scan_core.errors import ScanConfigError
+
+
+class ScanSampler(Sampler[int]):
+    """Args:
+      pruner: the run's ScanPruner; `set_epoch` calls its `plan_epoch`.
+      num_replicas / rank: default to torch.distributed's world size and rank (1 / 0 when it is
+        not initialised); must match the pruner's communicator.
+      shuffle, drop_last: as DistributedSampler.
+      seed: shuffle seed; default the pruner's config seed.
+    """
+
+    def __init__(self, pruner: ScanPruner, *, num_replicas: int | None = None,
+                 rank: int | None = None, shuffle: bool = True, seed: int | None = None,
+                 drop_last: bool = False) -> None:
+        initialised = dist.is_available() and dist.is_initialized()
+        self.num_replicas = num_replicas if num_replicas is not None else (
+            dist.get_world_size() if initialised else 1)
+        self.rank = rank if rank is not None else (dist.get_rank() if initialised else 0)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ScanConfigError(
+                f"rank must lie in [0, {self.num_replicas}), got {self.rank}.")
+        if pruner.world_size not in (1, self.num_replicas):
+            raise ScanConfigError(
+                f"the pruner's communicator has world_size={pruner.world_size} but the sampler "
+                f"shards over num_replicas={self.num_replicas}; give the pruner the "
+                "communicator of the same process group (adapters.torch.TorchCommunicator()).")
+        self.pruner = pruner
+        self.shuffle = shuffle
+        self.seed = pruner.config.seed if seed is None else int(seed)
+        self.drop_last = drop_last
+        self._plan: EpochPlan | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the epoch's plan (pruner.plan_epoch) and so this sampler's length and order."""
+        self._plan = self.pruner.plan_epoch(epoch)
+
+    @property
+    def plan(self) -> EpochPlan:
+        if self._plan is None:
+            raise ScanStateError(
+                "ScanSampler: call sampler.set_epoch(epoch) before iterating or asking its "
+                "length (each epoch has its own plan).")
+        return self._plan
+
+    def indices(self) -> np.ndarray:
+        """This rank's ids for the epoch, int64, in order."""
+        plan = self.plan
+        return plan.shard(self.rank, self.num_replicas, shuffle=self.shuffle,
+                          drop_last=self.drop_last, permutation=self._permutation)
+
+    def batches(self, batch_size: int, *, drop_last: bool = False) -> Iterator[np.ndarray]:
+        """This rank's ids in batches (int64 arrays), for loaders that fetch a batch at once."""
+        ids = self.indices()
+        stop = len(ids) - len(ids) % batch_size if drop_last else len(ids)
+        for start in range(0, stop, batch_size):
+            yield ids[start:start + batch_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        return self.plan.shard_length(self.num_replicas, self.drop_last)
+
+    def _permutation(self, n: int) -> np.ndarray:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.plan.epoch)
+        return torch.randperm(n, generator=generator).numpy()
