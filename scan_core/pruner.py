@@ -53,11 +53,14 @@ class ScanPruner:
       communicator: a `Communicator` for data-parallel runs; rank 0 writes the store.
       loss_history: "float16" / "float32" to keep every preparation epoch's per-view losses in
         the store (for analysis; costs num_views * N * itemsize per preparation epoch).
+      resume_epoch: resume from the store's snapshot of exactly this epoch (the one a model
+        checkpoint matches) instead of its newest; -1 starts afresh over the store.
     """
 
     def __init__(self, num_samples: int, num_views: int = 2, config: ScanConfig | None = None,
                  store: str | os.PathLike[str] | None = None, *,
-                 communicator: Communicator | None = None, loss_history: str | None = None) -> None:
+                 communicator: Communicator | None = None, loss_history: str | None = None,
+                 resume_epoch: int | None = None) -> None:
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
                 or num_samples < 1:
             raise ScanConfigError(f"num_samples must be an int >= 1, got {num_samples!r}.")
@@ -84,8 +87,10 @@ class ScanPruner:
                                   cfg.full_tail_epochs)
         self._reset_state()
         self._store: LossStore | None = None
+        if resume_epoch is not None and store is None:
+            raise ScanConfigError("resume_epoch needs a store to resume from.")
         if store is not None:
-            self._open_store(store)
+            self._open_store(store, resume_epoch)
         if self.world_size > 1:  # a collective: every rank constructs its pruner
             self._check_agreement("construction" if store is None else "resume from the store")
 
@@ -325,7 +330,7 @@ class ScanPruner:
         return {"config": self.config.to_dict(), "num_samples": self.num_samples,
                 "num_views": self.num_views, "world_size": self.world_size}
 
-    def _open_store(self, path: str | os.PathLike[str]) -> None:
+    def _open_store(self, path: str | os.PathLike[str], resume_epoch: int | None) -> None:
         # Rank 0 creates or validates first; the all_reduce is the barrier the others wait at.
         if self.rank == 0:
             self._store = LossStore.open(path, self._meta(), writable=True)
@@ -333,7 +338,11 @@ class ScanPruner:
         if self.rank != 0:
             self._store = LossStore.open(path, self._meta(), writable=False)
         assert self._store is not None
-        state = self._store.load_latest()
+        if resume_epoch is None:
+            state = self._store.load_latest()
+        else:
+            state = self._store.load_epoch(resume_epoch) if resume_epoch >= 0 else None
+            self._store.discard_after(resume_epoch)
         if state is not None:
             self.load_state_dict(state)
 

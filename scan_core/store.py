@@ -136,6 +136,31 @@ class LossStore:
             return self._read_snapshot(name, attrs)
         return None
 
+    def load_epoch(self, epoch: int) -> dict[str, Any]:
+        """The completed snapshot written after `epoch`; ScanResumeError when there is none
+        (only the two newest are kept)."""
+        name = f"epoch_{epoch:08d}"
+        attrs = self._snapshot_attrs(name) if name in self._snapshot_names() else None
+        if attrs is None:
+            raise ScanResumeError(
+                f"SCAN store {self.path!r} has no completed snapshot of epoch {epoch} (it holds "
+                f"{self.epochs()}); the checkpoint and the store belong to different runs, or "
+                "the checkpoint is older than the two snapshots the store keeps.")
+        return self._read_snapshot(name, attrs)
+
+    def discard_after(self, epoch: int) -> None:
+        """Delete snapshots (and loss history) of epochs after `epoch`: a run resumed from an
+        older epoch must never later resume from a snapshot of its abandoned future."""
+        if not self.writable:
+            return
+        for folder in ("snapshots", "history"):
+            root = os.path.join(self.path, folder)
+            if not os.path.isdir(root):
+                continue
+            for name in os.listdir(root):
+                if name.startswith("epoch_") and name[6:].isdigit() and int(name[6:]) > epoch:
+                    shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
     def epochs(self) -> list[int]:
         """Epochs with a completed snapshot, ascending."""
         return [int(n.split("_")[1]) for n in self._snapshot_names()

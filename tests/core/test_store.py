@@ -320,3 +320,31 @@ def test_a_copied_store_resumes_identically(tmp_path, uninterrupted):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         continue_and_compare(tmp_path / "copy.zarr", 5, uninterrupted)
+
+
+def test_resume_epoch_picks_the_snapshot_a_checkpoint_matches(tmp_path):
+    """A model checkpoint of epoch e resumes the pruner from the store's snapshot of e even when
+    the store already holds e + 1 (killed between the snapshot and the checkpoint)."""
+    import numpy as np
+    from scan_core import ScanConfig, ScanPruner, ScanResumeError
+
+    def run(pruner, epochs):
+        rng = np.random.default_rng(7)
+        for e in range(pruner.next_epoch, epochs):
+            plan = pruner.plan_epoch(e)
+            ids = plan.kept_ids
+            pruner.record(ids, rng.random((2, len(ids))) + np.arange(len(ids)) % 5)
+            pruner.end_epoch()
+        return pruner
+
+    cfg = ScanConfig(warmup_epochs=1)
+    path = tmp_path / "s.zarr"
+    run(ScanPruner(500, 2, cfg, store=path), 4)
+    at2 = ScanPruner(500, 2, cfg, store=path, resume_epoch=2)
+    assert at2.next_epoch == 3
+    reference = run(ScanPruner(500, 2, cfg), 3)
+    assert at2.state_dict()["red_bits"].tolist() == reference.state_dict()["red_bits"].tolist()
+    with pytest.raises(ScanResumeError, match="no completed snapshot of epoch 0"):
+        ScanPruner(500, 2, cfg, store=path, resume_epoch=0)
+    assert ScanPruner(500, 2, cfg, store=path, resume_epoch=-1).next_epoch == 0
+    assert ScanPruner(500, 2, cfg, store=path).next_epoch == 0  # the abandoned future is gone
