@@ -1,0 +1,228 @@
+"""CLIP pre-training with SCAN, in PyTorch: one readable trainer in labelled sections.
+
+    python -m reference_trainers.clip --preset cpu-fmnist --out runs/clip           # 1 process
+    torchrun --nproc_per_node=2 -m reference_trainers.clip --preset cpu-tiny --out runs/ddp
+
+Every epoch: the pruner plans the epoch -> the sampler serves this rank's kept ids -> each step
+computes the CLIP loss and its per-sample parts in one go -> the ids and per-sample losses go to
+the pruner -> at the epoch's end the pruner combines ranks and persists, the trainer evaluates,
+logs and checkpoints. Resume with --resume: the model, optimiser and pruner continue from the
+last completed epoch, with the same plans as a run that never stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from adapters.torch import ScanSampler, TorchCommunicator, clip_loss, record
+from reference_trainers.clip.model import build_cpu_clip, check_clip_model
+from reference_trainers.common import evaluation
+from reference_trainers.common.captions import class_prompts
+from reference_trainers.common.config import TrainConfig, build_parser, config_from_args
+from reference_trainers.common.data import load_fashion_mnist
+from reference_trainers.common.errors import TrainerError
+from reference_trainers.common.progress import EpochBar, epoch_line
+from reference_trainers.common.rundir import RunDir
+from reference_trainers.common.schedule import cosine_lr, progress
+from reference_trainers.common.tokenizer import Tokenizer
+from reference_trainers.common.torch_data import build_image_text_data, normalise
+from scan_core import ScanError, ScanPruner
+
+
+# == 1. Set-up: processes, threads, seeds =========================================================
+def init_distributed() -> tuple[int, int]:
+    """torchrun sets WORLD_SIZE / RANK; gloo on CPU, NCCL when CUDA is there."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# == 2. Data ======================================================================================
+def build_data(cfg: TrainConfig) -> tuple[Any, Any, Tokenizer]:
+    splits = load_fashion_mnist(cfg.data_dir)
+    tokenizer = Tokenizer()
+    train = build_image_text_data(splits, train=True, num_samples=cfg.num_train,
+                                  mismatch_share=cfg.mismatch_share,
+                                  duplicate_share=cfg.duplicate_share, seed=cfg.seed,
+                                  context_length=cfg.context_length, tokenizer=tokenizer)
+    test = build_image_text_data(splits, train=False, num_samples=cfg.num_test, seed=cfg.seed,
+                                 context_length=cfg.context_length, tokenizer=tokenizer)
+    return train, test, tokenizer
+
+
+# == 3. Evaluation (zero-shot with a prompt ensemble; linear probe on frozen features) ============
+def evaluate(model: torch.nn.Module, train: Any, test: Any, tokenizer: Tokenizer,
+             cfg: TrainConfig, *, probe: bool) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        classifier = evaluation.zero_shot_classifier(
+            model.encode_text, class_prompts(),
+            lambda texts: torch.from_numpy(tokenizer.encode(texts, cfg.context_length)))
+        test_features = evaluation.extract_features(model.encode_image, test.images,
+                                                    preprocess=normalise)
+    out = {"zero_shot_top1": evaluation.zero_shot_top1(test_features, test.labels, classifier)}
+    if probe:
+        train_features = evaluation.extract_features(model.encode_image, train.images,
+                                                     preprocess=normalise)
+        out["linear_probe_top1"] = evaluation.linear_probe_top1(
+            train_features, train.labels, test_features, test.labels, num_classes=10,
+            seed=cfg.seed)
+    model.train()
+    return out
+
+
+# == 4. One epoch of training =====================================================================
+def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data: Any,
+                cfg: TrainConfig, epoch: int, generator: torch.Generator,
+                quiet: bool) -> dict[str, Any]:
+    plan = sampler.plan
+    batches = list(sampler.batches(cfg.batch_size))
+    bar = EpochBar(epoch, len(batches), phase=plan.phase, kept_share=plan.keep_fraction,
+                   enabled=not quiet)
+    weighted = plan.weight_bits is not None
+    loss_sum, samples = 0.0, 0
+    for i, ids in enumerate(batches):
+        lr = cosine_lr(cfg.lr, progress(epoch, i, len(batches)), cfg.epochs,
+                       cfg.lr_warmup_epochs, cfg.min_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images, tokens, batch_ids = data.batch(ids, augment=True, generator=generator)
+        image_features, text_features, logit_scale = model(images, tokens)
+        weights = torch.from_numpy(plan.loss_weights(ids)) if weighted else None
+        out = clip_loss(image_features, text_features, logit_scale, weights=weights)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        record(pruner, batch_ids, out.per_sample)
+        loss_sum += float(out.loss.detach()) * len(ids)
+        samples += len(ids)
+        bar.update(i + 1, loss_sum / samples)
+    return {"steps": len(batches), "samples": samples, "lr": lr if batches else 0.0,
+            "train_loss": loss_sum / max(samples, 1)}
+
+
+# == 5. Checkpoints ===============================================================================
+def save_checkpoint(run: RunDir, epoch: int, model, optimizer, generator, wall: float) -> None:
+    tmp = run.checkpoint_path(epoch).with_suffix(".tmp")
+    torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "wall_seconds": wall}, tmp)
+    run.commit_checkpoint(tmp, epoch)
+
+
+def load_checkpoint(run: RunDir, model, optimizer, generator) -> tuple[int, float]:
+    """(last completed epoch, wall seconds so far), or (-1, 0) when there is no checkpoint."""
+    latest = run.latest_checkpoint()
+    if latest is None:
+        return -1, 0.0
+    state = torch.load(latest[1], map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    return int(state["epoch"]), float(state["wall_seconds"])
+
+
+# == 6. The run ===================================================================================
+def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False,
+        model: torch.nn.Module | None = None, stop_after: int | None = None) -> dict[str, Any]:
+    rank, world = init_distributed()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_dir = RunDir(out)
+    if rank == 0:
+        run_dir.write_config(cfg.to_dict(), resume=resume)
+    train, test, tokenizer = build_data(cfg)
+    torch.manual_seed(cfg.seed)  # the trainer's own process: model initialisation only
+    model = model if model is not None else build_cpu_clip(
+        tokenizer.vocab_size, tokenizer.eot_id, cfg.context_length, cfg.embed_dim)
+    check_clip_model(model)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    last, wall = load_checkpoint(run_dir, model, optimizer, generator) if resume else (-1, 0.0)
+    pruner = ScanPruner(len(train), 2, cfg.scan_config(), store=run_dir.store,
+                        communicator=TorchCommunicator() if world > 1 else None,
+                        loss_history=cfg.loss_history, resume_epoch=last)
+    sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)
+    if rank == 0:
+        run_dir.truncate_metrics(last)
+        run_dir.save_array("planted", mismatched=train.mismatched.numpy(),
+                           duplicate_of=train.duplicate_of.numpy())
+    core = model.module if world > 1 else model
+    row: dict[str, Any] = {}
+    stop = cfg.epochs if stop_after is None else min(cfg.epochs, pruner.next_epoch + stop_after)
+    for epoch in range(pruner.next_epoch, stop):
+        start = time.perf_counter()
+        sampler.set_epoch(epoch)
+        stats = train_epoch(model, optimizer, sampler, pruner, train, cfg, epoch, generator,
+                            quiet or rank != 0)
+        summary = pruner.end_epoch()
+        train_seconds = time.perf_counter() - start
+        wall += train_seconds
+        last_epoch = epoch == cfg.epochs - 1
+        scores = {}
+        if rank == 0 and (last_epoch or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
+            probe = last_epoch or bool(cfg.probe_every and (epoch + 1) % cfg.probe_every == 0)
+            scores = evaluate(core, train, test, tokenizer, cfg, probe=probe)
+        row = {**summary.as_dict(), **stats, **scores, "kept_share": 1 - summary.pruned_share,
+               "seconds": train_seconds, "wall_seconds": wall, "world_size": world}
+        if rank == 0:
+            run_dir.append_metrics(row)
+            print(epoch_line(row), flush=True)
+            save_checkpoint(run_dir, epoch, model, optimizer, generator, wall)
+    return finish(run_dir, pruner, cfg, rank, row)
+
+
+def finish(run_dir: RunDir, pruner: ScanPruner, cfg: TrainConfig, rank: int,
+           last_row: dict[str, Any]) -> dict[str, Any]:
+    rows = run_dir.read_metrics()
+    last_row = last_row or (rows[-1] if rows else {})  # a resume of a finished run
+    summary = {
+        "preset": cfg.preset, "pruning": cfg.pruning, "epochs": cfg.epochs,
+        "zero_shot_top1": last_row.get("zero_shot_top1"),
+        "linear_probe_top1": last_row.get("linear_probe_top1"),
+        "realised_pruned_share": pruner.log[-1]["realised_saving"] if pruner.log else 0.0,
+        "sample_visits": int(sum(r["samples"] for r in rows)) if rows else 0,
+        "steps": int(sum(r["steps"] for r in rows)) if rows else 0,
+        "wall_seconds": last_row.get("wall_seconds"),
+        "seconds_per_epoch": [r["seconds"] for r in rows],
+        "warmup_ended_at": pruner.warmup_ended_at,
+    }
+    if rank == 0:
+        run_dir.write_summary(summary)
+        if pruner.log and any(r["phase"] == "prepare" for r in pruner.log):
+            np.save(run_dir.path / "coreset.npy", pruner.coreset())
+    return summary
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser("python -m reference_trainers.clip").parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        result = run(cfg, args.out, resume=args.resume, quiet=args.quiet,
+                     stop_after=args.stop_after)
+    except (ScanError, TrainerError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"zero-shot top-1 {_fmt(result['zero_shot_top1'])}, linear probe top-1 "
+              f"{_fmt(result['linear_probe_top1'])}, pruned "
+              f"{result['realised_pruned_share']:.1%} of sample-visits, "
+              f"{_fmt(result['wall_seconds'], '.0f')} s", flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0

@@ -1,0 +1,54 @@
+"""Progress output: a bar while an epoch runs, one line when it ends.
+
+The bar redraws in place on a terminal and prints a line every ~10% otherwise (logs, CI), so
+long work always shows it is alive.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO
+
+
+class EpochBar:
+    def __init__(self, epoch: int, total_batches: int, *, phase: str, kept_share: float,
+                 stream: IO[str] | None = None, enabled: bool = True) -> None:
+        self.epoch, self.total, self.phase, self.kept_share = epoch, total_batches, phase, kept_share
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled and total_batches > 0
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.perf_counter()
+        self._last_tenth = -1
+
+    def update(self, done: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        frac = done / self.total
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / frac - elapsed if frac > 0 else 0.0
+        text = (f"epoch {self.epoch:3d} {self.phase:<7} [{'#' * int(frac * 24):<24}] "
+                f"{done}/{self.total} loss {loss:.4f} kept {self.kept_share:.0%} "
+                f"{elapsed:.0f}s<{eta:.0f}s")
+        if self.tty:
+            self.stream.write("\r" + text)
+            if done == self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif int(frac * 10) > self._last_tenth:
+            self._last_tenth = int(frac * 10)
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+
+def epoch_line(row: dict) -> str:
+    """One line per epoch: phase, rho_cur, kept share, loss, accuracy, seconds."""
+    acc = row.get("zero_shot_top1")
+    probe = row.get("linear_probe_top1")
+    parts = [f"epoch {row['epoch']:3d}", f"{row['phase']:<7}", f"rho_cur {row['rho_cur']:.2f}",
+             f"kept {row['kept_share']:6.1%}", f"|D'| {row['num_candidates']:>7,d}",
+             f"loss {row['train_loss']:.4f}",
+             f"zero-shot {acc:.4f}" if acc is not None else "zero-shot   -   ",
+             f"probe {probe:.4f}" if probe is not None else "",
+             f"saved {row['realised_saving']:6.2%}", f"{row['seconds']:6.1f}s"]
+    return "  ".join(p for p in parts if p)

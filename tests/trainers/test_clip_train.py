@@ -1,0 +1,139 @@
+"""The CLIP reference trainer on a small real subset of Fashion-MNIST (CPU smoke runs)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reference_trainers.clip import train as clip_train
+from reference_trainers.common.config import TrainConfig, cpu_tiny
+from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR
+
+pytestmark = pytest.mark.skipif(
+    not Path(DEFAULT_FASHION_MNIST_DIR).is_dir(),
+    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
+
+ARGS = ["--preset", "cpu-tiny", "--num-train", "768", "--num-test", "300", "--batch-size", "64",
+        "--scan-warmup-epochs", "1", "--eval-every", "0", "--threads", "1", "--quiet"]
+
+
+def _rows(out):
+    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _epochs_from_store(out):
+    from scan_core import LossStore
+    store = LossStore.open(Path(out) / "scan.zarr", LossStore.read_meta(Path(out) / "scan.zarr"),
+                           writable=False)
+    return store.load_latest()["log"]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    assert clip_train.main(ARGS + ["--epochs", "5", "--out", str(out)]) == 0
+    return out
+
+
+def test_loss_goes_down_and_the_run_writes_its_directory(full_run):
+    rows = _rows(full_run)
+    assert [r["epoch"] for r in rows] == list(range(5))
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.2
+    summary = json.loads((full_run / "summary.json").read_text())
+    assert 0.0 <= summary["zero_shot_top1"] <= 1.0 and summary["linear_probe_top1"] > 0.3
+    for name in ("config.json", "planted.npz", "coreset.npy", "scan.zarr"):
+        assert (full_run / name).exists(), name
+    assert len(list((full_run / "checkpoints").glob("epoch_*.pt"))) == 2
+
+
+def test_a_pruned_run_skips_the_steps_it_claims(full_run):
+    rows = _rows(full_run)
+    assert any(r["phase"] == "mutate" for r in rows)
+    for r in rows:
+        assert r["samples"] == r["num_kept"]                       # one rank: every kept id once
+        assert r["steps"] == -(-r["num_kept"] // 64)               # ceil(kept / batch)
+    summary = json.loads((full_run / "summary.json").read_text())
+    visits = sum(r["samples"] for r in rows)
+    assert summary["sample_visits"] == visits
+    assert summary["realised_pruned_share"] == pytest.approx(1 - visits / (5 * 768))
+    assert summary["realised_pruned_share"] > 0.05
+
+
+def test_resume_continues_with_the_same_plans(full_run, tmp_path):
+    """Stopped after 3 of 5 epochs and resumed: the same plans, losses and store log as the
+    run that never stopped."""
+    out = tmp_path / "resumed"
+    args = ARGS + ["--epochs", "5", "--out", str(out)]
+    assert clip_train.main(args + ["--stop-after", "3"]) == 0
+    assert [r["epoch"] for r in _rows(out)] == [0, 1, 2]
+    assert clip_train.main(args + ["--resume"]) == 0
+    a, b = _rows(full_run), _rows(out)
+    assert [r["epoch"] for r in b] == list(range(5))
+    for ra, rb in zip(a, b):
+        assert (ra["phase"], ra["num_kept"], ra["num_candidates"]) == \
+            (rb["phase"], rb["num_kept"], rb["num_candidates"])
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5)
+    assert _epochs_from_store(full_run) == _epochs_from_store(out)
+
+
+def _cfg(**changes):
+    import dataclasses
+    base = cpu_tiny()
+    return dataclasses.replace(base, num_train=768, num_test=300, batch_size=64,
+                               scan_warmup_epochs=1, eval_every=0, threads=1, **changes)
+
+
+def test_a_model_without_encode_text_is_refused(tmp_path):
+    class ImageOnly(torch.nn.Module):
+        def encode_image(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="encode_text"):
+        clip_train.run(_cfg(epochs=1), str(tmp_path), quiet=True, model=ImageOnly())
+
+
+def test_an_unreadable_data_directory_is_a_clear_error(tmp_path, capsys):
+    code = clip_train.main(ARGS + ["--data-dir", str(tmp_path / "nowhere"), "--out",
+                                   str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "dataset-fashion-mnist" in err
+
+
+def test_a_mismatched_resume_is_refused(full_run, capsys):
+    code = clip_train.main(ARGS + ["--epochs", "5", "--rho-low", "0.2", "--out", str(full_run),
+                                   "--resume"])
+    assert code == 2
+    assert "rho_low" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+def test_torchrun_two_ranks_on_gloo(tmp_path):
+    """torchrun with 2 CPU processes: every rank holds the same plan (the pruner checks a
+    digest across ranks at every epoch end and would raise otherwise), the run completes and
+    each epoch's samples per rank equal the sampler's shard length."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_port", str(_free_port()), "-m", "reference_trainers.clip", *ARGS,
+         "--epochs", "3", "--num-train", "512", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _rows(out)
+    assert [r["world_size"] for r in rows] == [2, 2, 2]
+    for r in rows:
+        assert r["samples"] == -(-r["num_kept"] // 2)              # this rank's padded shard
+    assert any(r["phase"] == "mutate" and r["num_kept"] < 512 for r in rows)
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
