@@ -74,13 +74,32 @@ def gather_features(features: torch.Tensor, *, with_grad: bool) -> torch.Tensor:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return features
     if with_grad:
-        import torch.distributed.nn.functional as dist_fn
-
-        return torch.cat(dist_fn.all_gather(features), dim=0)
+        return _AllGatherWithGrad.apply(features)
     parts = [torch.empty_like(features) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, features.detach().contiguous())
     parts[dist.get_rank()] = features
     return torch.cat(parts, dim=0)
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums every rank's gradient for this rank's slice.
+
+    Written here rather than taken from torch.distributed.nn: importing that module after
+    init_process_group makes gloo processes abort at exit now and then (torch 2.13, seen in
+    7 of 30 two-rank runs; tests/adapters/torch/test_distributed.py holds the repro)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
 
 
 def to_numpy(tensor: torch.Tensor | np.ndarray) -> np.ndarray:
