@@ -4,23 +4,34 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo simulate test test-all bench clean data
 
-$(STAMP): pyproject.toml
+# Fashion-MNIST (real data for the reference trainers) from Debian's dataset-fashion-mnist.
+DATA_DIR := /usr/share/datasets/fashion-mnist
+
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev,torch]"
 	touch $(STAMP)
 
-# A preview of a SCAN run's saving on a realistic config (CLIP defaults, 1.2M samples, 32 epochs).
-demo: $(STAMP)
+data:
+	@test -d $(DATA_DIR) || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+		|| echo "could not install dataset-fashion-mnist: the trainer tests will be skipped"
+
+# CLIP pre-training with SCAN on Fashion-MNIST on this CPU, then its result.
+demo: $(STAMP) data
+	$(PY) -m reference_trainers.clip --preset cpu-fmnist --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+# A preview of a SCAN run's saving at ImageNet scale on a synthetic loss stream.
+simulate: $(STAMP)
 	$(PY) -m scan_core simulate --num-samples 1200000 --epochs 32 --batch-size 1024 --world-size 4
 
 # The CI suite: everything but the runs marked slow. Exit code 5 (no tests collected) fails.
-test: $(STAMP)
+test: $(STAMP) data
 	$(PY) -m pytest -m "not slow" -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) data
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
