@@ -137,3 +137,17 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("rule", ["full", "random", "static", "redundant", "ill", "infobatch"])
+def test_every_pruning_rule_trains_and_counts_its_visits(tmp_path, rule):
+    """Each rule of --pruning runs end to end; the summary's pruned share is the counted one."""
+    out = tmp_path / rule
+    assert clip_train.main(ARGS + ["--epochs", "4", "--num-train", "512", "--pruning", rule,
+                                   "--out", str(out)]) == 0
+    rows = _rows(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["realised_pruned_share"] == pytest.approx(
+        1 - sum(r["samples"] for r in rows) / (4 * 512))
+    pruned = any(r["num_kept"] < 512 for r in rows)
+    assert pruned == (rule != "full")

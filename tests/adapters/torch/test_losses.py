@@ -93,3 +93,17 @@ def test_a_loss_without_batch_dimension_is_refused(fn):
 def test_mismatched_shapes_are_refused():
     with pytest.raises(ValueError, match="same"):
         clip_loss(torch.randn(4, 3), torch.randn(5, 3), 1.0)
+
+
+def test_record_refuses_ids_that_do_not_match_the_batch():
+    """record(pruner, ids, per_sample) with fewer ids than loss columns names both shapes."""
+    from adapters.torch import record
+    from scan_core import ScanInputError, ScanPruner
+
+    pruner = ScanPruner(100, 2)
+    pruner.plan_epoch(0)
+    out = clip_loss(*_features(8, 4, 0), 10.0)
+    with pytest.raises(ScanInputError, match=r"\(2, 7\)"):
+        record(pruner, torch.arange(7), out.per_sample)
+    record(pruner, torch.arange(8), out.per_sample)  # the matching batch is accepted
+    assert pruner.end_epoch().num_recorded == 8
