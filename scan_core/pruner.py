@@ -163,8 +163,9 @@ class ScanPruner:
         collect = self._collecting and self.config.scope == "batch"
         batch = ids.shape[0]
         k_low, k_high = (k_of(self.rho_low, batch), k_of(self.rho_high, batch)) if collect else (0, 0)
-        code, pos, total = record_batch(ids, losses, self.num_samples, plan.drop_bits, collect, k_low, k_high, self._keys[0],
-                                        self._keys[1], self._red, self._ill)
+        code, pos, total = record_batch(ids, losses, self.num_samples, plan.drop_bits, collect,
+                                        k_low, k_high, self._keys[0], self._keys[1],
+                                        self._red, self._ill)
         if code:
             raise_bad_batch(code, pos, ids, losses, self.num_samples, plan.epoch)
         self._loss_sum += total
