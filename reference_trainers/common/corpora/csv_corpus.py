@@ -1,0 +1,257 @@
+"""A CSV / TSV of (image path, caption) rows as a map-style corpus, and the image decoding both
+corpus readers share.
+
+Sample ids are row numbers: the first data row (after the header) is id 0, and a row keeps its
+id whatever happens to the rows around it. A bad row keeps its id too, and is never served:
+
+* found at load (`CsvCorpus(...)` scans every row once): an empty image path, an empty or
+  missing caption, a file that does not exist. Recorded in `corpus.skipped` {id: reason}.
+* found at decode (`batch`): an image Pillow cannot decode. The id is added to `corpus.skipped`
+  then, and this and every later epoch leaves it out the same way.
+
+`batch(ids)` returns only the samples it could serve, with their ids, so a trainer that hands
+the returned ids to `record()` records exactly what it trained on. In data-parallel training
+every rank must hold the same batch size (the features are all-gathered), so
+`batch(ids, fill_bad=True)` puts a repeat of a good id *of the same batch* in each bad slot
+instead (a kept id, so the pruner accepts it) and counts it in `corpus.repeats`.
+
+>>> import functools, pathlib, tempfile
+>>> from reference_trainers.common.tokenizer import Tokenizer
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (folder / "pairs.csv").write_text("image,caption\\nnone.png,a bag.\\n")
+>>> corpus = CsvCorpus(folder / "pairs.csv", spec=ImageSpec.cpu(),
+...                    tokenizer=functools.partial(Tokenizer().encode, context_length=8))
+>>> len(corpus), corpus.skipped
+(1, {0: 'missing file none.png'})
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import pathlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from reference_trainers.common.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from reference_trainers.common.errors import DataError
+from reference_trainers.common.torch_data import random_crop_flip
+
+Tokenize = Callable[[list[str]], np.ndarray]  # texts -> int64 (n, L)
+PILLOW_HINT = "decoding images needs Pillow: pip install pillow (or the project's torch extra)"
+# CLIP's RGB statistics (Radford et al. 2021, the released preprocessing).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class BadSampleError(DataError):
+    """One sample cannot be served (its image does not decode, its caption is empty); the
+    readers catch it, skip the sample and count it."""
+
+
+class CorruptImageError(BadSampleError):
+    """Pillow could not decode an image's bytes."""
+
+
+def require_pillow():
+    """The PIL.Image module, or a DataError naming `pip install pillow`."""
+    try:
+        from PIL import Image
+    except ImportError as err:
+        raise DataError(PILLOW_HINT) from err
+    return Image
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+    """What every decoded image becomes: Pillow mode "L" (1 channel) or "RGB" (3), resized so
+    the shorter side is `size` and centre-cropped to size x size, normalised per channel with
+    `mean` / `std` (on the [0, 1] scale). `crop_padding`: zero pixels around the random crop
+    of `augment=True` (torch_data.random_crop_flip, then a horizontal flip)."""
+
+    mode: str = "L"
+    size: int = 28
+    mean: tuple[float, ...] = (FASHION_MNIST_MEAN,)
+    std: tuple[float, ...] = (FASHION_MNIST_STD,)
+    crop_padding: int = 2
+
+    def __post_init__(self):
+        channels = {"L": 1, "RGB": 3}.get(self.mode)
+        if channels is None or len(self.mean) != channels or len(self.std) != channels:
+            raise DataError(f"ImageSpec(mode={self.mode!r}, mean={self.mean}, std={self.std}): "
+                            "mode must be 'L' (1 mean/std) or 'RGB' (3 of each)")
+        if self.size < 1 or self.crop_padding < 0:
+            raise DataError(f"ImageSpec size={self.size}, crop_padding={self.crop_padding}: "
+                            "expected size >= 1 and crop_padding >= 0")
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    @classmethod
+    def cpu(cls) -> "ImageSpec":
+        """Grayscale 28 x 28 with Fashion-MNIST's statistics: the cpu-* presets' towers."""
+        return cls()
+
+    @classmethod
+    def gpu(cls, size: int = 224) -> "ImageSpec":
+        """RGB size x size with CLIP's statistics; crop padding size // 14 (16 at 224, the same
+        share of the side as 2 of 28)."""
+        return cls("RGB", size, CLIP_MEAN, CLIP_STD, size // 14)
+
+    def prepare(self, images: torch.Tensor, *, augment: bool,
+                generator: torch.Generator | None) -> torch.Tensor:
+        """uint8 (B, C, size, size) -> float32 normalised, augmented when asked."""
+        if augment and len(images):
+            images = random_crop_flip(images, generator=generator, padding=self.crop_padding)
+        shape = (1, self.channels, 1, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device).view(shape)
+        std = torch.tensor(self.std, dtype=torch.float32, device=images.device).view(shape)
+        return (images.float() / 255.0 - mean) / std
+
+
+def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
+    """Encoded image bytes -> uint8 (C, size, size) per `spec`. Raises CorruptImageError."""
+    image_module = require_pillow()
+    try:
+        with image_module.open(io.BytesIO(data)) as image:
+            image.load()
+            image = image.convert(spec.mode)
+    except (OSError, SyntaxError, ValueError, image_module.DecompressionBombError) as err:
+        raise CorruptImageError(f"cannot decode image ({len(data)} bytes): {err}") from err
+    width, height = image.size
+    scale = spec.size / min(width, height)
+    if (width, height) != (spec.size, spec.size):
+        new = (max(spec.size, round(width * scale)), max(spec.size, round(height * scale)))
+        image = image.resize(new, image_module.Resampling.BICUBIC)
+        left, top = (new[0] - spec.size) // 2, (new[1] - spec.size) // 2
+        image = image.crop((left, top, left + spec.size, top + spec.size))
+    array = np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy takes it as is
+    return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def _sniff_delimiter(path: pathlib.Path, head: str) -> str:
+    try:
+        return csv.Sniffer().sniff(head, delimiters=",\t;|").delimiter
+    except csv.Error:
+        return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+class CsvCorpus:
+    """Rows of (image path, caption) read from `path`; images decoded on demand.
+
+    Args:
+      path: the CSV / TSV file; a header row names the columns. Relative image paths are
+        relative to the file's folder.
+      spec: the ImageSpec images become. tokenizer: texts -> int64 (n, L), e.g.
+        functools.partial(Tokenizer().encode, context_length=24).
+      image_column / caption_column: header names (default "image" and "caption").
+      delimiter: None sniffs it from the first 64 KiB (",", tab, ";" or "|"; a .tsv file
+        defaults to tab when sniffing fails).
+
+    Attributes: paths (N,) resolved image paths; captions (N,) str; skipped {id: reason};
+      repeats: slots `batch(..., fill_bad=True)` filled with a repeated id so far.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, spec: ImageSpec, tokenizer: Tokenize,
+                 image_column: str = "image", caption_column: str = "caption",
+                 delimiter: str | None = None):
+        self.path, self.spec, self.tokenizer = pathlib.Path(path), spec, tokenizer
+        try:
+            text = self.path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(f"cannot read corpus file {self.path}: {err}") from err
+        delimiter = delimiter or _sniff_delimiter(self.path, text[:65536])
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        missing = {image_column, caption_column} - set(reader.fieldnames or ())
+        if missing:
+            raise DataError(f"{self.path} has columns {reader.fieldnames} (delimiter "
+                            f"{delimiter!r}); it lacks {sorted(missing)}: pass image_column= / "
+                            "caption_column= with the header's names, or delimiter=")
+        rows = list(reader)
+        self.paths = [self._resolve(row.get(image_column) or "") for row in rows]
+        self.captions = [(row.get(caption_column) or "").strip() for row in rows]
+        self.skipped: dict[int, str] = {}
+        self.repeats = 0
+        for i, (image, caption, row) in enumerate(zip(self.paths, self.captions, rows)):
+            raw = (row.get(image_column) or "").strip()
+            if not raw:
+                self.skipped[i] = "empty image path"
+            elif not caption:
+                self.skipped[i] = "empty caption"
+            elif not os.path.isfile(image):
+                self.skipped[i] = f"missing file {raw}"
+
+    def _resolve(self, raw: str) -> str:
+        raw = raw.strip()
+        return str(self.path.parent / raw) if raw else ""
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def good_ids(self) -> np.ndarray:
+        """int64 ids not (yet) known to be bad."""
+        bad = np.fromiter(self.skipped, dtype=np.int64, count=len(self.skipped))
+        return np.setdiff1d(np.arange(len(self), dtype=np.int64), bad)
+
+    def load_image(self, i: int) -> np.ndarray:
+        """uint8 (C, size, size) of row i. Raises CorruptImageError or DataError."""
+        try:
+            data = pathlib.Path(self.paths[i]).read_bytes()
+        except OSError as err:
+            raise DataError(f"cannot read {self.paths[i]}: {err}") from err
+        return decode_image(data, self.spec)
+
+    def batch(self, ids: np.ndarray | torch.Tensor | Sequence[int], *, augment: bool,
+              generator: torch.Generator | None = None, fill_bad: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images float32 (B', C, size, size) normalised, tokens int64 (B', L), ids int64 (B')).
+
+        Bad ids are left out (B' <= B), or with fill_bad=True replaced by repeats of the
+        batch's good ids (B' == B unless every id of the batch is bad, then B' == 0).
+        """
+        ids = self._check_ids(ids)
+        images, served = [], []
+        for i in ids.tolist():
+            if i in self.skipped:
+                continue
+            try:
+                images.append(self.load_image(i))
+            except DataError as err:  # a file that vanished or cannot be decoded, found now
+                self.skipped[i] = f"decode: {err}"
+                continue
+            served.append(i)
+        if fill_bad and served and len(served) < len(ids):
+            extra = len(ids) - len(served)
+            images += [images[j % len(served)] for j in range(extra)]
+            served += [served[j % len(served)] for j in range(extra)]
+            self.repeats += extra
+        return self._assemble(images, served, augment=augment, generator=generator)
+
+    def _assemble(self, images, served, *, augment, generator):
+        spec = self.spec
+        pixels = (torch.from_numpy(np.stack(images)) if images
+                  else torch.zeros((0, spec.channels, spec.size, spec.size), dtype=torch.uint8))
+        texts = [self.captions[i] for i in served]
+        tokens = torch.from_numpy(np.asarray(self.tokenizer(texts), dtype=np.int64)) if texts \
+            else torch.zeros((0, self._context_length()), dtype=torch.long)
+        return (spec.prepare(pixels, augment=augment, generator=generator), tokens,
+                torch.tensor(served, dtype=torch.long))
+
+    def _context_length(self) -> int:
+        return int(np.asarray(self.tokenizer(["x"])).shape[1])
+
+    def _check_ids(self, ids) -> torch.Tensor:
+        ids = torch.as_tensor(np.asarray(ids))
+        if ids.ndim != 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise DataError(f"ids must be a 1-D integer array, got {ids.dtype} of shape "
+                            f"{tuple(ids.shape)}")
+        if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= len(self)):
+            raise DataError(f"ids span [{int(ids.min())}, {int(ids.max())}], expected "
+                            f"[0, {len(self) - 1}] for {self.path} with {len(self)} rows")
+        return ids.long()
