@@ -17,17 +17,17 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from adapters.torch import ScanSampler, TorchCommunicator, clip_loss, record
 from reference_trainers.clip.model import build_cpu_clip, check_clip_model
-from reference_trainers.common import evaluation
+from reference_trainers.common import evaluation, lifecycle
 from reference_trainers.common.captions import class_prompts
 from reference_trainers.common.config import TrainConfig, build_parser, config_from_args
 from reference_trainers.common.data import load_fashion_mnist
 from reference_trainers.common.errors import TrainerError
+from reference_trainers.common.lifecycle import init_distributed, load_checkpoint, save_checkpoint
 from reference_trainers.common.progress import EpochBar, epoch_line
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import cosine_lr, progress
@@ -36,17 +36,7 @@ from reference_trainers.common.torch_data import build_image_text_data, normalis
 from scan_core import ScanError, ScanPruner
 
 
-# == 1. Set-up: processes, threads, seeds =========================================================
-def init_distributed() -> tuple[int, int]:
-    """torchrun sets WORLD_SIZE / RANK; gloo on CPU, NCCL when CUDA is there."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
+# == 1. Set-up: processes, threads, seeds: init_distributed (common/lifecycle.py) and run() ===
 # == 2. Data ======================================================================================
 def build_data(cfg: TrainConfig) -> tuple[Any, Any, Tokenizer]:
     splits = load_fashion_mnist(cfg.data_dir)
@@ -111,24 +101,7 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
             "train_loss": loss_sum / max(samples, 1)}
 
 
-# == 5. Checkpoints ===============================================================================
-def save_checkpoint(run: RunDir, epoch: int, model, optimizer, generator, wall: float) -> None:
-    tmp = run.checkpoint_path(epoch).with_suffix(".tmp")
-    torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(), "wall_seconds": wall}, tmp)
-    run.commit_checkpoint(tmp, epoch)
-
-
-def load_checkpoint(run: RunDir, model, optimizer, generator) -> tuple[int, float]:
-    """(last completed epoch, wall seconds so far), or (-1, 0) when there is no checkpoint."""
-    latest = run.latest_checkpoint()
-    if latest is None:
-        return -1, 0.0
-    state = torch.load(latest[1], map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"])
-    return int(state["epoch"]), float(state["wall_seconds"])
+# == 5. Checkpoints: save_checkpoint / load_checkpoint in common/lifecycle.py ==================
 
 
 # == 6. The run ===================================================================================
@@ -185,24 +158,8 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
 
 def finish(run_dir: RunDir, pruner: ScanPruner, cfg: TrainConfig, rank: int,
            last_row: dict[str, Any]) -> dict[str, Any]:
-    rows = run_dir.read_metrics()
-    last_row = last_row or (rows[-1] if rows else {})  # a resume of a finished run
-    summary = {
-        "preset": cfg.preset, "pruning": cfg.pruning, "epochs": cfg.epochs,
-        "zero_shot_top1": last_row.get("zero_shot_top1"),
-        "linear_probe_top1": last_row.get("linear_probe_top1"),
-        "realised_pruned_share": pruner.log[-1]["realised_saving"] if pruner.log else 0.0,
-        "sample_visits": int(sum(r["samples"] for r in rows)) if rows else 0,
-        "steps": int(sum(r["steps"] for r in rows)) if rows else 0,
-        "wall_seconds": last_row.get("wall_seconds"),
-        "seconds_per_epoch": [r["seconds"] for r in rows],
-        "warmup_ended_at": pruner.warmup_ended_at,
-    }
-    if rank == 0:
-        run_dir.write_summary(summary)
-        if pruner.log and any(r["phase"] == "prepare" for r in pruner.log):
-            np.save(run_dir.path / "coreset.npy", pruner.coreset())
-    return summary
+    return lifecycle.finish(run_dir, pruner, cfg, rank, last_row,
+                            headline=("zero_shot_top1", "linear_probe_top1"))
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:

@@ -55,21 +55,26 @@ class TrainConfig:
 
     def scan_config(self) -> ScanConfig:
         """The pruner's config for this run."""
-        base = ScanConfig(rho_low=self.rho_low, rho_high=self.rho_high, t_cos=self.t_cos,
-                          warmup_threshold=self.warmup_threshold,
-                          min_warmup_epochs=self.min_warmup_epochs,
-                          max_warmup_epochs=self.max_warmup_epochs,
-                          warmup_epochs=self.scan_warmup_epochs, scope=self.scope,  # type: ignore[arg-type]
-                          seed=self.seed, full_tail_epochs=self.full_tail_epochs,
-                          ill_every_mutation=self.ill_every_mutation,
-                          target_rate=self.target_rate)
-        needs_epochs = (self.pruning == "infobatch" or self.target_rate is not None
-                        or self.full_tail_epochs > 0)
-        return ScanConfig.for_rule(self.pruning, base,
-                                   num_epochs=self.epochs if needs_epochs else None)
+        return scan_config_of(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def scan_config_of(cfg: Any) -> ScanConfig:
+    """The pruner's config from any trainer config carrying the pruning fields of TrainConfig
+    (pruning, rho_low, rho_high, t_cos, warmup_threshold, ..., seed, epochs)."""
+    base = ScanConfig(rho_low=cfg.rho_low, rho_high=cfg.rho_high, t_cos=cfg.t_cos,
+                      warmup_threshold=cfg.warmup_threshold,
+                      min_warmup_epochs=cfg.min_warmup_epochs,
+                      max_warmup_epochs=cfg.max_warmup_epochs,
+                      warmup_epochs=cfg.scan_warmup_epochs, scope=cfg.scope,
+                      seed=cfg.seed, full_tail_epochs=cfg.full_tail_epochs,
+                      ill_every_mutation=cfg.ill_every_mutation,
+                      target_rate=cfg.target_rate)
+    needs_epochs = (cfg.pruning == "infobatch" or cfg.target_rate is not None
+                    or cfg.full_tail_epochs > 0)
+    return ScanConfig.for_rule(cfg.pruning, base, num_epochs=cfg.epochs if needs_epochs else None)
 
 
 def cpu_fmnist() -> TrainConfig:
@@ -94,7 +99,23 @@ def cpu_tiny() -> TrainConfig:
 
 PRESETS = {"cpu-fmnist": cpu_fmnist, "cpu-tiny": cpu_tiny}
 
-# Flags a user may set on top of a preset: (flag, field, type, help).
+# Flags a user may set on top of a preset: (flag, field, type, help). The pruning flags are
+# shared by every trainer (their configs carry the same fields); the rest are CLIP's.
+PRUNING_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--rho-low", "rho_low", float, "redundant end share per batch (paper: CLIP 0.30, MoCo 0.35)"),
+    ("--rho-high", "rho_high", float,
+     "ill-matched end share per batch (paper: CLIP 0.30, MoCo 0.35)"),
+    ("--t-cos", "t_cos", int, "mutation epochs per cycle (paper: 3)"),
+    ("--warmup-threshold", "warmup_threshold", float, "T_td (paper: 0.3)"),
+    ("--min-warmup-epochs", "min_warmup_epochs", int, "earliest pruning epoch"),
+    ("--max-warmup-epochs", "max_warmup_epochs", int, "latest pruning start"),
+    ("--scan-warmup-epochs", "scan_warmup_epochs", int, "fixed warm-up length"),
+    ("--scope", "scope", str, "batch (paper) or global ranking"),
+    ("--target-rate", "target_rate", float, "share of sample-visits to save"),
+    ("--full-tail-epochs", "full_tail_epochs", int, "full-data epochs at the end"),
+    ("--loss-history", "loss_history", str, "float16/float32: keep preparation losses"),
+]
+
 _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
     ("--num-train", "num_train", int, "class-balanced training subset size"),
@@ -105,17 +126,7 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--batch-size", "batch_size", int, "per-rank batch size"),
     ("--lr", "lr", float, "peak learning rate (AdamW)"),
     ("--weight-decay", "weight_decay", float, "AdamW weight decay"),
-    ("--rho-low", "rho_low", float, "redundant end share per batch (paper: 0.30)"),
-    ("--rho-high", "rho_high", float, "ill-matched end share per batch (paper: 0.30)"),
-    ("--t-cos", "t_cos", int, "mutation epochs per cycle (paper: 3)"),
-    ("--warmup-threshold", "warmup_threshold", float, "T_td (paper: 0.3)"),
-    ("--min-warmup-epochs", "min_warmup_epochs", int, "earliest pruning epoch"),
-    ("--max-warmup-epochs", "max_warmup_epochs", int, "latest pruning start"),
-    ("--scan-warmup-epochs", "scan_warmup_epochs", int, "fixed warm-up length"),
-    ("--scope", "scope", str, "batch (paper) or global ranking"),
-    ("--target-rate", "target_rate", float, "share of sample-visits to save"),
-    ("--full-tail-epochs", "full_tail_epochs", int, "full-data epochs at the end"),
-    ("--loss-history", "loss_history", str, "float16/float32: keep preparation losses"),
+    *PRUNING_FLAGS,
     ("--eval-every", "eval_every", int, "zero-shot every k epochs (0: end only)"),
     ("--probe-every", "probe_every", int, "linear probe every k epochs (0: end only)"),
     ("--seed", "seed", int, "seed of data, model and pruning"),
@@ -123,9 +134,16 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="SCAN reference trainer.")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-fmnist")
+def build_parser(prog: str, *, presets: dict[str, Any] | None = None,
+                 flags: list[tuple[str, str, Any, str]] | None = None,
+                 default_preset: str = "cpu-fmnist",
+                 description: str = "SCAN reference trainer.") -> argparse.ArgumentParser:
+    """The command line of a trainer: --preset, --pruning, --out, --resume, --quiet,
+    --stop-after, --ill-every-mutation, and `flags` (default CLIP's) over the preset's fields."""
+    presets = PRESETS if presets is None else presets
+    flags = _FLAGS if flags is None else flags
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--preset", choices=sorted(presets), default=default_preset)
     parser.add_argument("--pruning", choices=RULE_NAMES, default=None,
                         help="pruning rule (default scan)")
     parser.add_argument("--out", required=True, help="run directory")
@@ -135,13 +153,16 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--stop-after", type=int, default=None,
                         help="run at most this many epochs now, then exit resumable "
                              "(time-sliced or preemptible jobs; tests)")
-    for flag, field, kind, text in _FLAGS:
+    for flag, field, kind, text in flags:
         parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    config = PRESETS[args.preset]()
-    fields = [field for _, field, _, _ in _FLAGS] + ["pruning", "ill_every_mutation"]
+def config_from_args(args: argparse.Namespace, *, presets: dict[str, Any] | None = None,
+                     flags: list[tuple[str, str, Any, str]] | None = None) -> Any:
+    """The preset's config with every flag the user set replacing its field."""
+    config = (PRESETS if presets is None else presets)[args.preset]()
+    fields = [field for _, field, _, _ in (_FLAGS if flags is None else flags)] + \
+        ["pruning", "ill_every_mutation"]
     changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     return dataclasses.replace(config, **changes)

@@ -41,14 +41,18 @@ class EpochBar:
             self.stream.flush()
 
 
-def epoch_line(row: dict) -> str:
-    """One line per epoch: phase, rho_cur, kept share, loss, accuracy, seconds."""
-    acc = row.get("zero_shot_top1")
+def epoch_line(row: dict, *, accuracy: tuple[str, str] = ("zero_shot_top1", "zero-shot")) -> str:
+    """One line per epoch: phase, rho_cur, kept share, loss, accuracy, seconds.
+
+    accuracy: (metrics key, label) of the per-epoch accuracy shown (CLIP: zero-shot; MoCo: kNN).
+    """
+    key, label = accuracy
+    acc = row.get(key)
     probe = row.get("linear_probe_top1")
     parts = [f"epoch {row['epoch']:3d}", f"{row['phase']:<7}", f"rho_cur {row['rho_cur']:.2f}",
              f"kept {row['kept_share']:6.1%}", f"|D'| {row['num_candidates']:>7,d}",
              f"loss {row['train_loss']:.4f}",
-             f"zero-shot {acc:.4f}" if acc is not None else "zero-shot   -   ",
+             f"{label} {acc:.4f}" if acc is not None else f"{label}   -   ",
              f"probe {probe:.4f}" if probe is not None else "",
              f"saved {row['realised_saving']:6.2%}", f"{row['seconds']:6.1f}s"]
     return "  ".join(p for p in parts if p)

@@ -1,0 +1,73 @@
+"""What every PyTorch reference trainer's run does outside its model: start the processes,
+save and load checkpoints, write the summary. Shared by the CLIP and MoCo trainers.
+
+A checkpoint holds the model, the optimiser, the augmentation generator and the wall-clock so
+far, written after the pruner's store snapshot of the same epoch; `load_checkpoint` returns the
+epoch to give `ScanPruner(resume_epoch=...)`, so a resumed run replays the same plans and draws.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from reference_trainers.common.rundir import RunDir
+
+__all__ = ["finish", "init_distributed", "load_checkpoint", "save_checkpoint"]
+
+
+def init_distributed() -> tuple[int, int]:
+    """torchrun sets WORLD_SIZE / RANK; gloo on CPU, NCCL when CUDA is there."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def save_checkpoint(run: RunDir, epoch: int, model, optimizer, generator, wall: float) -> None:
+    tmp = run.checkpoint_path(epoch).with_suffix(".tmp")
+    torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "wall_seconds": wall}, tmp)
+    run.commit_checkpoint(tmp, epoch)
+
+
+def load_checkpoint(run: RunDir, model, optimizer, generator) -> tuple[int, float]:
+    """(last completed epoch, wall seconds so far), or (-1, 0) when there is no checkpoint."""
+    latest = run.latest_checkpoint()
+    if latest is None:
+        return -1, 0.0
+    state = torch.load(latest[1], map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    return int(state["epoch"]), float(state["wall_seconds"])
+
+
+def finish(run_dir: RunDir, pruner: Any, cfg: Any, rank: int, last_row: dict[str, Any], *,
+           headline: Sequence[str]) -> dict[str, Any]:
+    """Write summary.json (rank 0) and the coreset, and return the summary: the `headline`
+    metrics of the last epoch, the counted pruned share, visits, steps and seconds."""
+    rows = run_dir.read_metrics()
+    last_row = last_row or (rows[-1] if rows else {})  # a resume of a finished run
+    summary = {
+        "preset": cfg.preset, "pruning": cfg.pruning, "epochs": cfg.epochs,
+        **{key: last_row.get(key) for key in headline},
+        "realised_pruned_share": pruner.log[-1]["realised_saving"] if pruner.log else 0.0,
+        "sample_visits": int(sum(r["samples"] for r in rows)) if rows else 0,
+        "steps": int(sum(r["steps"] for r in rows)) if rows else 0,
+        "wall_seconds": last_row.get("wall_seconds"),
+        "seconds_per_epoch": [r["seconds"] for r in rows],
+        "warmup_ended_at": pruner.warmup_ended_at,
+    }
+    if rank == 0:
+        run_dir.write_summary(summary)
+        if pruner.log and any(r["phase"] == "prepare" for r in pruner.log):
+            np.save(run_dir.path / "coreset.npy", pruner.coreset())
+    return summary
