@@ -1,0 +1,1 @@
+"""MoCo v3 pre-training with SCAN (PyTorch): `python -m reference_trainers.moco --help`."""

@@ -1,0 +1,115 @@
+"""MoCo v3 training configs: a typed record, preset functions, and the flags over it.
+
+Presets (the docstring gives the launch command and the measured cost):
+- `cpu-fmnist-moco`: MoCo v3 with a small ResNet on all 60k Fashion-MNIST images, CPU, minutes.
+- `cpu-tiny-moco`: a 2k-image subset for smoke tests, seconds.
+The SCAN knobs default to the authors' MoCo values (rho 0.35 per end, T_cos 3, T_td 0.3:
+`scan_core.ScanConfig.moco()`). The pruning flags are CLIP's (common/config.PRUNING_FLAGS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from reference_trainers.common.config import PRUNING_FLAGS, scan_config_of
+from scan_core import ScanConfig
+
+_MOCO_SCAN = ScanConfig.moco()
+
+
+@dataclasses.dataclass(frozen=True)
+class MocoConfig:
+    preset: str = "cpu-fmnist-moco"
+    # data
+    data_dir: str | None = None
+    num_train: int | None = None          # class-balanced subset; None = the whole split
+    num_test: int | None = None           # evaluation subset; None = all 10k test images
+    duplicate_share: float = 0.0          # planted near-duplicate images
+    # model
+    backbone: str = "resnet"              # resnet | vit-tiny
+    width: int = 16                       # SmallResNet width (features 4 * width)
+    dim: int = 128                        # projector / predictor output (MoCo v3: 256)
+    mlp_dim: int = 512                    # their hidden width (MoCo v3: 4096)
+    temperature: float = 0.2
+    momentum: float = 0.99                # m0 of the cosine momentum schedule
+    crop_min: float = 0.2                 # smallest crop area share (MoCo v3's --crop-min)
+    # optimisation
+    optimizer: str = "lars"               # lars (MoCo v3's ResNet default) | adamw (ViT)
+    epochs: int = 6
+    batch_size: int = 256                 # per rank
+    lr: float = 0.6                       # base LR per 256 samples of global batch
+    min_lr: float = 0.0
+    lr_warmup_epochs: float = 0.5
+    weight_decay: float = 1e-6
+    # pruning (the authors' MoCo defaults)
+    pruning: str = "scan"
+    rho_low: float = _MOCO_SCAN.rho_low
+    rho_high: float = _MOCO_SCAN.rho_high
+    t_cos: int = _MOCO_SCAN.t_cos
+    warmup_threshold: float = _MOCO_SCAN.warmup_threshold
+    min_warmup_epochs: int = 0
+    max_warmup_epochs: int | None = None
+    scan_warmup_epochs: int | None = None
+    scope: str = "batch"
+    target_rate: float | None = None
+    full_tail_epochs: int = 0
+    ill_every_mutation: bool = False
+    loss_history: str | None = None
+    # evaluation and bookkeeping
+    eval_every: int = 0                   # kNN top-1 every k epochs (0: at the end only)
+    probe_every: int = 0                  # linear probe every k epochs (0: at the end only)
+    knn_k: int = 20
+    seed: int = 0
+    threads: int | None = None
+
+    def scan_config(self) -> ScanConfig:
+        """The pruner's config for this run."""
+        return scan_config_of(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def cpu_fmnist_moco() -> MocoConfig:
+    """MoCo v3 (SmallResNet width 16, LARS) on Fashion-MNIST's 60k training images with SCAN.
+
+        python -m reference_trainers.moco --preset cpu-fmnist-moco --out runs/moco
+
+    Cost on 2 CPU cores (torch 2.13): see docs/moco-trainer.md for the measured figures.
+    """
+    return MocoConfig(preset="cpu-fmnist-moco")
+
+
+def cpu_tiny_moco() -> MocoConfig:
+    """A 2k-image subset with a narrow ResNet for smoke tests: about a second per epoch.
+
+        python -m reference_trainers.moco --preset cpu-tiny-moco --out runs/tiny-moco
+    """
+    return MocoConfig(preset="cpu-tiny-moco", num_train=2048, num_test=1000, width=8, dim=64,
+                      mlp_dim=128, epochs=6, batch_size=128, lr_warmup_epochs=0.25)
+
+
+PRESETS = {"cpu-fmnist-moco": cpu_fmnist_moco, "cpu-tiny-moco": cpu_tiny_moco}
+
+FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
+    ("--num-train", "num_train", int, "class-balanced training subset size"),
+    ("--num-test", "num_test", int, "evaluation subset size"),
+    ("--duplicate-share", "duplicate_share", float, "share of near-duplicate images"),
+    ("--backbone", "backbone", str, "resnet or vit-tiny"),
+    ("--width", "width", int, "SmallResNet width"),
+    ("--temperature", "temperature", float, "InfoNCE temperature"),
+    ("--momentum", "momentum", float, "base momentum m0 of the momentum encoder"),
+    ("--optimizer", "optimizer", str, "lars or adamw"),
+    ("--epochs", "epochs", int, "training epochs"),
+    ("--batch-size", "batch_size", int, "per-rank batch size"),
+    ("--lr", "lr", float, "base learning rate per 256 samples (scaled by global batch)"),
+    ("--lr-warmup-epochs", "lr_warmup_epochs", float, "linear LR warm-up, fractional epochs"),
+    ("--weight-decay", "weight_decay", float, "weight decay"),
+    *PRUNING_FLAGS,
+    ("--eval-every", "eval_every", int, "kNN top-1 every k epochs (0: end only)"),
+    ("--probe-every", "probe_every", int, "linear probe every k epochs (0: end only)"),
+    ("--seed", "seed", int, "seed of data, model and pruning"),
+    ("--threads", "threads", int, "torch CPU threads"),
+]

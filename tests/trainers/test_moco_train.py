@@ -1,0 +1,147 @@
+"""The MoCo v3 reference trainer on a small real subset of Fashion-MNIST (CPU smoke runs)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR
+from reference_trainers.moco import train as moco_train
+from reference_trainers.moco.config import cpu_fmnist_moco
+
+pytestmark = pytest.mark.skipif(
+    not Path(DEFAULT_FASHION_MNIST_DIR).is_dir(),
+    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
+
+ARGS = ["--preset", "cpu-tiny-moco", "--num-train", "768", "--num-test", "300",
+        "--batch-size", "64", "--scan-warmup-epochs", "1", "--threads", "1", "--quiet"]
+
+
+def _rows(out):
+    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _store_log(out):
+    from scan_core import LossStore
+    store = LossStore.open(Path(out) / "scan.zarr", LossStore.read_meta(Path(out) / "scan.zarr"),
+                           writable=False)
+    return store.load_latest()["log"]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("moco")
+    assert moco_train.main(ARGS + ["--epochs", "5", "--out", str(out)]) == 0
+    return out
+
+
+def test_the_preset_uses_the_authors_moco_pruning_defaults():
+    scan = cpu_fmnist_moco().scan_config()
+    assert (scan.rho_low, scan.rho_high, scan.t_cos, scan.warmup_threshold) == \
+        (0.35, 0.35, 3, 0.3)
+
+
+def test_loss_goes_down_and_the_run_writes_its_directory(full_run):
+    rows = _rows(full_run)
+    assert [r["epoch"] for r in rows] == list(range(5))
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.05
+    assert all(0.99 <= r["momentum"] <= 1.0 for r in rows)
+    summary = json.loads((full_run / "summary.json").read_text())
+    assert summary["linear_probe_top1"] > 0.3 and summary["knn_top1"] > 0.3
+    for name in ("config.json", "planted.npz", "coreset.npy", "scan.zarr"):
+        assert (full_run / name).exists(), name
+    assert len(list((full_run / "checkpoints").glob("epoch_*.pt"))) == 2
+
+
+def test_a_pruned_run_skips_the_steps_it_claims(full_run):
+    rows = _rows(full_run)
+    assert any(r["phase"] == "mutate" for r in rows)
+    for r in rows:
+        assert r["samples"] == r["num_kept"]                       # one rank: every kept id once
+        assert r["steps"] == -(-r["num_kept"] // 64)               # ceil(kept / batch)
+    summary = json.loads((full_run / "summary.json").read_text())
+    visits = sum(r["samples"] for r in rows)
+    assert summary["sample_visits"] == visits
+    assert summary["realised_pruned_share"] == pytest.approx(1 - visits / (5 * 768))
+    assert summary["realised_pruned_share"] > 0.05
+
+
+def test_resume_continues_with_the_same_plans_and_losses(full_run, tmp_path):
+    out = tmp_path / "resumed"
+    args = ARGS + ["--epochs", "5", "--out", str(out)]
+    assert moco_train.main(args + ["--stop-after", "3"]) == 0
+    assert [r["epoch"] for r in _rows(out)] == [0, 1, 2]
+    assert moco_train.main(args + ["--resume"]) == 0
+    a, b = _rows(full_run), _rows(out)
+    assert [r["epoch"] for r in b] == list(range(5))
+    for ra, rb in zip(a, b):
+        assert (ra["phase"], ra["num_kept"], ra["num_candidates"]) == \
+            (rb["phase"], rb["num_kept"], rb["num_candidates"])
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5)
+    assert _store_log(full_run) == _store_log(out)
+
+
+@pytest.mark.parametrize("rule", ["random", "infobatch"])
+def test_other_pruning_rules_train_and_count_their_visits(tmp_path, rule):
+    out = tmp_path / rule
+    assert moco_train.main(ARGS + ["--epochs", "4", "--num-train", "512", "--pruning", rule,
+                                   "--eval-every", "0", "--out", str(out)]) == 0
+    rows = _rows(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["realised_pruned_share"] == pytest.approx(
+        1 - sum(r["samples"] for r in rows) / (4 * 512))
+    assert any(r["num_kept"] < 512 for r in rows)
+
+
+def test_the_vit_backbone_trains_with_adamw(tmp_path):
+    out = tmp_path / "vit"
+    assert moco_train.main(ARGS + ["--epochs", "1", "--num-train", "256", "--backbone",
+                                   "vit-tiny", "--optimizer", "adamw", "--lr", "1.5e-4",
+                                   "--weight-decay", "0.1", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["linear_probe_top1"] is not None
+
+
+def test_bad_input_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        moco_train.main(["--preset", "cpu-huge-moco", "--out", str(tmp_path / "a")])
+    assert exit_info.value.code == 2
+    assert "cpu-tiny-moco" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        moco_train.main(ARGS + ["--epochs", "two", "--out", str(tmp_path / "b")])
+    assert "--epochs" in capsys.readouterr().err
+    assert moco_train.main(ARGS + ["--optimizer", "sgd", "--out", str(tmp_path / "c")]) == 2
+    assert "lars" in capsys.readouterr().err
+    assert moco_train.main(ARGS + ["--rho-low", "1.5", "--out", str(tmp_path / "d")]) == 2
+    assert "rho_low" in capsys.readouterr().err
+    code = moco_train.main(ARGS + ["--data-dir", str(tmp_path / "nowhere"), "--out",
+                                   str(tmp_path / "e")])
+    assert code == 2 and "nowhere" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+def test_torchrun_two_ranks_on_gloo(tmp_path):
+    """2 CPU processes under torchrun: the ranks agree on every plan (the pruner checks a
+    digest at each epoch end), the run completes, each rank trains its padded shard."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_port", str(_free_port()), "-m", "reference_trainers.moco", *ARGS,
+         "--epochs", "3", "--num-train", "512", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _rows(out)
+    assert [r["world_size"] for r in rows] == [2, 2, 2]
+    for r in rows:
+        assert r["samples"] == -(-r["num_kept"] // 2)
+    assert any(r["phase"] == "mutate" and r["num_kept"] < 512 for r in rows)
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
