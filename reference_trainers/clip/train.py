@@ -39,12 +39,24 @@ from scan_core import ScanError, ScanPruner
 # == 1. Set-up: processes, threads, seeds: init_distributed (common/lifecycle.py) and run() ===
 # == 2. Data ======================================================================================
 def build_data(cfg: TrainConfig) -> tuple[Any, Any, Tokenizer]:
+    """Training data (Fashion-MNIST with captions, or a CSV corpus of image paths and captions)
+    and Fashion-MNIST's test split for evaluation."""
     splits = load_fashion_mnist(cfg.data_dir)
     tokenizer = Tokenizer()
-    train = build_image_text_data(splits, train=True, num_samples=cfg.num_train,
-                                  mismatch_share=cfg.mismatch_share,
-                                  duplicate_share=cfg.duplicate_share, seed=cfg.seed,
-                                  context_length=cfg.context_length, tokenizer=tokenizer)
+    if cfg.data.startswith("csv:"):
+        from reference_trainers.common.corpora import CsvCorpus, ImageSpec
+
+        train = CsvCorpus(cfg.data[4:], spec=ImageSpec.cpu(),
+                          tokenizer=lambda texts: tokenizer.encode(texts, cfg.context_length))
+    elif cfg.data == "fmnist":
+        train = build_image_text_data(splits, train=True, num_samples=cfg.num_train,
+                                      mismatch_share=cfg.mismatch_share,
+                                      duplicate_share=cfg.duplicate_share, seed=cfg.seed,
+                                      context_length=cfg.context_length, tokenizer=tokenizer)
+    else:
+        raise TrainerError(f"--data must be fmnist or csv:PATH, got {cfg.data!r} (tar shards "
+                           "are read by reference_trainers.common.corpora.ShardStream; the "
+                           "trainer does not take them yet).")
     test = build_image_text_data(splits, train=False, num_samples=cfg.num_test, seed=cfg.seed,
                                  context_length=cfg.context_length, tokenizer=tokenizer)
     return train, test, tokenizer
@@ -61,7 +73,7 @@ def evaluate(model: torch.nn.Module, train: Any, test: Any, tokenizer: Tokenizer
         test_features = evaluation.extract_features(model.encode_image, test.images,
                                                     preprocess=normalise)
     out = {"zero_shot_top1": evaluation.zero_shot_top1(test_features, test.labels, classifier)}
-    if probe:
+    if probe and hasattr(train, "images"):  # a probe needs labelled training images
         train_features = evaluation.extract_features(model.encode_image, train.images,
                                                      preprocess=normalise)
         out["linear_probe_top1"] = evaluation.linear_probe_top1(
@@ -87,15 +99,17 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
         for group in optimizer.param_groups:
             group["lr"] = lr
         images, tokens, batch_ids = data.batch(ids, augment=True, generator=generator)
+        if len(batch_ids) == 0:  # every sample of the batch failed to decode (counted there)
+            continue
         image_features, text_features, logit_scale = model(images, tokens)
-        weights = torch.from_numpy(plan.loss_weights(ids)) if weighted else None
+        weights = torch.from_numpy(plan.loss_weights(batch_ids.numpy())) if weighted else None
         out = clip_loss(image_features, text_features, logit_scale, weights=weights)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
         record(pruner, batch_ids, out.per_sample)
-        loss_sum += float(out.loss.detach()) * len(ids)
-        samples += len(ids)
+        loss_sum += float(out.loss.detach()) * len(batch_ids)
+        samples += len(batch_ids)
         bar.update(i + 1, loss_sum / samples)
     return {"steps": len(batches), "samples": samples, "lr": lr if batches else 0.0,
             "train_loss": loss_sum / max(samples, 1)}
@@ -129,8 +143,9 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)
     if rank == 0:
         run_dir.truncate_metrics(last)
-        run_dir.save_array("planted", mismatched=train.mismatched.numpy(),
-                           duplicate_of=train.duplicate_of.numpy())
+        if hasattr(train, "mismatched"):
+            run_dir.save_array("planted", mismatched=train.mismatched.numpy(),
+                               duplicate_of=train.duplicate_of.numpy())
     core = model.module if world > 1 else model
     row: dict[str, Any] = {}
     stop = cfg.epochs if stop_after is None else min(cfg.epochs, pruner.next_epoch + stop_after)
@@ -140,6 +155,8 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
         stats = train_epoch(model, optimizer, sampler, pruner, train, cfg, epoch, generator,
                             quiet or rank != 0)
         summary = pruner.end_epoch()
+        if hasattr(train, "skipped"):  # a corpus: bad samples are skipped, never trained on
+            stats["skipped_samples"] = len(train.skipped)
         train_seconds = time.perf_counter() - start
         wall += train_seconds
         last_epoch = epoch == cfg.epochs - 1

@@ -20,6 +20,7 @@ class TrainConfig:
     preset: str = "cpu-fmnist"
     # data
     data_dir: str | None = None
+    data: str = "fmnist"                  # fmnist, or csv:PATH (image path, caption rows)
     num_train: int | None = None          # class-balanced subset; None = the whole split
     num_test: int | None = None           # evaluation subset; None = all 10k test images
     mismatch_share: float = 0.0           # planted captions naming a wrong class
@@ -118,6 +119,7 @@ PRUNING_FLAGS: list[tuple[str, str, Any, str]] = [
 
 _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
+    ("--data", "data", str, "training data: fmnist (default) or csv:PATH (image,caption rows)"),
     ("--num-train", "num_train", int, "class-balanced training subset size"),
     ("--num-test", "num_test", int, "evaluation subset size"),
     ("--mismatch-share", "mismatch_share", float, "share of captions naming a wrong class"),

@@ -151,3 +151,30 @@ def test_every_pruning_rule_trains_and_counts_its_visits(tmp_path, rule):
         1 - sum(r["samples"] for r in rows) / (4 * 512))
     pruned = any(r["num_kept"] < 512 for r in rows)
     assert pruned == (rule != "full")
+
+
+def test_training_from_a_csv_corpus_skips_bad_rows_with_a_count(tmp_path):
+    """--data csv:PATH: Fashion-MNIST images as PNG files with captions; a missing caption and
+    a corrupt image are skipped (counted in the metrics), never trained on, never a crash."""
+    from PIL import Image
+
+    from reference_trainers.common.captions import make_captions
+    from reference_trainers.common.data import load_fashion_mnist
+
+    splits = load_fashion_mnist()
+    n = 300
+    captions = make_captions(splits.train_images[:n], splits.train_labels[:n], seed=0).texts
+    rows = ["image,caption"]
+    for i in range(n):
+        Image.fromarray(splits.train_images[i]).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'' if i == 7 else captions[i]}")
+    (tmp_path / "13.png").write_bytes(b"not a png at all")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    assert clip_train.main(ARGS + ["--epochs", "3", "--data", f"csv:{tmp_path / 'pairs.csv'}",
+                                   "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert rows[-1]["skipped_samples"] == 2
+    for r in rows:
+        assert r["samples"] <= r["num_kept"] and r["num_kept"] - r["samples"] <= 2
+    assert any(r["num_kept"] < n for r in rows)
