@@ -19,10 +19,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from adapters.torch import ScanSampler, TorchCommunicator, clip_loss, record
 from reference_trainers.clip.model import build_cpu_clip, check_clip_model
 from reference_trainers.common import evaluation, lifecycle
+from reference_trainers.common.accel import AmpSetup, maybe_compile, unwrap_compiled
 from reference_trainers.common.captions import class_prompts
 from reference_trainers.common.config import TrainConfig, build_parser, config_from_args
 from reference_trainers.common.data import load_fashion_mnist
@@ -44,10 +46,13 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, Tokenizer]:
     splits = load_fashion_mnist(cfg.data_dir)
     tokenizer = Tokenizer()
     if cfg.data.startswith("csv:"):
-        from reference_trainers.common.corpora import CsvCorpus, ImageSpec
+        from reference_trainers.common.corpora import CsvCorpus
 
-        train = CsvCorpus(cfg.data[4:], spec=ImageSpec.cpu(),
+        train = CsvCorpus(cfg.data[4:], spec=image_spec(cfg),
                           tokenizer=lambda texts: tokenizer.encode(texts, cfg.context_length))
+    elif cfg.model != "cpu":
+        raise TrainerError(f"--model {cfg.model} takes {image_spec(cfg).size}-pixel RGB images: "
+                           "train it on a corpus (--data csv:PATH), not on 28x28 Fashion-MNIST.")
     elif cfg.data == "fmnist":
         train = build_image_text_data(splits, train=True, num_samples=cfg.num_train,
                                       mismatch_share=cfg.mismatch_share,
@@ -62,20 +67,56 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, Tokenizer]:
     return train, test, tokenizer
 
 
+def image_spec(cfg: TrainConfig):
+    """How training images are decoded: 28x28 grayscale for the cpu model, the preset's
+    resolution in RGB with CLIP's statistics for a GPU preset."""
+    from reference_trainers.common.corpora import ImageSpec
+    from reference_trainers.models import clip_preset
+
+    return ImageSpec.cpu() if cfg.model == "cpu" else ImageSpec.gpu(clip_preset(cfg.model).image_size)
+
+
+def eval_preprocess(cfg: TrainConfig):
+    """Fashion-MNIST test images (uint8 (B,1,28,28)) as the model's input."""
+    if cfg.model == "cpu":
+        return normalise
+    spec = image_spec(cfg)
+
+    def to_spec(images: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(images.float(), size=(spec.size, spec.size), mode="bilinear",
+                          align_corners=False).clamp(0, 255).round().to(torch.uint8)
+        return spec.prepare(x.repeat(1, spec.channels, 1, 1), augment=False, generator=None)
+
+    return to_spec
+
+
+def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> torch.nn.Module:
+    if cfg.model == "cpu":
+        return build_cpu_clip(tokenizer.vocab_size, tokenizer.eot_id, cfg.context_length,
+                              cfg.embed_dim)
+    from reference_trainers.models import build_clip
+
+    return build_clip(cfg.model, grad_checkpointing=cfg.grad_checkpointing,
+                      vocab_size=tokenizer.vocab_size, context_length=cfg.context_length,
+                      eot_id=tokenizer.eot_id)
+
+
 # == 3. Evaluation (zero-shot with a prompt ensemble; linear probe on frozen features) ============
 def evaluate(model: torch.nn.Module, train: Any, test: Any, tokenizer: Tokenizer,
              cfg: TrainConfig, *, probe: bool) -> dict[str, float]:
     model.eval()
+    device = next(model.parameters()).device
+    preprocess = eval_preprocess(cfg)
     with torch.no_grad():
         classifier = evaluation.zero_shot_classifier(
             model.encode_text, class_prompts(),
-            lambda texts: torch.from_numpy(tokenizer.encode(texts, cfg.context_length)))
+            lambda texts: torch.from_numpy(tokenizer.encode(texts, cfg.context_length)).to(device))
         test_features = evaluation.extract_features(model.encode_image, test.images,
-                                                    preprocess=normalise)
+                                                    preprocess=preprocess, device=device)
     out = {"zero_shot_top1": evaluation.zero_shot_top1(test_features, test.labels, classifier)}
     if probe and hasattr(train, "images"):  # a probe needs labelled training images
         train_features = evaluation.extract_features(model.encode_image, train.images,
-                                                     preprocess=normalise)
+                                                     preprocess=preprocess, device=device)
         out["linear_probe_top1"] = evaluation.linear_probe_top1(
             train_features, train.labels, test_features, test.labels, num_classes=10,
             seed=cfg.seed)
@@ -86,7 +127,7 @@ def evaluate(model: torch.nn.Module, train: Any, test: Any, tokenizer: Tokenizer
 # == 4. One epoch of training =====================================================================
 def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data: Any,
                 cfg: TrainConfig, epoch: int, generator: torch.Generator,
-                quiet: bool) -> dict[str, Any]:
+                quiet: bool, amp: AmpSetup, device: torch.device) -> dict[str, Any]:
     plan = sampler.plan
     batches = list(sampler.batches(cfg.batch_size))
     bar = EpochBar(epoch, len(batches), phase=plan.phase, kept_share=plan.keep_fraction,
@@ -101,12 +142,15 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
         images, tokens, batch_ids = data.batch(ids, augment=True, generator=generator)
         if len(batch_ids) == 0:  # every sample of the batch failed to decode (counted there)
             continue
-        image_features, text_features, logit_scale = model(images, tokens)
-        weights = torch.from_numpy(plan.loss_weights(batch_ids.numpy())) if weighted else None
-        out = clip_loss(image_features, text_features, logit_scale, weights=weights)
+        weights = torch.from_numpy(plan.loss_weights(batch_ids.numpy())).to(device) \
+            if weighted else None
+        with amp.autocast():
+            image_features, text_features, logit_scale = model(images.to(device),
+                                                               tokens.to(device))
+            out = clip_loss(image_features.float(), text_features.float(), logit_scale.float(),
+                            weights=weights)
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
+        amp.backward_step(out.loss, optimizer)
         record(pruner, batch_ids, out.per_sample)
         loss_sum += float(out.loss.detach()) * len(batch_ids)
         samples += len(batch_ids)
@@ -129,11 +173,15 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
         run_dir.write_config(cfg.to_dict(), resume=resume)
     train, test, tokenizer = build_data(cfg)
     torch.manual_seed(cfg.seed)  # the trainer's own process: model initialisation only
-    model = model if model is not None else build_cpu_clip(
-        tokenizer.vocab_size, tokenizer.eot_id, cfg.context_length, cfg.embed_dim)
+    model = model if model is not None else build_model(cfg, tokenizer)
     check_clip_model(model)
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) \
+        if torch.cuda.is_available() else torch.device("cpu")
+    amp = AmpSetup.create(cfg.precision, device_type=device.type)
+    model = maybe_compile(model.to(device), cfg.compile)
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     last, wall = load_checkpoint(run_dir, model, optimizer, generator) if resume else (-1, 0.0)
@@ -146,14 +194,14 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
         if hasattr(train, "mismatched"):
             run_dir.save_array("planted", mismatched=train.mismatched.numpy(),
                                duplicate_of=train.duplicate_of.numpy())
-    core = model.module if world > 1 else model
+    core = unwrap_compiled(model)
     row: dict[str, Any] = {}
     stop = cfg.epochs if stop_after is None else min(cfg.epochs, pruner.next_epoch + stop_after)
     for epoch in range(pruner.next_epoch, stop):
         start = time.perf_counter()
         sampler.set_epoch(epoch)
         stats = train_epoch(model, optimizer, sampler, pruner, train, cfg, epoch, generator,
-                            quiet or rank != 0)
+                            quiet or rank != 0, amp, device)
         summary = pruner.end_epoch()
         if hasattr(train, "skipped"):  # a corpus: bad samples are skipped, never trained on
             stats["skipped_samples"] = len(train.skipped)

@@ -21,6 +21,10 @@ class TrainConfig:
     # data
     data_dir: str | None = None
     data: str = "fmnist"                  # fmnist, or csv:PATH (image path, caption rows)
+    model: str = "cpu"                    # cpu, or a GPU preset: RN50, RN101, ViT-B-32
+    precision: str = "fp32"               # fp32, bf16, fp16 (autocast; a grad scaler for fp16)
+    compile: bool = False                 # torch.compile the model
+    grad_checkpointing: bool = False      # recompute transformer blocks in the backward
     num_train: int | None = None          # class-balanced subset; None = the whole split
     num_test: int | None = None           # evaluation subset; None = all 10k test images
     mismatch_share: float = 0.0           # planted captions naming a wrong class
@@ -120,6 +124,8 @@ PRUNING_FLAGS: list[tuple[str, str, Any, str]] = [
 _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
     ("--data", "data", str, "training data: fmnist (default) or csv:PATH (image,caption rows)"),
+    ("--model", "model", str, "cpu (default) or a GPU preset: RN50, RN101, ViT-B-32"),
+    ("--precision", "precision", str, "fp32 (default), bf16 or fp16 autocast"),
     ("--num-train", "num_train", int, "class-balanced training subset size"),
     ("--num-test", "num_test", int, "evaluation subset size"),
     ("--mismatch-share", "mismatch_share", float, "share of captions naming a wrong class"),
@@ -152,6 +158,10 @@ def build_parser(prog: str, *, presets: dict[str, Any] | None = None,
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--ill-every-mutation", action="store_true", default=None)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the model")
+    parser.add_argument("--grad-checkpointing", action="store_true", default=None,
+                        help="recompute transformer blocks in the backward (less memory)")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="run at most this many epochs now, then exit resumable "
                              "(time-sliced or preemptible jobs; tests)")
@@ -165,6 +175,6 @@ def config_from_args(args: argparse.Namespace, *, presets: dict[str, Any] | None
     """The preset's config with every flag the user set replacing its field."""
     config = (PRESETS if presets is None else presets)[args.preset]()
     fields = [field for _, field, _, _ in (_FLAGS if flags is None else flags)] + \
-        ["pruning", "ill_every_mutation"]
+        ["pruning", "ill_every_mutation", "compile", "grad_checkpointing"]
     changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     return dataclasses.replace(config, **changes)

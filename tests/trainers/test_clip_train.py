@@ -178,3 +178,33 @@ def test_training_from_a_csv_corpus_skips_bad_rows_with_a_count(tmp_path):
     for r in rows:
         assert r["samples"] <= r["num_kept"] and r["num_kept"] - r["samples"] <= 2
     assert any(r["num_kept"] < n for r in rows)
+
+
+def test_a_gpu_preset_trains_on_a_csv_corpus_with_bf16_and_checkpointing(tmp_path):
+    """--model ViT-B-32 at full size (151M parameters) on the CPU: 224-pixel RGB from a CSV
+    corpus, bf16 autocast, gradient checkpointing; two steps, then zero-shot on Fashion-MNIST
+    test images resized to 224. Shapes and the wiring, not accuracy."""
+    from PIL import Image
+
+    from reference_trainers.common.data import load_fashion_mnist
+
+    splits = load_fashion_mnist()
+    rows = ["image,caption"]
+    for i in range(8):
+        Image.fromarray(splits.train_images[i]).convert("RGB").save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,a photo of a bag")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    assert clip_train.main(["--preset", "cpu-tiny", "--model", "ViT-B-32", "--precision", "bf16",
+                            "--grad-checkpointing", "--data", f"csv:{tmp_path / 'pairs.csv'}",
+                            "--epochs", "1", "--batch-size", "4", "--num-test", "8",
+                            "--threads", "2", "--quiet", "--out", str(out)]) == 0
+    row = _rows(out)[-1]
+    assert row["steps"] == 2 and row["samples"] == 8
+    assert 0.0 <= row["zero_shot_top1"] <= 1.0
+
+
+def test_a_gpu_preset_refuses_28_pixel_fashion_mnist(tmp_path, capsys):
+    assert clip_train.main(["--preset", "cpu-tiny", "--model", "RN50", "--quiet",
+                            "--out", str(tmp_path)]) == 2
+    assert "csv:PATH" in capsys.readouterr().err
