@@ -15,7 +15,10 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
+
+import numpy as np
 
 import torch
 import torch.distributed as dist
@@ -50,6 +53,13 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, Tokenizer]:
 
         train = CsvCorpus(cfg.data[4:], spec=image_spec(cfg),
                           tokenizer=lambda texts: tokenizer.encode(texts, cfg.context_length))
+    elif cfg.data.startswith("shards:"):
+        from reference_trainers.common.corpora import ShardIndex, ShardStream
+
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        train = ShardStream(ShardIndex.open(cfg.data[7:]), spec=image_spec(cfg),
+                            tokenizer=lambda texts: tokenizer.encode(texts, cfg.context_length),
+                            rank=rank, world_size=world, seed=cfg.seed)
     elif cfg.model != "cpu":
         raise TrainerError(f"--model {cfg.model} takes {image_spec(cfg).size}-pixel RGB images: "
                            "train it on a corpus (--data csv:PATH), not on 28x28 Fashion-MNIST.")
@@ -59,9 +69,7 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, Tokenizer]:
                                       duplicate_share=cfg.duplicate_share, seed=cfg.seed,
                                       context_length=cfg.context_length, tokenizer=tokenizer)
     else:
-        raise TrainerError(f"--data must be fmnist or csv:PATH, got {cfg.data!r} (tar shards "
-                           "are read by reference_trainers.common.corpora.ShardStream; the "
-                           "trainer does not take them yet).")
+        raise TrainerError(f"--data must be fmnist, csv:PATH or shards:DIR, got {cfg.data!r}.")
     test = build_image_text_data(splits, train=False, num_samples=cfg.num_test, seed=cfg.seed,
                                  context_length=cfg.context_length, tokenizer=tokenizer)
     return train, test, tokenizer
@@ -125,23 +133,42 @@ def evaluate(model: torch.nn.Module, train: Any, test: Any, tokenizer: Tokenizer
 
 
 # == 4. One epoch of training =====================================================================
+def epoch_batches(data: Any, plan: Any, sampler: ScanSampler, cfg: TrainConfig,
+                  generator: torch.Generator) -> tuple[Iterator[tuple], int]:
+    """This rank's batches of the epoch, (images float32, tokens, ids), and how many there are.
+    Map-style data is served by the sampler; a shard stream drops pruned samples before it
+    reads them and tops up short workers so every rank runs the same number of steps."""
+    if hasattr(data, "steps_per_rank"):
+        from adapters.torch.stream import PlanIterableDataset, collate_samples
+
+        dataset = PlanIterableDataset(data)
+        dataset.set_plan(plan)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size,
+                                             collate_fn=collate_samples)
+        prepared = ((data.spec.prepare(images, augment=True, generator=generator), tokens, ids)
+                    for images, tokens, ids in loader)
+        return prepared, data.steps_per_rank(plan, cfg.batch_size)
+    id_batches = list(sampler.batches(cfg.batch_size))
+    return ((data.batch(ids, augment=True, generator=generator) for ids in id_batches),
+            len(id_batches))
+
+
 def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data: Any,
                 cfg: TrainConfig, epoch: int, generator: torch.Generator,
                 quiet: bool, amp: AmpSetup, device: torch.device) -> dict[str, Any]:
     plan = sampler.plan
-    batches = list(sampler.batches(cfg.batch_size))
-    bar = EpochBar(epoch, len(batches), phase=plan.phase, kept_share=plan.keep_fraction,
+    batches, num_batches = epoch_batches(data, plan, sampler, cfg, generator)
+    bar = EpochBar(epoch, num_batches, phase=plan.phase, kept_share=plan.keep_fraction,
                    enabled=not quiet)
     weighted = plan.weight_bits is not None
-    loss_sum, samples = 0.0, 0
-    for i, ids in enumerate(batches):
-        lr = cosine_lr(cfg.lr, progress(epoch, i, len(batches)), cfg.epochs,
+    loss_sum, samples, steps, lr = 0.0, 0, 0, 0.0
+    for i, (images, tokens, batch_ids) in enumerate(batches):
+        if len(batch_ids) == 0:  # every sample of the batch failed to decode (counted there)
+            continue
+        lr = cosine_lr(cfg.lr, progress(epoch, i, num_batches), cfg.epochs,
                        cfg.lr_warmup_epochs, cfg.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, tokens, batch_ids = data.batch(ids, augment=True, generator=generator)
-        if len(batch_ids) == 0:  # every sample of the batch failed to decode (counted there)
-            continue
         weights = torch.from_numpy(plan.loss_weights(batch_ids.numpy())).to(device) \
             if weighted else None
         with amp.autocast():
@@ -151,12 +178,14 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
                             weights=weights)
         optimizer.zero_grad(set_to_none=True)
         amp.backward_step(out.loss, optimizer)
-        record(pruner, batch_ids, out.per_sample)
+        # A stream's top-up may repeat an id inside one batch: record each id once.
+        unique, first = np.unique(batch_ids.numpy(), return_index=True)
+        record(pruner, unique, out.per_sample[:, torch.from_numpy(first)])
         loss_sum += float(out.loss.detach()) * len(batch_ids)
         samples += len(batch_ids)
+        steps += 1
         bar.update(i + 1, loss_sum / samples)
-    return {"steps": len(batches), "samples": samples, "lr": lr if batches else 0.0,
-            "train_loss": loss_sum / max(samples, 1)}
+    return {"steps": steps, "samples": samples, "lr": lr, "train_loss": loss_sum / max(samples, 1)}
 
 
 # == 5. Checkpoints: save_checkpoint / load_checkpoint in common/lifecycle.py ==================
@@ -185,7 +214,8 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     last, wall = load_checkpoint(run_dir, model, optimizer, generator) if resume else (-1, 0.0)
-    pruner = ScanPruner(len(train), 2, cfg.scan_config(), store=run_dir.store,
+    num_samples = len(train.index) if hasattr(train, "index") else len(train)
+    pruner = ScanPruner(num_samples, 2, cfg.scan_config(), store=run_dir.store,
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)
@@ -203,8 +233,11 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
         stats = train_epoch(model, optimizer, sampler, pruner, train, cfg, epoch, generator,
                             quiet or rank != 0, amp, device)
         summary = pruner.end_epoch()
-        if hasattr(train, "skipped"):  # a corpus: bad samples are skipped, never trained on
+        if hasattr(train, "skipped"):  # a CSV corpus: bad samples skipped, never trained on
             stats["skipped_samples"] = len(train.skipped)
+        if hasattr(train, "stats"):  # a shard stream: bad samples and top-up repeats
+            stats["skipped_samples"] = len(train.index.skipped) + len(train.stats.corrupt)
+            stats["repeated_samples"] = train.topup_count(sampler.plan)
         train_seconds = time.perf_counter() - start
         wall += train_seconds
         last_epoch = epoch == cfg.epochs - 1

@@ -208,3 +208,22 @@ def test_a_gpu_preset_refuses_28_pixel_fashion_mnist(tmp_path, capsys):
     assert clip_train.main(["--preset", "cpu-tiny", "--model", "RN50", "--quiet",
                             "--out", str(tmp_path)]) == 2
     assert "csv:PATH" in capsys.readouterr().err
+
+
+def test_training_from_tar_shards_serves_exactly_the_plan(tmp_path):
+    """--data shards:DIR: shards written by make_shards from Fashion-MNIST; every epoch trains
+    on exactly the plan's kept samples (pruned ones are dropped before decoding)."""
+    from reference_trainers.common.corpora import make_shards
+
+    shards = tmp_path / "shards"
+    assert make_shards.main(["--from-fashion-mnist", "--num-samples", "400",
+                             "--samples-per-shard", "100", "--out", str(shards)]) == 0
+    out = tmp_path / "run"
+    assert clip_train.main(ARGS + ["--epochs", "4", "--data", f"shards:{shards}",
+                                   "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert any(r["phase"] == "mutate" and r["num_kept"] < 400 for r in rows)
+    for r in rows:
+        assert r["skipped_samples"] == 0 and r["repeated_samples"] == 0
+        assert r["samples"] == r["num_kept"]
+        assert r["steps"] == -(-r["num_kept"] // 64)
