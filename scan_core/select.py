@@ -20,7 +20,7 @@ import numba
 import numpy as np
 
 from scan_core.bitset import _EMPTY, _check_batch_ids
-from scan_core.rank import mark_ends, mark_smallest
+from scan_core.rank import mark_ends
 
 _MASK64 = (1 << 64) - 1
 _GAMMA = 0x9E3779B97F4A7C15

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -225,32 +224,23 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
             run_dir.save_array("planted", mismatched=train.mismatched.numpy(),
                                duplicate_of=train.duplicate_of.numpy())
     core = unwrap_compiled(model)
-    row: dict[str, Any] = {}
-    stop = cfg.epochs if stop_after is None else min(cfg.epochs, pruner.next_epoch + stop_after)
-    for epoch in range(pruner.next_epoch, stop):
-        start = time.perf_counter()
-        sampler.set_epoch(epoch)
-        stats = train_epoch(model, optimizer, sampler, pruner, train, cfg, epoch, generator,
-                            quiet or rank != 0, amp, device)
-        summary = pruner.end_epoch()
+
+    def extra_stats() -> dict[str, Any]:
         if hasattr(train, "skipped"):  # a CSV corpus: bad samples skipped, never trained on
-            stats["skipped_samples"] = len(train.skipped)
+            return {"skipped_samples": len(train.skipped)}
         if hasattr(train, "stats"):  # a shard stream: bad samples and top-up repeats
-            stats["skipped_samples"] = len(train.index.skipped) + len(train.stats.corrupt)
-            stats["repeated_samples"] = train.topup_count(sampler.plan)
-        train_seconds = time.perf_counter() - start
-        wall += train_seconds
-        last_epoch = epoch == cfg.epochs - 1
-        scores = {}
-        if rank == 0 and (last_epoch or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
-            probe = last_epoch or bool(cfg.probe_every and (epoch + 1) % cfg.probe_every == 0)
-            scores = evaluate(core, train, test, tokenizer, cfg, probe=probe)
-        row = {**summary.as_dict(), **stats, **scores, "kept_share": 1 - summary.pruned_share,
-               "seconds": train_seconds, "wall_seconds": wall, "world_size": world}
-        if rank == 0:
-            run_dir.append_metrics(row)
-            print(epoch_line(row), flush=True)
-            save_checkpoint(run_dir, epoch, model, optimizer, generator, wall)
+            return {"skipped_samples": len(train.index.skipped) + len(train.stats.corrupt),
+                    "repeated_samples": train.topup_count(sampler.plan)}
+        return {}
+
+    row = lifecycle.epoch_loop(
+        cfg, pruner, sampler, run_dir, rank=rank, world=world, wall=wall, stop_after=stop_after,
+        train_epoch=lambda epoch: train_epoch(model, optimizer, sampler, pruner, train, cfg,
+                                              epoch, generator, quiet or rank != 0, amp, device),
+        evaluate=lambda probe: evaluate(core, train, test, tokenizer, cfg, probe=probe),
+        checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, model, optimizer,
+                                                       generator, wall),
+        line=epoch_line, extra_stats=extra_stats)
     return finish(run_dir, pruner, cfg, rank, row)
 
 

@@ -9,7 +9,8 @@ epoch to give `ScanPruner(resume_epoch=...)`, so a resumed run replays the same 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch.distributed as dist
 
 from reference_trainers.common.rundir import RunDir
 
-__all__ = ["finish", "init_distributed", "load_checkpoint", "save_checkpoint"]
+__all__ = ["epoch_loop", "finish", "init_distributed", "load_checkpoint", "save_checkpoint"]
 
 
 def init_distributed() -> tuple[int, int]:
@@ -48,6 +49,46 @@ def load_checkpoint(run: RunDir, model, optimizer, generator) -> tuple[int, floa
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     return int(state["epoch"]), float(state["wall_seconds"])
+
+
+def _due(every: int, epoch: int) -> bool:
+    return bool(every) and (epoch + 1) % every == 0
+
+
+def epoch_loop(cfg: Any, pruner: Any, sampler: Any, run_dir: RunDir, *, rank: int, world: int,
+               wall: float, stop_after: int | None,
+               train_epoch: Callable[[int], dict[str, Any]],
+               evaluate: Callable[[bool], dict[str, float]],
+               checkpoint: Callable[[int, float], None],
+               line: Callable[[dict[str, Any]], str],
+               extra_stats: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The epochs of a run, the same for every trainer: plan (sampler.set_epoch), train, close
+    the epoch in the pruner, evaluate when due (cfg.eval_every / cfg.probe_every, and at the
+    end; `evaluate(probe)`), log a metrics row, print its line and checkpoint (rank 0).
+    Returns the last row ({} when nothing was left to run)."""
+    row: dict[str, Any] = {}
+    stop = cfg.epochs if stop_after is None else min(cfg.epochs, pruner.next_epoch + stop_after)
+    for epoch in range(pruner.next_epoch, stop):
+        start = time.perf_counter()
+        sampler.set_epoch(epoch)
+        stats = train_epoch(epoch)
+        summary = pruner.end_epoch()
+        if extra_stats is not None:
+            stats.update(extra_stats())
+        train_seconds = time.perf_counter() - start
+        wall += train_seconds
+        last_epoch = epoch == cfg.epochs - 1
+        scores: dict[str, float] = {}
+        if rank == 0 and (last_epoch or _due(cfg.eval_every, epoch)
+                          or _due(cfg.probe_every, epoch)):
+            scores = evaluate(last_epoch or _due(cfg.probe_every, epoch))
+        row = {**summary.as_dict(), **stats, **scores, "kept_share": 1 - summary.pruned_share,
+               "seconds": train_seconds, "wall_seconds": wall, "world_size": world}
+        if rank == 0:
+            run_dir.append_metrics(row)
+            print(line(row), flush=True)
+            checkpoint(epoch, wall)
+    return row
 
 
 def finish(run_dir: RunDir, pruner: Any, cfg: Any, rank: int, last_row: dict[str, Any], *,

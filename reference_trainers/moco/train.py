@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -181,28 +180,14 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
     if rank == 0:
         run_dir.truncate_metrics(last)
         run_dir.save_array("planted", duplicate_of=train.duplicate_of.numpy())
-    row: dict[str, Any] = {}
-    stop = cfg.epochs if stop_after is None else min(cfg.epochs, pruner.next_epoch + stop_after)
-    for epoch in range(pruner.next_epoch, stop):
-        start = time.perf_counter()
-        sampler.set_epoch(epoch)
-        stats = train_epoch(model, optimizer, sampler, pruner, train, cfg, epoch, generator,
-                            base_lr, quiet or rank != 0)
-        summary = pruner.end_epoch()
-        train_seconds = time.perf_counter() - start
-        wall += train_seconds
-        last_epoch = epoch == cfg.epochs - 1
-        scores = {}
-        if rank == 0 and (last_epoch or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)
-                          or (cfg.probe_every and (epoch + 1) % cfg.probe_every == 0)):
-            probe = last_epoch or bool(cfg.probe_every and (epoch + 1) % cfg.probe_every == 0)
-            scores = evaluate(core, train, test, cfg, probe=probe)
-        row = {**summary.as_dict(), **stats, **scores, "kept_share": 1 - summary.pruned_share,
-               "seconds": train_seconds, "wall_seconds": wall, "world_size": world}
-        if rank == 0:
-            run_dir.append_metrics(row)
-            print(epoch_line(row, accuracy=("knn_top1", "kNN")), flush=True)
-            save_checkpoint(run_dir, epoch, model, optimizer, generator, wall)
+    row = lifecycle.epoch_loop(
+        cfg, pruner, sampler, run_dir, rank=rank, world=world, wall=wall, stop_after=stop_after,
+        train_epoch=lambda epoch: train_epoch(model, optimizer, sampler, pruner, train, cfg,
+                                              epoch, generator, base_lr, quiet or rank != 0),
+        evaluate=lambda probe: evaluate(core, train, test, cfg, probe=probe),
+        checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, model, optimizer,
+                                                       generator, wall),
+        line=lambda row: epoch_line(row, accuracy=("knn_top1", "kNN")))
     return lifecycle.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
 
 
