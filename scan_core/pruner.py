@@ -150,6 +150,7 @@ class ScanPruner:
             or cfg.rule == "infobatch"
         self._epoch_losses = EpochLosses(self.num_views, n) if want_losses else None
         self._keys = (stream_key(cfg.seed, epoch, SALT_LOW), stream_key(cfg.seed, epoch, SALT_HIGH))
+        self._k_cache: dict[int, tuple[int, int]] = {}
         return self._plan
 
     def record(self, ids: np.ndarray, losses: np.ndarray) -> None:
@@ -162,7 +163,7 @@ class ScanPruner:
         losses = as_losses(losses, self.num_views, ids.shape[0])
         collect = self._collecting and self.config.scope == "batch"
         batch = ids.shape[0]
-        k_low, k_high = (k_of(self.rho_low, batch), k_of(self.rho_high, batch)) if collect else (0, 0)
+        k_low, k_high = self._ks(batch) if collect else (0, 0)
         code, pos, total = record_batch(ids, losses, self.num_samples, plan.drop_bits, collect,
                                         k_low, k_high, self._keys[0], self._keys[1],
                                         self._red, self._ill)
@@ -173,6 +174,13 @@ class ScanPruner:
         if self._epoch_losses is not None:
             self._epoch_losses.add(ids, losses, normalize=self.config.global_normalization == "batch"
                                    and self.config.scope == "global")
+
+    def _ks(self, batch: int) -> tuple[int, int]:
+        """(floor(rho_low * B), floor(rho_high * B)), cached per batch size for the epoch."""
+        ks = self._k_cache.get(batch)
+        if ks is None:
+            ks = self._k_cache[batch] = (k_of(self.rho_low, batch), k_of(self.rho_high, batch))
+        return ks
 
     def end_epoch(self) -> EpochSummary:
         """Close the open epoch: combine ranks, update warm-up and candidates, persist."""

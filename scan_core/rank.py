@@ -135,8 +135,14 @@ def mark_ends(values, k_low, k_high, mark_low, mark_high):
     m = values.shape[0]
     if m == 0 or (k_low <= 0 and k_high <= 0):
         return
-    everything = np.arange(m)
-    lo, hi = _min_max(values, everything, m)
+    lo = np.float64(values[0])
+    hi = lo
+    for p in range(1, m):
+        x = np.float64(values[p])
+        if x < lo:
+            lo = x
+        if x > hi:
+            hi = x
     scale = m / (hi - lo) if hi > lo else 0.0
     if m <= _SORT_BELOW or hi == lo or not (np.isfinite(hi - lo) and np.isfinite(scale)):
         if k_low > 0:
@@ -150,7 +156,7 @@ def mark_ends(values, k_low, k_high, mark_low, mark_high):
         return
     bucket = np.empty(m, dtype=np.int64)
     hist = np.zeros(m, dtype=np.int64)
-    _bucketize(values, everything, m, lo, scale, bucket, hist)
+    _bucketize(values, np.arange(m), m, lo, scale, bucket, hist)
     if k_low > 0:
         edge = 0
         below = 0
@@ -158,8 +164,7 @@ def mark_ends(values, k_low, k_high, mark_low, mark_high):
             below += hist[edge]
             edge += 1
         for p in range(m):
-            if bucket[p] < edge:
-                mark_low[p] = 1
+            mark_low[p] |= bucket[p] < edge  # branch-free: the outcome is random
         _resolve_edge(values, bucket, edge, k_low - below, mark_low)
     if k_high > 0:
         edge = m - 1
@@ -168,6 +173,5 @@ def mark_ends(values, k_low, k_high, mark_low, mark_high):
             above += hist[edge]
             edge -= 1
         for p in range(m):
-            if bucket[p] > edge:
-                mark_high[p] = 1
+            mark_high[p] |= bucket[p] > edge
         _resolve_edge(values, bucket, edge, -(k_high - above), mark_high)
