@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 from typing import Any
 
+from reference_trainers.common.errors import TrainerError
 from scan_core import RULE_NAMES, ScanConfig
 
 
@@ -177,4 +178,9 @@ def config_from_args(args: argparse.Namespace, *, presets: dict[str, Any] | None
     fields = [field for _, field, _, _ in (_FLAGS if flags is None else flags)] + \
         ["pruning", "ill_every_mutation", "compile", "grad_checkpointing"]
     changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    known = {f.name for f in dataclasses.fields(config)}
+    unsupported = sorted(set(changes) - known)
+    if unsupported:
+        flags_named = ", ".join("--" + name.replace("_", "-") for name in unsupported)
+        raise TrainerError(f"{flags_named}: not supported by the {config.preset} preset's trainer.")
     return dataclasses.replace(config, **changes)

@@ -27,7 +27,8 @@ class MocoConfig:
     num_test: int | None = None           # evaluation subset; None = all 10k test images
     duplicate_share: float = 0.0          # planted near-duplicate images
     # model
-    backbone: str = "resnet"              # resnet | vit-tiny
+    backbone: str = "resnet"              # resnet | vit-tiny | vit_small | vit_base (GPU)
+    grad_checkpointing: bool = False      # recompute ViT blocks in the backward
     width: int = 16                       # SmallResNet width (features 4 * width)
     dim: int = 128                        # projector / predictor output (MoCo v3: 256)
     mlp_dim: int = 512                    # their hidden width (MoCo v3: 4096)
@@ -97,7 +98,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--num-train", "num_train", int, "class-balanced training subset size"),
     ("--num-test", "num_test", int, "evaluation subset size"),
     ("--duplicate-share", "duplicate_share", float, "share of near-duplicate images"),
-    ("--backbone", "backbone", str, "resnet or vit-tiny"),
+    ("--backbone", "backbone", str, "resnet, vit-tiny, or the GPU presets vit_small / vit_base"),
     ("--width", "width", int, "SmallResNet width"),
     ("--temperature", "temperature", float, "InfoNCE temperature"),
     ("--momentum", "momentum", float, "base momentum m0 of the momentum encoder"),

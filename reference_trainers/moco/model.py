@@ -24,6 +24,7 @@ import copy
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reference_trainers.common.errors import TrainerError
@@ -185,13 +186,40 @@ class MoCo(nn.Module):
         return q1, q2, k1, k2
 
 
-BACKBONES = ("resnet", "vit-tiny")
+BACKBONES = ("resnet", "vit-tiny", "vit_small", "vit_base")
+
+
+class ToInputSize(nn.Module):
+    """Resize a (B, C, H, W) batch to a GPU backbone's square input and repeat grey channels to
+    its count, so the paper's ViT-S / ViT-B presets can train on 28x28 Fashion-MNIST (a batch
+    already at that size and channel count passes through untouched)."""
+
+    def __init__(self, backbone: nn.Module, size: int, channels: int = 3) -> None:
+        super().__init__()
+        self.backbone, self.size, self.channels = backbone, size, channels
+        self.out_dim = backbone.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear",
+                              align_corners=False)
+        if x.shape[1] != self.channels:
+            x = x.expand(-1, self.channels, -1, -1) if x.shape[1] == 1 else x
+        return self.backbone(x)
 
 
 def build_moco(backbone: str = "resnet", *, width: int = 16, dim: int = 128,
-               mlp_dim: int = 512) -> MoCo:
+               mlp_dim: int = 512, grad_checkpointing: bool = False) -> MoCo:
     """The CPU presets' MoCo: `resnet` (SmallResNet(width), 2-layer projector) or `vit-tiny`
-    (VitTiny, 3-layer projector, as MoCo v3 gives ViTs)."""
+    (VitTiny, 3-layer projector, as MoCo v3 gives ViTs); `vit_small` / `vit_base` are the
+    paper's GPU presets (reference_trainers.models) with MoCo v3's ViT heads (256 / 4096,
+    3-layer projector)."""
+    if backbone in ("vit_small", "vit_base"):
+        from reference_trainers.models import build_moco_backbone, moco_preset
+
+        vit = build_moco_backbone(backbone, grad_checkpointing=grad_checkpointing)
+        return MoCo(ToInputSize(vit, moco_preset(backbone).image_size), dim=256, mlp_dim=4096,
+                    projector_layers=3)
     if backbone == "resnet":
         return MoCo(SmallResNet(width), dim=dim, mlp_dim=mlp_dim, projector_layers=2)
     if backbone == "vit-tiny":

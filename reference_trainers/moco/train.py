@@ -160,8 +160,9 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
         run_dir.write_config(cfg.to_dict(), resume=resume)
     train, test = build_data(cfg)
     torch.manual_seed(cfg.seed)  # the trainer's own process: model initialisation only
-    model = model if model is not None else build_moco(cfg.backbone, width=cfg.width,
-                                                       dim=cfg.dim, mlp_dim=cfg.mlp_dim)
+    model = model if model is not None else build_moco(
+        cfg.backbone, width=cfg.width, dim=cfg.dim, mlp_dim=cfg.mlp_dim,
+        grad_checkpointing=cfg.grad_checkpointing)
     if not isinstance(model, MoCo):
         raise TypeError(f"model must be a reference_trainers.moco.model.MoCo, got "
                         f"{type(model).__name__}; wrap a backbone with MoCo(backbone)")

@@ -145,3 +145,26 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_the_vit_small_gpu_preset_trains_on_upsampled_fashion_mnist(tmp_path):
+    """--backbone vit_small: the paper's ViT-S/16 (MoCo v3 heads) at full size on the CPU,
+    Fashion-MNIST resized to 224 and repeated to 3 channels, gradient checkpointing; one short
+    epoch end to end (shapes and wiring, not accuracy)."""
+    from reference_trainers.moco import train as moco_train
+
+    out = tmp_path / "vits"
+    assert moco_train.main(["--preset", "cpu-tiny-moco", "--backbone", "vit_small",
+                            "--grad-checkpointing", "--num-train", "16", "--num-test", "20",
+                            "--batch-size", "8", "--epochs", "1", "--threads", "2", "--quiet",
+                            "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["steps"] == 2 and rows[-1]["samples"] == 16
+
+
+def test_a_flag_the_moco_trainer_does_not_take_is_a_clear_error(tmp_path, capsys):
+    from reference_trainers.moco import train as moco_train
+
+    assert moco_train.main(["--preset", "cpu-tiny-moco", "--compile", "--out",
+                            str(tmp_path)]) == 2
+    assert "--compile: not supported" in capsys.readouterr().err
