@@ -27,17 +27,17 @@ from scan_core import bitset, rules
 from scan_core._buffers import EpochLosses, global_candidates
 from scan_core.comm import Communicator, SingleProcess
 from scan_core.config import ScanConfig
-from scan_core.errors import (ScanConfigError, ScanDistributedError, ScanResumeError,
-                              ScanStateError, ScanTargetUnreachableError)
+from scan_core.errors import (ScanConfigError, ScanDistributedError, ScanStateError,
+                              ScanTargetUnreachableError)
 from scan_core.inputs import as_ids, as_losses, raise_bad_batch
 from scan_core.plan import EpochPlan
 from scan_core.schedule import solve_candidate_share
 from scan_core.select import SALT_HIGH, SALT_LOW, k_of, record_batch, stream_key
+from scan_core.state import STATE_SCHEMA, check_state
 from scan_core.store import LossStore
 from scan_core.summary import EpochSummary
 from scan_core.warmup import WarmupState, earliest_e0, end_of_epoch, initial_warmup
 
-STATE_SCHEMA = 1
 HISTORY_DTYPES = ("float16", "float32")
 
 
@@ -273,25 +273,8 @@ class ScanPruner:
         """Restore a state from `state_dict()` (of the same config, N, views and world size)."""
         if self._plan is not None:
             raise ScanStateError("load_state_dict() while an epoch is open.")
-        if state.get("schema_version") != STATE_SCHEMA:
-            raise ScanResumeError(
-                f"state schema_version {state.get('schema_version')!r} is not {STATE_SCHEMA}.")
-        mine = {"config": self.config.to_dict(), "num_samples": self.num_samples,
-                "num_views": self.num_views}
-        diffs = [f"{k}: state has {state.get(k)!r}, this pruner has {v!r}"
-                 for k, v in mine.items() if state.get(k) != v]
-        if diffs:
-            raise ScanResumeError("state belongs to another run: " + "; ".join(diffs))
-        if state.get("world_size") != self.world_size:
-            raise ScanResumeError(
-                f"state was saved with world_size={state.get('world_size')}, this run has "
-                f"{self.world_size}; per-batch candidates depend on it. Resume with the same "
-                "number of ranks.")
-        nbytes = bitset.num_bytes(self.num_samples)
-        for key in ("red_bits", "ill_bits"):
-            if np.asarray(state[key]).shape != (nbytes,):
-                raise ScanResumeError(f"state[{key!r}] has shape {np.shape(state[key])}, "
-                                      f"expected ({nbytes},).")
+        check_state(state, config=self.config.to_dict(), num_samples=self.num_samples,
+                    num_views=self.num_views, world_size=self.world_size)
         self._next_epoch = int(state["next_epoch"])
         self._warmup = WarmupState(prev_loss=state["warmup_prev_loss"], e0=state["warmup_e0"])
         self._scale = float(state["scale"])
