@@ -13,7 +13,6 @@ last completed epoch, with the same plans as a run that never stopped.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,13 +30,14 @@ from reference_trainers.common.captions import class_prompts
 from reference_trainers.common.config import TrainConfig, build_parser, config_from_args
 from reference_trainers.common.data import load_fashion_mnist
 from reference_trainers.common.errors import TrainerError
-from reference_trainers.common.lifecycle import init_distributed, load_checkpoint, save_checkpoint
+from reference_trainers.common.lifecycle import (fmt, init_distributed, load_checkpoint,
+                                                 save_checkpoint)
 from reference_trainers.common.progress import EpochBar, epoch_line
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.tokenizer import Tokenizer
 from reference_trainers.common.torch_data import build_image_text_data, normalise
-from scan_core import ScanError, ScanPruner
+from scan_core import ScanPruner
 
 
 # == 1. Set-up: processes, threads, seeds: init_distributed (common/lifecycle.py) and run() ===
@@ -250,24 +250,9 @@ def finish(run_dir: RunDir, pruner: ScanPruner, cfg: TrainConfig, rank: int,
                             headline=("zero_shot_top1", "linear_probe_top1"))
 
 
-def _fmt(value: float | None, spec: str = ".4f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser("python -m reference_trainers.clip").parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-        result = run(cfg, args.out, resume=args.resume, quiet=args.quiet,
-                     stop_after=args.stop_after)
-    except (ScanError, TrainerError) as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"zero-shot top-1 {_fmt(result['zero_shot_top1'])}, linear probe top-1 "
-              f"{_fmt(result['linear_probe_top1'])}, pruned "
-              f"{result['realised_pruned_share']:.1%} of sample-visits, "
-              f"{_fmt(result['wall_seconds'], '.0f')} s", flush=True)
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
+    return lifecycle.cli_main(lambda: config_from_args(args), args, run, lambda result: (
+        f"zero-shot top-1 {fmt(result['zero_shot_top1'])}, linear probe top-1 "
+        f"{fmt(result['linear_probe_top1'])}, pruned {result['realised_pruned_share']:.1%} of "
+        f"sample-visits, {fmt(result['wall_seconds'], '.0f')} s"))

@@ -9,6 +9,7 @@ epoch to give `ScanPruner(resume_epoch=...)`, so a resumed run replays the same 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ import torch.distributed as dist
 
 from reference_trainers.common.rundir import RunDir
 
-__all__ = ["epoch_loop", "finish", "init_distributed", "load_checkpoint", "save_checkpoint"]
+__all__ = ["cli_main", "epoch_loop", "finish", "fmt", "init_distributed", "load_checkpoint", "save_checkpoint"]
 
 
 def init_distributed() -> tuple[int, int]:
@@ -112,3 +113,28 @@ def finish(run_dir: RunDir, pruner: Any, cfg: Any, rank: int, last_row: dict[str
         if pruner.log and any(r["phase"] == "prepare" for r in pruner.log):
             np.save(run_dir.path / "coreset.npy", pruner.coreset())
     return summary
+
+
+def fmt(value: float | None, spec: str = ".4f") -> str:
+    """A metric for the closing line: '-' when it was not measured."""
+    return "-" if value is None else format(value, spec)
+
+
+def cli_main(make_config: Callable[[], Any], args: Any, run: Callable[..., dict[str, Any]],
+             closing_line: Callable[[dict[str, Any]], str]) -> int:
+    """A trainer's `main` after parsing: build the config, run, turn our errors into exit code
+    2 with the message, print the closing line on rank 0, leave the process group."""
+    from scan_core import ScanError
+    from reference_trainers.common.errors import TrainerError
+
+    try:
+        result = run(make_config(), args.out, resume=args.resume, quiet=args.quiet,
+                     stop_after=args.stop_after)
+    except (ScanError, TrainerError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(closing_line(result), flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0

@@ -14,22 +14,19 @@ directory, summary, progress output, resume and pruning flags are the CLIP train
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from adapters.torch import ScanSampler, TorchCommunicator, moco_loss, record
+from reference_trainers.common.lifecycle import fmt
 from reference_trainers.common import evaluation, lifecycle
 from reference_trainers.common.augment import CropView, two_crops
 from reference_trainers.common.config import build_parser, config_from_args
 from reference_trainers.common.data import (load_fashion_mnist, plant_near_duplicates,
                                             subset_indices)
-from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.lifecycle import init_distributed, load_checkpoint, save_checkpoint
 from reference_trainers.common.progress import EpochBar, epoch_line
 from reference_trainers.common.rundir import RunDir
@@ -38,7 +35,7 @@ from reference_trainers.common.torch_data import normalise
 from reference_trainers.moco.config import FLAGS, PRESETS, MocoConfig
 from reference_trainers.moco.model import MoCo, build_moco, moco_momentum
 from reference_trainers.moco.optim import build_optimizer
-from scan_core import ScanError, ScanPruner
+from scan_core import ScanPruner
 
 HEADLINE = ("linear_probe_top1", "knn_top1")
 
@@ -192,26 +189,14 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
     return lifecycle.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
 
 
-def _fmt(value: float | None, spec: str = ".4f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("python -m reference_trainers.moco", presets=PRESETS, flags=FLAGS,
                           default_preset="cpu-fmnist-moco",
                           description="MoCo v3 pre-training with SCAN (PyTorch).")
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args, presets=PRESETS, flags=FLAGS)
-        result = run(cfg, args.out, resume=args.resume, quiet=args.quiet,
-                     stop_after=args.stop_after)
-    except (ScanError, TrainerError) as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"linear probe top-1 {_fmt(result['linear_probe_top1'])}, kNN top-1 "
-              f"{_fmt(result['knn_top1'])}, pruned {result['realised_pruned_share']:.1%} of "
-              f"sample-visits, {_fmt(result['wall_seconds'], '.0f')} s", flush=True)
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
+    return lifecycle.cli_main(
+        lambda: config_from_args(args, presets=PRESETS, flags=FLAGS), args, run,
+        lambda result: (f"linear probe top-1 {fmt(result['linear_probe_top1'])}, kNN top-1 "
+                        f"{fmt(result['knn_top1'])}, pruned "
+                        f"{result['realised_pruned_share']:.1%} of sample-visits, "
+                        f"{fmt(result['wall_seconds'], '.0f')} s"))
