@@ -12,7 +12,7 @@ DATA_DIR := /usr/share/datasets/fashion-mnist
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,torch]"
+	$(PY) -m pip install --quiet -e ".[dev,torch,jax,plot]"
 	touch $(STAMP)
 
 data:
