@@ -51,7 +51,8 @@ class ScanConfig:
       seed: seeds every random draw (top-up, mutation subset, shuffles).
       num_epochs: the run's length; needed by target_rate, full_tail_epochs and "infobatch".
       target_rate: share of all sample-visits of the run to save; rho_low and rho_high are
-        scaled (keeping their ratio) once warm-up ends so the run lands on it.
+        scaled (keeping their ratio) once warm-up ends so the run lands on it, and past the
+        cosine cycle's reach a schedule floor raises rho_cur (docs/concepts.md).
       full_tail_epochs: train the last this-many epochs on full data (a variant; 0 = paper).
       ill_every_mutation: a variant: drop all ill-matched candidates in every mutation epoch,
         redundant ones following the cosine schedule.

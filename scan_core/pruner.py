@@ -27,11 +27,10 @@ from scan_core import bitset, rules
 from scan_core._buffers import EpochLosses, global_candidates
 from scan_core.comm import Communicator, SingleProcess
 from scan_core.config import ScanConfig
-from scan_core.errors import (ScanConfigError, ScanDistributedError, ScanStateError,
-                              ScanTargetUnreachableError)
+from scan_core.errors import ScanConfigError, ScanDistributedError, ScanStateError
 from scan_core.inputs import as_ids, as_losses, raise_bad_batch
 from scan_core.plan import EpochPlan
-from scan_core.schedule import solve_candidate_share
+from scan_core.schedule import TargetSolution, solve_target, solve_target_or_ceiling
 from scan_core.select import SALT_HIGH, SALT_LOW, k_of, record_batch, stream_key
 from scan_core.state import STATE_SCHEMA, check_state
 from scan_core.store import LossStore
@@ -83,7 +82,7 @@ class ScanPruner:
         cfg = self.config
         if cfg.target_rate is not None:  # refuse up front what even the best case cannot reach
             assert cfg.num_epochs is not None
-            solve_candidate_share(cfg.target_rate, cfg.num_epochs, earliest_e0(cfg), cfg.t_cos,
+            solve_target(cfg.target_rate, cfg.num_epochs, earliest_e0(cfg), cfg.t_cos,
                                   cfg.full_tail_epochs)
         self._reset_state()
         self._store: LossStore | None = None
@@ -115,6 +114,11 @@ class ScanPruner:
         """The ill-matched-end share in use (config.rho_high, scaled by a target rate)."""
         return min(1.0, self.config.rho_high * self._scale) if self.config.mode != "redundant" else 0.0
 
+    @property
+    def schedule_floor(self) -> float:
+        """beta: mutation epochs drop beta + (1 - beta) * rho_cur of D' (0 = the paper's)."""
+        return self._floor
+
     def plan_epoch(self, epoch: int) -> EpochPlan:
         """The plan of `epoch`, which must be `next_epoch`. Calling it again for the open epoch
         returns the same plan."""
@@ -129,7 +133,7 @@ class ScanPruner:
                 f"plan_epoch({epoch}): the next epoch of this run is {self._next_epoch} "
                 "(epochs are planned in order; a resumed run starts at pruner.next_epoch).")
         cfg, n = self.config, self.num_samples
-        phase, rho = rules.phase_and_rho(cfg, epoch, self._warmup.e0)
+        phase, rho = rules.phase_and_rho(cfg, epoch, self._warmup.e0, self._floor)
         drop = weight_bits = None
         weight, num_candidates = 1.0, 0
         if phase == "mutate" and cfg.rule == "infobatch":
@@ -211,7 +215,8 @@ class ScanPruner:
             num_candidates=self.num_candidates, num_kept=plan.num_kept,
             pruned_share=plan.pruned_share,
             realised_saving=1.0 - self._visits_kept / self._visits_full,
-            rho_low=self.rho_low, rho_high=self.rho_high)
+            rho_low=self.rho_low, rho_high=self.rho_high,
+            schedule_floor=self._floor)
         self._log.append(summary.as_dict())
         self._plan, self._epoch_losses = None, None
         self._next_epoch = plan.epoch + 1
@@ -278,6 +283,8 @@ class ScanPruner:
         self._next_epoch = int(state["next_epoch"])
         self._warmup = WarmupState(prev_loss=state["warmup_prev_loss"], e0=state["warmup_e0"])
         self._scale = float(state["scale"])
+        self._floor = 0.0 if self.config.target_rate is None or self._warmup.e0 is None \
+            else self._target_solution(self._warmup.e0)[0].floor  # derived from e0, not stored
         self._num_preparations = int(state["num_preparations"])
         self._visits_kept, self._visits_full = int(state["visits_kept"]), int(state["visits_full"])
         self._log = [dict(e) for e in state["log"]]
@@ -303,7 +310,7 @@ class ScanPruner:
         cfg, n = self.config, self.num_samples
         self._next_epoch = 0
         self._warmup = initial_warmup(cfg)
-        self._scale = 1.0
+        self._scale, self._floor = 1.0, 0.0
         if cfg.target_rate is not None and self._warmup.e0 is not None:
             self._solve_target(self._warmup.e0)
         self._num_preparations = 0
@@ -343,18 +350,21 @@ class ScanPruner:
         if self._warmup.e0 is not None and self.config.target_rate is not None:
             self._solve_target(self._warmup.e0)
 
-    def _solve_target(self, e0: int) -> None:
+    def _target_solution(self, e0: int) -> tuple[TargetSolution, str | None]:
         cfg = self.config
         assert cfg.target_rate is not None and cfg.num_epochs is not None
-        try:
-            share = solve_candidate_share(cfg.target_rate, cfg.num_epochs, e0, cfg.t_cos,
-                                          cfg.full_tail_epochs)
-        except ScanTargetUnreachableError as exc:
+        return solve_target_or_ceiling(cfg.target_rate, cfg.num_epochs, e0, cfg.t_cos,
+                                       cfg.full_tail_epochs)
+
+    def _solve_target(self, e0: int) -> None:
+        solution, shortfall = self._target_solution(e0)
+        if shortfall is not None:
             # Warm-up ran longer than the best case checked at construction: prune as much as
             # the schedule allows rather than lose the run, and say so.
-            warnings.warn(f"{exc} Pruning at the cap (|D'| = N) instead.", stacklevel=3)
-            share = 1.0
-        self._scale = share / cfg.candidate_share
+            warnings.warn(f"{shortfall} Pruning at the cap (all of D' = N in every mutation "
+                          "epoch) instead.", stacklevel=3)
+        self._scale = solution.share / self.config.candidate_share
+        self._floor = solution.floor
 
     def _finish_preparation(self, epoch: int) -> None:
         cfg = self.config

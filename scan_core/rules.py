@@ -21,8 +21,10 @@ from scan_core.schedule import Phase, epoch_rho, scan_phase
 from scan_core.select import SALT_DROP, SALT_INFOBATCH, draw_subset, stream_key
 
 
-def phase_and_rho(config: ScanConfig, epoch: int, e0: int | None) -> tuple[Phase, float]:
-    """Phase of `epoch` and its rho_cur (for infobatch: its prune ratio r, 0 when not pruning)."""
+def phase_and_rho(config: ScanConfig, epoch: int, e0: int | None,
+                  floor: float = 0.0) -> tuple[Phase, float]:
+    """Phase of `epoch` and the share of D' it drops: rho_cur, raised by a target rate's
+    schedule floor (for infobatch: its prune ratio r, 0 when not pruning)."""
     if config.rule == "full":
         return "full", 0.0
     if config.rule == "infobatch":
@@ -33,7 +35,8 @@ def phase_and_rho(config: ScanConfig, epoch: int, e0: int | None) -> tuple[Phase
             return "mutate", config.infobatch_prune_ratio
         return "tail", 0.0
     kw = {"num_epochs": config.num_epochs, "full_tail_epochs": config.full_tail_epochs}
-    return scan_phase(epoch, e0, config.t_cos, **kw), epoch_rho(epoch, e0, config.t_cos, **kw)
+    return (scan_phase(epoch, e0, config.t_cos, **kw),
+            epoch_rho(epoch, e0, config.t_cos, floor=floor, **kw))
 
 
 def collects_candidates(config: ScanConfig, phase: str, num_preparations: int) -> bool:

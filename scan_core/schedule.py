@@ -6,12 +6,16 @@ For e >= e0 (the first pruning epoch) let d = e - e0 and c = d mod (T + 1). c = 
 preparation epoch (train on all N, build D'); c in 1..T is a mutation epoch that drops
 floor(rho_cur * |D'|) samples of D', with rho_cur = 0.5 * (1 + cos(pi * (T - c) / T))
 (paper Sec. 3.3; T = 3 gives 0.25, 0.75, 1.0).
+
+Beyond the paper, a target rate the cosine cycle cannot reach (it keeps half of D' on average)
+raises a schedule floor beta: a mutation epoch then drops beta + (1 - beta) * rho_cur of D'
+(beta = 0 is the paper's schedule; beta = 1 drops all of D' in every mutation epoch).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from scan_core.errors import ScanConfigError, ScanTargetUnreachableError
 
@@ -66,35 +70,47 @@ def scan_phase(epoch: int, e0: int | None, t_cos: int, *,
 
 
 def epoch_rho(epoch: int, e0: int | None, t_cos: int, *,
-              num_epochs: int | None = None, full_tail_epochs: int = 0) -> float:
-    """rho_cur of `epoch`: 0 outside mutation epochs."""
+              num_epochs: int | None = None, full_tail_epochs: int = 0,
+              floor: float = 0.0) -> float:
+    """The share of D' dropped in `epoch`: floor + (1 - floor) * rho_cur in a mutation epoch
+    (exactly rho_cur when floor = 0), 0 outside mutation epochs."""
     if scan_phase(epoch, e0, t_cos, num_epochs=num_epochs,
                   full_tail_epochs=full_tail_epochs) != "mutate":
         return 0.0
     c = cycle_position(epoch, e0, t_cos)
     assert c is not None  # a mutation epoch has a cycle position
-    return rho_cur(c, t_cos)
+    if floor == 0.0:
+        return rho_cur(c, t_cos)
+    return min(1.0, floor + (1.0 - floor) * rho_cur(c, t_cos))
 
 
-def rho_sum(e0: int, num_epochs: int, t_cos: int, full_tail_epochs: int = 0) -> float:
-    """Sum of rho_cur over epochs e0..num_epochs-1 (the tail counts zero)."""
+def rho_sum(e0: int, num_epochs: int, t_cos: int, full_tail_epochs: int = 0,
+            floor: float = 0.0) -> float:
+    """Sum of the dropped share of D' over epochs e0..num_epochs-1 (the tail counts zero)."""
     return math.fsum(epoch_rho(e, e0, t_cos, num_epochs=num_epochs,
-                               full_tail_epochs=full_tail_epochs)
+                               full_tail_epochs=full_tail_epochs, floor=floor)
                      for e in range(e0, num_epochs))
 
 
-def expected_saving(num_epochs: int, e0: int, t_cos: int, candidate_share: float,
-                    full_tail_epochs: int = 0) -> float:
-    """Expected share of all sample-visits a run saves: sum_e rho_cur(e) * |D'|/N / E.
+def mutation_epochs(e0: int, num_epochs: int, t_cos: int, full_tail_epochs: int = 0) -> int:
+    """How many of the epochs e0..num_epochs-1 are mutation epochs."""
+    return sum(scan_phase(e, e0, t_cos, num_epochs=num_epochs,
+                          full_tail_epochs=full_tail_epochs) == "mutate"
+               for e in range(e0, num_epochs))
 
-    With |D'| = candidate_share * N (per-batch floors aside). Over whole cycles this is
-    (E - W) / E * candidate_share / 2, the figure SPEC.md derives.
+
+def expected_saving(num_epochs: int, e0: int, t_cos: int, candidate_share: float,
+                    full_tail_epochs: int = 0, floor: float = 0.0) -> float:
+    """Expected share of all sample-visits a run saves: sum_e rho(e) * |D'|/N / E.
+
+    With |D'| = candidate_share * N (per-batch floors aside). Over whole cycles and with no
+    schedule floor this is (E - W) / E * candidate_share / 2, the figure SPEC.md derives.
     """
     if num_epochs < 1:
         raise ScanConfigError(f"num_epochs must be >= 1, got {num_epochs}.")
     if e0 >= num_epochs:
         return 0.0
-    return candidate_share * rho_sum(e0, num_epochs, t_cos, full_tail_epochs) / num_epochs
+    return candidate_share * rho_sum(e0, num_epochs, t_cos, full_tail_epochs, floor) / num_epochs
 
 
 def solve_candidate_share(target_rate: float, num_epochs: int, e0: int, t_cos: int,
@@ -112,3 +128,60 @@ def solve_candidate_share(target_rate: float, num_epochs: int, e0: int, t_cos: i
             "data, and the cosine cycle keeps half of it on average). Lower target_rate, "
             "train more epochs, or end warm-up earlier (warmup_epochs / max_warmup_epochs).")
     return target_rate / weight
+
+
+class TargetSolution(NamedTuple):
+    """How a run lands on a target rate: |D'|/N (`share`) and the schedule floor beta."""
+
+    share: float
+    floor: float
+
+
+def max_target_saving(num_epochs: int, e0: int, t_cos: int, full_tail_epochs: int = 0,
+                      max_share: float = 1.0) -> float:
+    """The most a run can save: D' at `max_share` dropped whole in every mutation epoch."""
+    if e0 >= num_epochs:
+        return 0.0
+    return max_share * mutation_epochs(e0, num_epochs, t_cos, full_tail_epochs) / num_epochs
+
+
+def solve_target(target_rate: float, num_epochs: int, e0: int, t_cos: int,
+                 full_tail_epochs: int = 0, max_share: float = 1.0) -> TargetSolution:
+    """(|D'|/N, floor) that make a run with warm-up ending at e0 save `target_rate` of all
+    sample-visits.
+
+    The paper's cosine schedule is kept as long as it can reach the target: the candidate share
+    grows first (floor 0, `solve_candidate_share`). Past `max_share` it can grow no more, and the
+    floor rises instead, linearly in the saving, until every mutation epoch drops all of D'.
+    Above that (`max_target_saving`) raises ScanTargetUnreachableError: the warm-up and the
+    preparation epochs train on all N, so no schedule of this shape saves more.
+    """
+    cosine_best = expected_saving(num_epochs, e0, t_cos, max_share, full_tail_epochs) \
+        if e0 < num_epochs else 0.0
+    if 0.0 < target_rate <= cosine_best:
+        return TargetSolution(solve_candidate_share(target_rate, num_epochs, e0, t_cos,
+                                                    full_tail_epochs, max_share), 0.0)
+    best = max_target_saving(num_epochs, e0, t_cos, full_tail_epochs, max_share)
+    if best <= 0.0 or target_rate > best * (1 + 1e-12):
+        raise ScanTargetUnreachableError(
+            f"target_rate={target_rate} cannot be reached: with warm-up ending before epoch {e0} "
+            f"of {num_epochs}, T_cos={t_cos} and {full_tail_epochs} tail epoch(s), at most "
+            f"{best:.4f} of sample-visits can be saved, dropping all of D' (capped at "
+            f"{max_share:.2f} of the data) in every mutation epoch: warm-up and preparation "
+            "epochs train on all samples. Lower target_rate, train more epochs, lengthen the "
+            "cycle (t_cos: fewer preparation epochs) or end warm-up earlier.")
+    # saving(floor) = cap * (floor * M + (1 - floor) * S) / E, linear in floor; M > S here.
+    m = mutation_epochs(e0, num_epochs, t_cos, full_tail_epochs)
+    s = rho_sum(e0, num_epochs, t_cos, full_tail_epochs)
+    floor = (target_rate * num_epochs / max_share - s) / (m - s)
+    return TargetSolution(max_share, min(1.0, max(0.0, floor)))
+
+
+def solve_target_or_ceiling(target_rate: float, num_epochs: int, e0: int, t_cos: int,
+                            full_tail_epochs: int = 0) -> tuple[TargetSolution, str | None]:
+    """`solve_target`, or the ceiling (all of D' = N dropped in every mutation epoch) with the
+    reason it falls short (None when the target is reached)."""
+    try:
+        return solve_target(target_rate, num_epochs, e0, t_cos, full_tail_epochs), None
+    except ScanTargetUnreachableError as exc:
+        return TargetSolution(1.0, 1.0), str(exc)

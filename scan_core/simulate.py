@@ -115,7 +115,7 @@ def run_and_print(num_samples: int, epochs: int, batch_size: int, config: ScanCo
                 f"sample-visits")
         if e0 is not None and e0 < epochs:
             approx = expected_saving(epochs, e0, config.t_cos, last.num_candidates / num_samples,
-                                     config.full_tail_epochs)
+                                     config.full_tail_epochs, last.schedule_floor)
             line += f" (schedule estimate with the last |D'|: {approx:.2%}); warm-up ended before epoch {e0}"
         else:
             line += "; warm-up never ended"

@@ -17,6 +17,7 @@ class EpochSummary:
       num_kept: samples this epoch trained on; pruned_share: 1 - num_kept / N.
       realised_saving: share of all sample-visits so far that were pruned (counted).
       rho_low, rho_high: the per-end shares in use (scaled when a target rate is set).
+      schedule_floor: beta of a target rate beyond the cosine cycle's reach (0: the paper's).
     """
 
     epoch: int
@@ -31,6 +32,7 @@ class EpochSummary:
     realised_saving: float
     rho_low: float
     rho_high: float
+    schedule_floor: float = 0.0
 
     @property
     def warmup_active(self) -> bool:

@@ -355,13 +355,45 @@ def test_target_rate_with_two_noisy_views_stays_within_the_topup_slack():
 
 
 def test_unreachable_target_is_refused_at_construction():
+    """Refused only above the most any schedule saves: all of D' (= N at the cap) dropped in
+    every mutation epoch, with warm-up ending at its earliest (e0 = 2)."""
     num_epochs, t_cos = 10, 3
-    # best case: warm-up ends as early as the plateau test allows (e0 = 2) and |D'| = N
-    best, _ = _weight(2, num_epochs, t_cos)
+    _, mutations = _weight(2, num_epochs, t_cos)
+    best = mutations / num_epochs
     ScanPruner(N, 2, ScanConfig(num_epochs=num_epochs, target_rate=best - 0.01))
-    with pytest.raises(ScanTargetUnreachableError, match=str(best + 0.02)):
+    with pytest.raises(ScanTargetUnreachableError, match=f"{best:.4f}"):
         ScanPruner(N, 2, ScanConfig(num_epochs=num_epochs, target_rate=best + 0.02))
-    fixed, _ = _weight(6, num_epochs, t_cos)
+    _, fixed_mutations = _weight(6, num_epochs, t_cos)
     with pytest.raises(ScanTargetUnreachableError):
         ScanPruner(N, 2, ScanConfig(num_epochs=num_epochs, warmup_epochs=6,
-                                    target_rate=fixed + 0.01))
+                                    target_rate=fixed_mutations / num_epochs + 0.01))
+
+
+@pytest.mark.parametrize("target,t_cos", [(0.45, 3), (0.5, 3), (0.7, 5)])
+def test_target_rate_above_the_cosine_reach_raises_a_floor_and_lands(target, t_cos):
+    """SPEC: rates above 50% work. Past what the cosine cycle saves with D' at the cap, every
+    mutation epoch drops floor + (1 - floor) * rho_cur of D' (floor solved once warm-up ends).
+    With identical views |D'| = N exactly (even batch, both ends at 1/2), so the realised saving
+    is the target up to one sample per mutation epoch lost to floor(rho * |D'|)."""
+    n, num_epochs, batch = 2000, 12, 100
+    stream = LossStream(seed=23, identical_views=True)
+    cfg = ScanConfig(seed=4, num_epochs=num_epochs, target_rate=target, warmup_epochs=1,
+                     t_cos=t_cos)
+    pruner = ScanPruner(n, 2, cfg)
+    recs = run(pruner, num_epochs, stream, batch)
+    assert pruner.rho_low + pruner.rho_high == pytest.approx(1.0)
+    floor = pruner.schedule_floor
+    assert 0.0 < floor <= 1.0
+    for rec in recs:
+        s = rec.summary
+        assert s.schedule_floor == floor
+        if s.phase == "mutate":
+            c = (s.epoch - 1) % (t_cos + 1)
+            assert s.rho_cur == pytest.approx(floor + (1 - floor) * rho_cur_formula(c, t_cos))
+            assert s.num_candidates == n
+            assert s.num_kept == n - int(s.rho_cur * n)
+        else:
+            assert s.num_kept == n
+    mutations = sum(rec.summary.phase == "mutate" for rec in recs)
+    realised = recs[-1].summary.realised_saving
+    assert target - mutations / (n * num_epochs) - 1e-12 <= realised <= target + 1e-12

@@ -33,6 +33,8 @@ CONFIGS = {
     "global-ema": ScanConfig(scope="global", global_ema=0.5, global_normalization="batch", seed=8),
     # target 0.12 scales both rho by 0.8 (not 1: a lost scale would go unnoticed)
     "target-tail": ScanConfig(seed=9, num_epochs=E, target_rate=0.12, full_tail_epochs=2),
+    # a target past the cosine cycle's reach: D' at its cap and a schedule floor
+    "target-floor": ScanConfig(seed=11, num_epochs=E, target_rate=0.45, warmup_epochs=1),
     "ill-every": ScanConfig(seed=10, ill_every_mutation=True, min_warmup_epochs=4),
 }
 

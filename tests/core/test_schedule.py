@@ -12,8 +12,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from scan_core.errors import ScanConfigError, ScanTargetUnreachableError
-from scan_core.schedule import (cycle_position, epoch_rho, expected_saving, rho_cur, rho_sum,
-                                scan_phase, solve_candidate_share)
+from scan_core.schedule import (cycle_position, epoch_rho, expected_saving, max_target_saving,
+                                mutation_epochs, rho_cur, rho_sum, scan_phase,
+                                solve_candidate_share, solve_target)
 
 # T_cos up to 10_000: strict monotonicity needs 0.5 * (1 + cos(pi / T)) < 1 in float64, which
 # holds for T below about 2e8; realistic runs use T of a handful.
@@ -249,3 +250,70 @@ def test_rho_sum_counts_whole_cycles_as_half(t, w, cycles):
     """rho_sum over m whole cycles is exactly m * (T + 1) / 2."""
     e = w + cycles * (t + 1)
     assert rho_sum(w, e, t) == cycles * (t + 1) / 2
+
+
+# -- the schedule floor of a target rate beyond the cosine cycle (SPEC: rates above 50%) -------
+
+@given(t_and_c(small_t_st), st.floats(min_value=0.0, max_value=1.0))
+def test_floored_rho_is_the_mix_and_stays_a_schedule(tc, floor):
+    """In a mutation epoch the dropped share is floor + (1 - floor) * rho_cur: it lies in
+    [rho_cur, 1], equals rho_cur exactly at floor 0, is 1 at c = T, rises with c, and is 0 in
+    preparation epochs whatever the floor."""
+    t, c = tc
+    e0 = 3
+    epoch = e0 + c
+    value = epoch_rho(epoch, e0, t, floor=floor)
+    if c == 0:
+        assert value == 0.0
+        return
+    assert value == pytest.approx(floor + (1 - floor) * rho_cur(c, t), abs=1e-15)
+    assert rho_cur(c, t) - 1e-15 <= value <= 1.0
+    assert epoch_rho(epoch, e0, t, floor=0.0) == rho_cur(c, t)
+    assert epoch_rho(e0 + t, e0, t, floor=floor) == 1.0
+    if c < t:
+        assert epoch_rho(epoch + 1, e0, t, floor=floor) >= value
+
+
+@given(reachable_target(), st.floats(min_value=1e-3, max_value=1.0))
+def test_solve_target_lands_on_every_reachable_target(case, fraction):
+    """For any target up to the most a run can save (all of D' at the cap in every mutation
+    epoch), expected_saving(share, floor) == target; the floor is 0 exactly when the cosine
+    cycle reaches the target, and otherwise the share sits at the cap."""
+    t, e, w, tail, cap = case
+    best = max_target_saving(e, w, t, tail, cap)
+    assume(best > 0.0)
+    target = fraction * best
+    share, floor = solve_target(target, e, w, t, tail, max_share=cap)
+    assert 0.0 < share <= cap * (1 + 1e-9)
+    assert 0.0 <= floor <= 1.0
+    assert math.isclose(expected_saving(e, w, t, share, tail, floor), target, rel_tol=1e-9)
+    cosine_best = expected_saving(e, w, t, cap, tail)
+    if target <= cosine_best:
+        assert floor == 0.0
+    else:
+        assert share == cap and floor > 0.0
+
+
+@given(reachable_target(), st.floats(min_value=1e-6, max_value=10.0))
+def test_solve_target_raises_above_the_most_a_run_saves(case, excess):
+    """The warm-up and preparation epochs train on everything: a target above
+    cap * (mutation epochs) / E is refused, naming the target and the reachable maximum."""
+    t, e, w, tail, cap = case
+    best = max_target_saving(e, w, t, tail, cap)
+    target = best * (1 + excess) + 1e-9
+    assume(target < 1.0)
+    with pytest.raises(ScanTargetUnreachableError, match=f"target_rate={target}"):
+        solve_target(target, e, w, t, tail, max_share=cap)
+
+
+def test_rates_above_half_are_reachable_with_a_long_enough_cycle():
+    """The issue's 50% and 70% rates over 12 epochs with one warm-up epoch: T_cos = 3 reaches
+    50% (8 mutation epochs of 12) but not 70%; T_cos = 5 reaches both (9 of 12)."""
+    assert mutation_epochs(1, 12, 3) == 8 and mutation_epochs(1, 12, 5) == 9
+    share, floor = solve_target(0.5, 12, 1, 3)
+    assert share == 1.0 and 0.0 < floor < 1.0
+    with pytest.raises(ScanTargetUnreachableError, match="0.6667"):
+        solve_target(0.7, 12, 1, 3)
+    share, floor = solve_target(0.7, 12, 1, 5)
+    assert share == 1.0
+    assert expected_saving(12, 1, 5, share, 0, floor) == pytest.approx(0.7)
