@@ -70,6 +70,11 @@ class TrainConfig:
 def scan_config_of(cfg: Any) -> ScanConfig:
     """The pruner's config from any trainer config carrying the pruning fields of TrainConfig
     (pruning, rho_low, rho_high, t_cos, warmup_threshold, ..., seed, epochs)."""
+    # The run's length goes in only when an option needs it, so plain runs keep the config
+    # (and its store fingerprint) the paper's defaults give.
+    needs_epochs = (cfg.pruning == "infobatch" or cfg.target_rate is not None
+                    or cfg.full_tail_epochs > 0)
+    num_epochs = cfg.epochs if needs_epochs else None
     base = ScanConfig(rho_low=cfg.rho_low, rho_high=cfg.rho_high, t_cos=cfg.t_cos,
                       warmup_threshold=cfg.warmup_threshold,
                       min_warmup_epochs=cfg.min_warmup_epochs,
@@ -77,10 +82,8 @@ def scan_config_of(cfg: Any) -> ScanConfig:
                       warmup_epochs=cfg.scan_warmup_epochs, scope=cfg.scope,
                       seed=cfg.seed, full_tail_epochs=cfg.full_tail_epochs,
                       ill_every_mutation=cfg.ill_every_mutation,
-                      target_rate=cfg.target_rate)
-    needs_epochs = (cfg.pruning == "infobatch" or cfg.target_rate is not None
-                    or cfg.full_tail_epochs > 0)
-    return ScanConfig.for_rule(cfg.pruning, base, num_epochs=cfg.epochs if needs_epochs else None)
+                      target_rate=cfg.target_rate, num_epochs=num_epochs)
+    return ScanConfig.for_rule(cfg.pruning, base, num_epochs=num_epochs)
 
 
 def cpu_fmnist() -> TrainConfig:
