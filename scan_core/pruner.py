@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from typing import Any
 
 import numpy as np
@@ -30,11 +29,11 @@ from scan_core.config import ScanConfig
 from scan_core.errors import ScanConfigError, ScanDistributedError, ScanStateError
 from scan_core.inputs import as_ids, as_losses, raise_bad_batch
 from scan_core.plan import EpochPlan
-from scan_core.schedule import TargetSolution, solve_target, solve_target_or_ceiling
 from scan_core.select import SALT_HIGH, SALT_LOW, k_of, record_batch, stream_key
 from scan_core.state import STATE_SCHEMA, check_state
 from scan_core.store import LossStore
 from scan_core.summary import EpochSummary
+from scan_core.target import check_reachable, floor_after_preparation, solve_at_warmup_end
 from scan_core.warmup import WarmupState, earliest_e0, end_of_epoch, initial_warmup
 
 HISTORY_DTYPES = ("float16", "float32")
@@ -82,8 +81,7 @@ class ScanPruner:
         cfg = self.config
         if cfg.target_rate is not None:  # refuse up front what even the best case cannot reach
             assert cfg.num_epochs is not None
-            solve_target(cfg.target_rate, cfg.num_epochs, earliest_e0(cfg), cfg.t_cos,
-                                  cfg.full_tail_epochs)
+            check_reachable(cfg, earliest_e0(cfg))
         self._reset_state()
         self._store: LossStore | None = None
         if resume_epoch is not None and store is None:
@@ -218,6 +216,8 @@ class ScanPruner:
             rho_low=self.rho_low, rho_high=self.rho_high,
             schedule_floor=self._floor)
         self._log.append(summary.as_dict())
+        if plan.phase == "prepare" and cfg.target_rate is not None:
+            self._retarget(plan.epoch)
         self._plan, self._epoch_losses = None, None
         self._next_epoch = plan.epoch + 1
         if self.world_size > 1:
@@ -264,7 +264,7 @@ class ScanPruner:
             "num_samples": self.num_samples, "num_views": self.num_views,
             "world_size": self.world_size, "next_epoch": self._next_epoch,
             "warmup_prev_loss": self._warmup.prev_loss, "warmup_e0": self._warmup.e0,
-            "scale": self._scale, "num_preparations": self._num_preparations,
+            "scale": self._scale, "schedule_floor": self._floor, "num_preparations": self._num_preparations,
             "visits_kept": self._visits_kept, "visits_full": self._visits_full,
             "log": list(self._log),
             "red_bits": self._red.copy(), "ill_bits": self._ill.copy()}
@@ -283,8 +283,7 @@ class ScanPruner:
         self._next_epoch = int(state["next_epoch"])
         self._warmup = WarmupState(prev_loss=state["warmup_prev_loss"], e0=state["warmup_e0"])
         self._scale = float(state["scale"])
-        self._floor = 0.0 if self.config.target_rate is None or self._warmup.e0 is None \
-            else self._target_solution(self._warmup.e0)[0].floor  # derived from e0, not stored
+        self._floor = float(state.get("schedule_floor", 0.0))  # absent in older stores
         self._num_preparations = int(state["num_preparations"])
         self._visits_kept, self._visits_full = int(state["visits_kept"]), int(state["visits_full"])
         self._log = [dict(e) for e in state["log"]]
@@ -312,7 +311,7 @@ class ScanPruner:
         self._warmup = initial_warmup(cfg)
         self._scale, self._floor = 1.0, 0.0
         if cfg.target_rate is not None and self._warmup.e0 is not None:
-            self._solve_target(self._warmup.e0)
+            self._scale, self._floor = solve_at_warmup_end(cfg, self._warmup.e0)
         self._num_preparations = 0
         self._visits_kept = self._visits_full = 0
         self._log: list[dict[str, Any]] = []
@@ -348,23 +347,13 @@ class ScanPruner:
     def _end_warmup_step(self, epoch: int, mean_loss: float) -> None:
         self._warmup = end_of_epoch(self._warmup, epoch, mean_loss, self.config)
         if self._warmup.e0 is not None and self.config.target_rate is not None:
-            self._solve_target(self._warmup.e0)
+            self._scale, self._floor = solve_at_warmup_end(self.config, self._warmup.e0)
 
-    def _target_solution(self, e0: int) -> tuple[TargetSolution, str | None]:
-        cfg = self.config
-        assert cfg.target_rate is not None and cfg.num_epochs is not None
-        return solve_target_or_ceiling(cfg.target_rate, cfg.num_epochs, e0, cfg.t_cos,
-                                       cfg.full_tail_epochs)
-
-    def _solve_target(self, e0: int) -> None:
-        solution, shortfall = self._target_solution(e0)
-        if shortfall is not None:
-            # Warm-up ran longer than the best case checked at construction: prune as much as
-            # the schedule allows rather than lose the run, and say so.
-            warnings.warn(f"{shortfall} Pruning at the cap (all of D' = N in every mutation "
-                          "epoch) instead.", stacklevel=3)
-        self._scale = solution.share / self.config.candidate_share
-        self._floor = solution.floor
+    def _retarget(self, epoch: int) -> None:
+        cfg, e0 = self.config, self._warmup.e0
+        assert cfg.target_rate is not None and cfg.num_epochs is not None and e0 is not None
+        self._floor = floor_after_preparation(cfg, epoch, e0, self._visits_full - self._visits_kept,
+                                              self.num_samples, self.num_candidates)
 
     def _finish_preparation(self, epoch: int) -> None:
         cfg = self.config

@@ -7,15 +7,14 @@ preparation epoch (train on all N, build D'); c in 1..T is a mutation epoch that
 floor(rho_cur * |D'|) samples of D', with rho_cur = 0.5 * (1 + cos(pi * (T - c) / T))
 (paper Sec. 3.3; T = 3 gives 0.25, 0.75, 1.0).
 
-Beyond the paper, a target rate the cosine cycle cannot reach (it keeps half of D' on average)
-raises a schedule floor beta: a mutation epoch then drops beta + (1 - beta) * rho_cur of D'
-(beta = 0 is the paper's schedule; beta = 1 drops all of D' in every mutation epoch).
+`epoch_rho(..., floor=beta)` is the schedule a target rate steers (scan_core/target.py): a
+mutation epoch drops beta + (1 - beta) * rho_cur of D' (beta = 0 is the paper's schedule).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from scan_core.errors import ScanConfigError, ScanTargetUnreachableError
 
@@ -129,59 +128,3 @@ def solve_candidate_share(target_rate: float, num_epochs: int, e0: int, t_cos: i
             "train more epochs, or end warm-up earlier (warmup_epochs / max_warmup_epochs).")
     return target_rate / weight
 
-
-class TargetSolution(NamedTuple):
-    """How a run lands on a target rate: |D'|/N (`share`) and the schedule floor beta."""
-
-    share: float
-    floor: float
-
-
-def max_target_saving(num_epochs: int, e0: int, t_cos: int, full_tail_epochs: int = 0,
-                      max_share: float = 1.0) -> float:
-    """The most a run can save: D' at `max_share` dropped whole in every mutation epoch."""
-    if e0 >= num_epochs:
-        return 0.0
-    return max_share * mutation_epochs(e0, num_epochs, t_cos, full_tail_epochs) / num_epochs
-
-
-def solve_target(target_rate: float, num_epochs: int, e0: int, t_cos: int,
-                 full_tail_epochs: int = 0, max_share: float = 1.0) -> TargetSolution:
-    """(|D'|/N, floor) that make a run with warm-up ending at e0 save `target_rate` of all
-    sample-visits.
-
-    The paper's cosine schedule is kept as long as it can reach the target: the candidate share
-    grows first (floor 0, `solve_candidate_share`). Past `max_share` it can grow no more, and the
-    floor rises instead, linearly in the saving, until every mutation epoch drops all of D'.
-    Above that (`max_target_saving`) raises ScanTargetUnreachableError: the warm-up and the
-    preparation epochs train on all N, so no schedule of this shape saves more.
-    """
-    cosine_best = expected_saving(num_epochs, e0, t_cos, max_share, full_tail_epochs) \
-        if e0 < num_epochs else 0.0
-    if 0.0 < target_rate <= cosine_best:
-        return TargetSolution(solve_candidate_share(target_rate, num_epochs, e0, t_cos,
-                                                    full_tail_epochs, max_share), 0.0)
-    best = max_target_saving(num_epochs, e0, t_cos, full_tail_epochs, max_share)
-    if best <= 0.0 or target_rate > best * (1 + 1e-12):
-        raise ScanTargetUnreachableError(
-            f"target_rate={target_rate} cannot be reached: with warm-up ending before epoch {e0} "
-            f"of {num_epochs}, T_cos={t_cos} and {full_tail_epochs} tail epoch(s), at most "
-            f"{best:.4f} of sample-visits can be saved, dropping all of D' (capped at "
-            f"{max_share:.2f} of the data) in every mutation epoch: warm-up and preparation "
-            "epochs train on all samples. Lower target_rate, train more epochs, lengthen the "
-            "cycle (t_cos: fewer preparation epochs) or end warm-up earlier.")
-    # saving(floor) = cap * (floor * M + (1 - floor) * S) / E, linear in floor; M > S here.
-    m = mutation_epochs(e0, num_epochs, t_cos, full_tail_epochs)
-    s = rho_sum(e0, num_epochs, t_cos, full_tail_epochs)
-    floor = (target_rate * num_epochs / max_share - s) / (m - s)
-    return TargetSolution(max_share, min(1.0, max(0.0, floor)))
-
-
-def solve_target_or_ceiling(target_rate: float, num_epochs: int, e0: int, t_cos: int,
-                            full_tail_epochs: int = 0) -> tuple[TargetSolution, str | None]:
-    """`solve_target`, or the ceiling (all of D' = N dropped in every mutation epoch) with the
-    reason it falls short (None when the target is reached)."""
-    try:
-        return solve_target(target_rate, num_epochs, e0, t_cos, full_tail_epochs), None
-    except ScanTargetUnreachableError as exc:
-        return TargetSolution(1.0, 1.0), str(exc)

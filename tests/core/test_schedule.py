@@ -12,9 +12,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from scan_core.errors import ScanConfigError, ScanTargetUnreachableError
-from scan_core.schedule import (cycle_position, epoch_rho, expected_saving, max_target_saving,
-                                mutation_epochs, rho_cur, rho_sum, scan_phase,
-                                solve_candidate_share, solve_target)
+from scan_core.schedule import (cycle_position, epoch_rho, expected_saving, mutation_epochs,
+                                rho_cur, rho_sum, scan_phase, solve_candidate_share)
+from scan_core.target import max_target_saving, solve_target
 
 # T_cos up to 10_000: strict monotonicity needs 0.5 * (1 + cos(pi / T)) < 1 in float64, which
 # holds for T below about 2e8; realistic runs use T of a handful.
