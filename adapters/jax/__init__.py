@@ -1,0 +1,21 @@
+"""JAX adapter for scan_core: per-sample InfoNCE for CLIP and MoCo v3 as jnp functions that
+jit, host-side batching of an EpochPlan, recording that never stalls the device, data-parallel
+placement over local devices, and the multi-process communicator.
+
+    from adapters.jax import (AsyncRecorder, JaxCommunicator, clip_loss, moco_loss,
+                              num_batches, plan_batches, shard_batch, to_numpy)
+
+docs/embedding-jax.md holds a complete jitted training loop. Like the torch adapter, this
+package patches nothing global and draws every random number from a generator it seeds itself
+(the shuffle) or from scan_core's counter-based hashes.
+"""
+
+from adapters.jax.batching import num_batches, plan_batches, plan_permutation
+from adapters.jax.distributed import JaxCommunicator
+from adapters.jax.losses import ContrastiveLoss, clip_loss, moco_loss
+from adapters.jax.placement import DATA_AXIS, data_mesh, local_rows, shard_batch, to_numpy
+from adapters.jax.recording import AsyncRecorder
+
+__all__ = ["DATA_AXIS", "AsyncRecorder", "ContrastiveLoss", "JaxCommunicator", "clip_loss",
+           "data_mesh", "local_rows", "moco_loss", "num_batches", "plan_batches",
+           "plan_permutation", "shard_batch", "to_numpy"]

@@ -1,0 +1,87 @@
+"""Host-side batching of an EpochPlan for JAX input pipelines.
+
+A jitted step wants a stream of fixed-size id batches that a host loader turns into arrays.
+`plan_batches` yields this rank's batches of one epoch with the arithmetic of PyTorch's
+`DistributedSampler` over the plan's kept ids (`EpochPlan.shard`): one shuffle shared by all
+ranks, padding by wrapping (or truncation with drop_last), rank stride. `num_batches` says how
+many there are before the epoch starts, the same number on every rank.
+
+Invariants (tests/adapters/jax/test_batching.py holds one property test each):
+- drop_last=False: over all ranks every kept id is served exactly once, plus the
+  `world_size * plan.shard_length(world_size) - num_kept` padding ids DistributedSampler adds
+  (wrapped from the front of the shuffle); drop_last=True: no id is served twice.
+- No pruned id is ever served; every rank serves `num_batches(...)` batches.
+- The order is a pure function of (seed, plan.epoch, kept set, rank, world_size).
+
+The shuffle is numpy's PCG64 seeded with (seed, epoch) (`scan_core.plan.default_permutation`),
+not torch.randperm: JAX has no way to reproduce torch's generator, so a JAX run and a torch
+run with the same seed shuffle differently (each is deterministic and rank-consistent).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from scan_core import EpochPlan
+from scan_core.errors import ScanConfigError
+from scan_core.plan import default_permutation
+
+
+def plan_permutation(seed: int, epoch: int):
+    """The shuffle `plan_batches` uses: n -> numpy PCG64([seed, epoch]).permutation(n)."""
+    return functools.partial(default_permutation, int(seed), int(epoch))
+
+
+def num_batches(plan: EpochPlan, batch_size: int, *, world_size: int = 1,
+                drop_last: bool = False) -> int:
+    """Batches each rank serves this epoch (equal on every rank).
+
+    drop_last=False: ceil(shard / batch_size), the last batch possibly smaller;
+    drop_last=True: floor(shard / batch_size), where shard is DistributedSampler's per-rank
+    length (`plan.shard_length(world_size, drop_last)`).
+    """
+    _check_batch_size(batch_size)
+    per_rank = plan.shard_length(world_size, drop_last)
+    return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
+
+
+def plan_batches(plan: EpochPlan, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                 seed: int | None = None, shuffle: bool = True,
+                 drop_last: bool = False) -> Iterator[np.ndarray]:
+    """This rank's int64 id batches of `plan`, in training order.
+
+    batch_size: ids per batch on this rank (the per-process batch; under `shard_batch` it is
+      split further over local devices, so make it a multiple of their number).
+    rank, world_size: this process and the number of processes, e.g. `jax.process_index()`
+      and `jax.process_count()`; must match the pruner's communicator.
+    seed: shuffle seed; default the run's seed (`plan.seed`, from ScanConfig.seed), as the
+      torch ScanSampler defaults to it.
+    shuffle: permute the kept ids (all ranks alike) before sharding.
+    drop_last: truncate the shard to a multiple of world_size (DistributedSampler) and drop the
+      last partial batch, so every batch has exactly batch_size ids and a jitted step compiles
+      once. Without it the shard is padded by wrapping and the last batch may be smaller (one
+      more compilation).
+
+    >>> from scan_core import ScanPruner
+    >>> plan = ScanPruner(10).plan_epoch(0)
+    >>> [len(b) for b in plan_batches(plan, 4, rank=0, world_size=2)]
+    [4, 1]
+    """
+    _check_batch_size(batch_size)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ScanConfigError(f"seed must be an int or None, got {seed!r}.")
+    permutation = plan_permutation(plan.seed if seed is None else seed, plan.epoch)
+    ids = plan.shard(rank, world_size, shuffle=shuffle, drop_last=drop_last,
+                     permutation=permutation)
+    count = num_batches(plan, batch_size, world_size=world_size, drop_last=drop_last)
+    return (ids[i * batch_size:(i + 1) * batch_size] for i in range(count))
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ScanConfigError(f"batch_size must be an int >= 1, got {batch_size!r}.")
