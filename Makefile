@@ -28,11 +28,18 @@ simulate: $(STAMP)
 	$(PY) -m scan_core simulate --num-samples 1200000 --epochs 32 --batch-size 1024 --world-size 4
 
 # The CI suite: everything but the runs marked slow. Exit code 5 (no tests collected) fails.
+# Two pytest processes: the JAX tests import jax, whose threads must not share a process with
+# the PyTorch tests that fork DataLoader workers (os.fork under JAX's threads can deadlock).
+JAX_TESTS := tests/adapters/jax tests/jax_trainers
+NO_JAX := $(foreach d,$(JAX_TESTS),--ignore=$(d))
+
 test: $(STAMP) data
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q $(NO_JAX)
+	$(PY) -m pytest -m "not slow" -q $(JAX_TESTS)
 
 test-all: $(STAMP) data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(NO_JAX)
+	$(PY) -m pytest -q $(JAX_TESTS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_bookkeeping.py --sizes 100000 1000000 10000000

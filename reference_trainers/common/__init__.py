@@ -2,8 +2,10 @@
 
 Framework-free (numpy only): `errors`, `data` (Fashion-MNIST IDX files, subsets, planted
 near-duplicates), `captions` (templates, pixel attributes, planted mismatches, zero-shot
-prompts), `tokenizer` (fixed word-level vocabulary). `torch_data` is the one PyTorch module and is
-not imported here, so a JAX trainer can import this package without loading torch.
+prompts), `tokenizer` (fixed word-level vocabulary), `pairs`, `views`, `loop`, `rundir`,
+`progress`, `planted`. The PyTorch modules (`torch_data`, `augment`, `evaluation`, `lifecycle`,
+`accel`, `corpora`) are not imported here, so a JAX trainer can import this package without
+loading torch.
 """
 
 from reference_trainers.common.captions import (CAPTION_TEMPLATES, ZERO_SHOT_TEMPLATES,

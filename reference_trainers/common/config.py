@@ -23,6 +23,7 @@ class TrainConfig:
     data_dir: str | None = None
     data: str = "fmnist"                  # fmnist, or csv:PATH (image path, caption rows)
     model: str = "cpu"                    # cpu, or a GPU preset: RN50, RN101, ViT-B-32
+    framework: str = "torch"              # torch, or jax (reference_trainers/jax/)
     precision: str = "fp32"               # fp32, bf16, fp16 (autocast; a grad scaler for fp16)
     compile: bool = False                 # torch.compile the model
     grad_checkpointing: bool = False      # recompute transformer blocks in the backward
@@ -30,7 +31,8 @@ class TrainConfig:
     num_test: int | None = None           # evaluation subset; None = all 10k test images
     mismatch_share: float = 0.0           # planted captions naming a wrong class
     duplicate_share: float = 0.0          # planted near-duplicate images
-    context_length: int = 24
+    context_length: int = 24              # tokens per caption with --tokenizer word
+    tokenizer: str = "word"               # word | bpe:PATH | open_clip[:MODEL] (tokenizer_choice)
     # optimisation
     epochs: int = 12
     batch_size: int = 256
@@ -107,6 +109,7 @@ def cpu_tiny() -> TrainConfig:
 
 
 PRESETS = {"cpu-fmnist": cpu_fmnist, "cpu-tiny": cpu_tiny}
+FRAMEWORKS = ("torch", "jax")
 
 # Flags a user may set on top of a preset: (flag, field, type, help). The pruning flags are
 # shared by every trainer (their configs carry the same fields); the rest are CLIP's.
@@ -128,6 +131,7 @@ PRUNING_FLAGS: list[tuple[str, str, Any, str]] = [
 _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
     ("--data", "data", str, "training data: fmnist (default) or csv:PATH (image,caption rows)"),
+    ("--tokenizer", "tokenizer", str, "word (default), bpe:PATH (train_tokenizer) or open_clip"),
     ("--model", "model", str, "cpu (default) or a GPU preset: RN50, RN101, ViT-B-32"),
     ("--precision", "precision", str, "fp32 (default), bf16 or fp16 autocast"),
     ("--num-train", "num_train", int, "class-balanced training subset size"),
@@ -162,6 +166,8 @@ def build_parser(prog: str, *, presets: dict[str, Any] | None = None,
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--ill-every-mutation", action="store_true", default=None)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--framework", choices=FRAMEWORKS, default=None,
+                        help="torch (default) or jax (docs/jax-trainers.md)")
     parser.add_argument("--compile", action="store_true", default=None,
                         help="torch.compile the model")
     parser.add_argument("--grad-checkpointing", action="store_true", default=None,
@@ -179,7 +185,7 @@ def config_from_args(args: argparse.Namespace, *, presets: dict[str, Any] | None
     """The preset's config with every flag the user set replacing its field."""
     config = (PRESETS if presets is None else presets)[args.preset]()
     fields = [field for _, field, _, _ in (_FLAGS if flags is None else flags)] + \
-        ["pruning", "ill_every_mutation", "compile", "grad_checkpointing"]
+        ["pruning", "ill_every_mutation", "compile", "grad_checkpointing", "framework"]
     changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     known = {f.name for f in dataclasses.fields(config)}
     unsupported = sorted(set(changes) - known)

@@ -27,13 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reference_trainers.common.probe_constants import PROBE_STEPS, PROBE_WEIGHT_DECAY
+
 __all__ = ["PROBE_STEPS", "PROBE_WEIGHT_DECAY", "extract_features", "linear_probe_top1",
            "zero_shot_classifier", "zero_shot_top1"]
-
-PROBE_STEPS = 100
-"""Full-batch L-BFGS iterations of the linear probe (each sees the whole train split)."""
-PROBE_WEIGHT_DECAY = 1e-4
-"""L2 penalty on the probe's weights, added to the mean cross-entropy as wd/2 * ||W||^2."""
 
 
 def _to_tensor(array: Any, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """What every PyTorch reference trainer's run does outside its model: start the processes,
-save and load checkpoints, write the summary. Shared by the CLIP and MoCo trainers.
+save and load checkpoints. Shared by the CLIP and MoCo trainers. The framework-free part (the
+epoch loop, the summary, `fmt`, the command-line wrapper) lives in common/loop.py and is
+re-exported here under the same names.
 
 A checkpoint holds the model, the optimiser, the augmentation generator and the wall-clock so
 far, written after the pruner's store snapshot of the same epoch; `load_checkpoint` returns the
@@ -9,18 +11,18 @@ epoch to give `ScanPruner(resume_epoch=...)`, so a resumed run replays the same 
 from __future__ import annotations
 
 import os
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
+from reference_trainers.common import loop
+from reference_trainers.common.loop import epoch_loop, finish, fmt  # noqa: F401 (re-exported)
 from reference_trainers.common.rundir import RunDir
 
-__all__ = ["cli_main", "epoch_loop", "finish", "fmt", "init_distributed", "load_checkpoint", "save_checkpoint"]
+__all__ = ["cli_main", "epoch_loop", "finish", "fmt", "init_distributed", "load_checkpoint",
+           "save_checkpoint"]
 
 
 def init_distributed() -> tuple[int, int]:
@@ -33,14 +35,19 @@ def init_distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def save_checkpoint(run: RunDir, epoch: int, model, optimizer, generator, wall: float) -> None:
+def save_checkpoint(run: RunDir, epoch: int, model, optimizer, generator, wall: float, *,
+                    scaler=None) -> None:
+    """Write the epoch's checkpoint (temp file, then renamed). `scaler`: the fp16 grad scaler,
+    whose loss scale a resumed run must continue from."""
     tmp = run.checkpoint_path(epoch).with_suffix(".tmp")
     torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(), "wall_seconds": wall}, tmp)
+                "generator": generator.get_state(), "wall_seconds": wall,
+                "scaler": scaler.state_dict() if scaler is not None else None}, tmp)
     run.commit_checkpoint(tmp, epoch)
 
 
-def load_checkpoint(run: RunDir, model, optimizer, generator) -> tuple[int, float]:
+def load_checkpoint(run: RunDir, model, optimizer, generator, *,
+                    scaler=None) -> tuple[int, float]:
     """(last completed epoch, wall seconds so far), or (-1, 0) when there is no checkpoint."""
     latest = run.latest_checkpoint()
     if latest is None:
@@ -49,92 +56,17 @@ def load_checkpoint(run: RunDir, model, optimizer, generator) -> tuple[int, floa
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     return int(state["epoch"]), float(state["wall_seconds"])
-
-
-def _due(every: int, epoch: int) -> bool:
-    return bool(every) and (epoch + 1) % every == 0
-
-
-def epoch_loop(cfg: Any, pruner: Any, sampler: Any, run_dir: RunDir, *, rank: int, world: int,
-               wall: float, stop_after: int | None,
-               train_epoch: Callable[[int], dict[str, Any]],
-               evaluate: Callable[[bool], dict[str, float]],
-               checkpoint: Callable[[int, float], None],
-               line: Callable[[dict[str, Any]], str],
-               extra_stats: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The epochs of a run, the same for every trainer: plan (sampler.set_epoch), train, close
-    the epoch in the pruner, evaluate when due (cfg.eval_every / cfg.probe_every, and at the
-    end; `evaluate(probe)`), log a metrics row, print its line and checkpoint (rank 0).
-    Returns the last row ({} when nothing was left to run)."""
-    row: dict[str, Any] = {}
-    stop = cfg.epochs if stop_after is None else min(cfg.epochs, pruner.next_epoch + stop_after)
-    for epoch in range(pruner.next_epoch, stop):
-        start = time.perf_counter()
-        sampler.set_epoch(epoch)
-        stats = train_epoch(epoch)
-        summary = pruner.end_epoch()
-        if extra_stats is not None:
-            stats.update(extra_stats())
-        train_seconds = time.perf_counter() - start
-        wall += train_seconds
-        last_epoch = epoch == cfg.epochs - 1
-        scores: dict[str, float] = {}
-        if rank == 0 and (last_epoch or _due(cfg.eval_every, epoch)
-                          or _due(cfg.probe_every, epoch)):
-            scores = evaluate(last_epoch or _due(cfg.probe_every, epoch))
-        row = {**summary.as_dict(), **stats, **scores, "kept_share": 1 - summary.pruned_share,
-               "seconds": train_seconds, "wall_seconds": wall, "world_size": world}
-        if rank == 0:
-            run_dir.append_metrics(row)
-            print(line(row), flush=True)
-            checkpoint(epoch, wall)
-    return row
-
-
-def finish(run_dir: RunDir, pruner: Any, cfg: Any, rank: int, last_row: dict[str, Any], *,
-           headline: Sequence[str]) -> dict[str, Any]:
-    """Write summary.json (rank 0) and the coreset, and return the summary: the `headline`
-    metrics of the last epoch, the counted pruned share, visits, steps and seconds."""
-    rows = run_dir.read_metrics()
-    last_row = last_row or (rows[-1] if rows else {})  # a resume of a finished run
-    summary = {
-        "preset": cfg.preset, "pruning": cfg.pruning, "epochs": cfg.epochs,
-        **{key: last_row.get(key) for key in headline},
-        "realised_pruned_share": pruner.log[-1]["realised_saving"] if pruner.log else 0.0,
-        "sample_visits": int(sum(r["samples"] for r in rows)) if rows else 0,
-        "steps": int(sum(r["steps"] for r in rows)) if rows else 0,
-        "wall_seconds": last_row.get("wall_seconds"),
-        "seconds_per_epoch": [r["seconds"] for r in rows],
-        "warmup_ended_at": pruner.warmup_ended_at,
-    }
-    if rank == 0:
-        run_dir.write_summary(summary)
-        if pruner.log and any(r["phase"] == "prepare" for r in pruner.log):
-            np.save(run_dir.path / "coreset.npy", pruner.coreset())
-    return summary
-
-
-def fmt(value: float | None, spec: str = ".4f") -> str:
-    """A metric for the closing line: '-' when it was not measured."""
-    return "-" if value is None else format(value, spec)
 
 
 def cli_main(make_config: Callable[[], Any], args: Any, run: Callable[..., dict[str, Any]],
              closing_line: Callable[[dict[str, Any]], str]) -> int:
-    """A trainer's `main` after parsing: build the config, run, turn our errors into exit code
-    2 with the message, print the closing line on rank 0, leave the process group."""
-    from scan_core import ScanError
-    from reference_trainers.common.errors import TrainerError
+    """common/loop.cli_main that leaves the torch.distributed process group at the end."""
+    return loop.cli_main(make_config, args, run, closing_line, shutdown=_leave_process_group)
 
-    try:
-        result = run(make_config(), args.out, resume=args.resume, quiet=args.quiet,
-                     stop_after=args.stop_after)
-    except (ScanError, TrainerError) as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(closing_line(result), flush=True)
+
+def _leave_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-    return 0

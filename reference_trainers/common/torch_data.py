@@ -22,10 +22,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reference_trainers.common.captions import make_captions
-from reference_trainers.common.data import (FASHION_MNIST_MEAN, FASHION_MNIST_STD, ImageSplits,
-                                            plant_near_duplicates, subset_indices)
+# make_captions, plant_near_duplicates and subset_indices stay importable from here (noqa).
+from reference_trainers.common.captions import make_captions  # noqa: F401
+from reference_trainers.common.data import (FASHION_MNIST_MEAN, FASHION_MNIST_STD,  # noqa: F401
+                                            ImageSplits, plant_near_duplicates, subset_indices)
 from reference_trainers.common.errors import DataError
+from reference_trainers.common.pairs import build_image_text_arrays
 from reference_trainers.common.tokenizer import Tokenizer
 
 CROP_PADDING = 2  # pixels of zero padding before the random 28 x 28 crop
@@ -138,28 +140,20 @@ def build_image_text_data(splits: ImageSplits, *, train: bool = True,
                           duplicate_share: float = 0.0, seed: int = 0,
                           context_length: int = 24,
                           tokenizer: Tokenizer | None = None) -> ImageTextData:
-    """One split as ImageTextData: subset -> planted near-duplicates -> captions -> tokens.
+    """One split as ImageTextData: subset -> planted near-duplicates -> captions -> tokens
+    (common/pairs.build_image_text_arrays, wrapped in tensors).
 
     num_samples: a class-balanced subset (all samples when None). Captions are keyed by the
     samples' ids in the original split, so a subset's captions equal the full split's (for
     samples that are not duplicates). Noise is planted in the training split only.
     """
-    images, labels = ((splits.train_images, splits.train_labels) if train
-                      else (splits.test_images, splits.test_labels))
-    if not train and (mismatch_share or duplicate_share):
-        raise DataError(f"mismatch_share={mismatch_share}, duplicate_share={duplicate_share} on "
-                        "the test split: plant noise in the training split only (train=True), "
-                        "evaluation needs clean labels")
-    source_ids = (np.arange(len(labels), dtype=np.int64) if num_samples is None
-                  else subset_indices(labels, num_samples, seed))
-    images, labels = images[source_ids], np.asarray(labels, dtype=np.int64)[source_ids]
-    images, labels, duplicate_of = plant_near_duplicates(images, labels, duplicate_share, seed)
-    captions = make_captions(images, labels, seed=seed, mismatch_share=mismatch_share,
-                             keys=source_ids)
-    tokens = (tokenizer or Tokenizer()).encode(list(captions.texts), context_length)
+    pairs = build_image_text_arrays(splits, train=train, num_samples=num_samples,
+                                    mismatch_share=mismatch_share,
+                                    duplicate_share=duplicate_share, seed=seed,
+                                    context_length=context_length, tokenizer=tokenizer)
     return ImageTextData(
-        torch.from_numpy(images[:, None]), torch.from_numpy(tokens), torch.from_numpy(labels),
-        caption_labels=torch.from_numpy(captions.caption_labels),
-        mismatched=torch.from_numpy(captions.mismatched),
-        duplicate_of=torch.from_numpy(duplicate_of), source_ids=torch.from_numpy(source_ids),
-        texts=captions.texts)
+        torch.from_numpy(pairs.images), torch.from_numpy(pairs.tokens),
+        torch.from_numpy(pairs.labels), caption_labels=torch.from_numpy(pairs.caption_labels),
+        mismatched=torch.from_numpy(pairs.mismatched),
+        duplicate_of=torch.from_numpy(pairs.duplicate_of),
+        source_ids=torch.from_numpy(pairs.source_ids), texts=pairs.texts)

@@ -23,12 +23,16 @@ class MocoConfig:
     preset: str = "cpu-fmnist-moco"
     # data
     data_dir: str | None = None
+    data: str = "fmnist"                  # fmnist | folder:DIR | csv:PATH | shards:DIR
     num_train: int | None = None          # class-balanced subset; None = the whole split
     num_test: int | None = None           # evaluation subset; None = all 10k test images
     duplicate_share: float = 0.0          # planted near-duplicate images
     # model
     backbone: str = "resnet"              # resnet | vit-tiny | vit_small | vit_base (GPU)
+    framework: str = "torch"              # torch | jax (reference_trainers/jax/)
     grad_checkpointing: bool = False      # recompute ViT blocks in the backward
+    precision: str = "fp32"               # fp32 | bf16 | fp16 autocast (common/accel.py)
+    compile: bool = False                 # torch.compile the model
     width: int = 16                       # SmallResNet width (features 4 * width)
     dim: int = 128                        # projector / predictor output (MoCo v3: 256)
     mlp_dim: int = 512                    # their hidden width (MoCo v3: 4096)
@@ -95,11 +99,14 @@ PRESETS = {"cpu-fmnist-moco": cpu_fmnist_moco, "cpu-tiny-moco": cpu_tiny_moco}
 
 FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
+    ("--data", "data", str, "training images: fmnist (default), folder:DIR (DIR/<class>/<image>),"
+     " csv:PATH (an image column) or shards:DIR (tar shards, .txt not needed)"),
     ("--num-train", "num_train", int, "class-balanced training subset size"),
     ("--num-test", "num_test", int, "evaluation subset size"),
     ("--duplicate-share", "duplicate_share", float, "share of near-duplicate images"),
     ("--backbone", "backbone", str, "resnet, vit-tiny, or the GPU presets vit_small / vit_base"),
     ("--width", "width", int, "SmallResNet width"),
+    ("--precision", "precision", str, "fp32 (default), bf16 or fp16 autocast"),
     ("--temperature", "temperature", float, "InfoNCE temperature"),
     ("--momentum", "momentum", float, "base momentum m0 of the momentum encoder"),
     ("--optimizer", "optimizer", str, "lars or adamw"),

@@ -1,0 +1,185 @@
+"""CLIP pre-training with SCAN, in JAX (flax + optax): the PyTorch trainer's run, section by
+section (reference_trainers/clip/train.py), on the same config, data and run directory.
+
+    python -m reference_trainers.clip --framework jax --preset cpu-fmnist --out runs/clip-jax
+    python -m reference_trainers.clip --framework jax --preset cpu-tiny --out runs/tiny-jax
+
+Every epoch: the pruner plans the epoch -> adapters.jax.plan_batches serves the kept ids ->
+each jitted step (state donated) computes the CLIP loss and its per-sample parts in one go ->
+AsyncRecorder hands ids and per-sample losses to the pruner one step late -> at the epoch's
+end the pruner persists, the trainer evaluates, logs and checkpoints (common/loop.epoch_loop).
+--resume continues the model, optimiser, augmentation generator and pruner from the last
+completed epoch, with the same plans as a run that never stopped. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+
+from reference_trainers.common import loop
+from reference_trainers.common.captions import class_prompts
+from reference_trainers.common.config import TrainConfig, build_parser, config_from_args
+from reference_trainers.common.data import load_fashion_mnist
+from reference_trainers.common.pairs import ImageTextArrays, build_image_text_arrays
+from reference_trainers.common.planted import PreparationStats
+from reference_trainers.common.progress import epoch_line
+from reference_trainers.common.rundir import RunDir
+from reference_trainers.common.tokenizer import Tokenizer
+from reference_trainers.jax import evaluation
+from reference_trainers.jax.augment import normalise, random_crop_flip
+from reference_trainers.jax.checkpoint import load_checkpoint, save_checkpoint
+from reference_trainers.jax.models import CLIP
+from reference_trainers.jax.runtime import (PlanSampler, check_jax_config, limit_threads,
+                                            run_epoch)
+from reference_trainers.jax.steps import (TrainState, build_optimizer, init_variables,
+                                          local_mesh, lr_schedule, make_clip_step, replicate)
+from scan_core import ScanPruner
+
+HEADLINE = ("zero_shot_top1", "linear_probe_top1")
+
+
+# == 1. Set-up: one process over its local devices (runtime.check_jax_config), seeds in run() ==
+# == 2. Data =====================================================================================
+def build_data(cfg: TrainConfig) -> tuple[ImageTextArrays, ImageTextArrays, Tokenizer]:
+    """Fashion-MNIST with captions (train, with any planted noise) and its test split, as the
+    PyTorch trainer builds them (common/pairs.py)."""
+    splits = load_fashion_mnist(cfg.data_dir)
+    tokenizer = Tokenizer()
+    train = build_image_text_arrays(splits, train=True, num_samples=cfg.num_train,
+                                    mismatch_share=cfg.mismatch_share,
+                                    duplicate_share=cfg.duplicate_share, seed=cfg.seed,
+                                    context_length=cfg.context_length, tokenizer=tokenizer)
+    test = build_image_text_arrays(splits, train=False, num_samples=cfg.num_test, seed=cfg.seed,
+                                   context_length=cfg.context_length, tokenizer=tokenizer)
+    return train, test, tokenizer
+
+
+def trim_tokens(tokens: np.ndarray, eot_id: int) -> np.ndarray:
+    """(N, L) tokens without the columns after the last <eot> of any row (all L when a row has
+    none). Under the causal mask nothing after a row's <eot> reaches its feature, so this is
+    exact; cut once for the whole split, every batch keeps one shape and the step compiles
+    once (the PyTorch tower cuts per batch instead)."""
+    is_eot = tokens == eot_id
+    if not is_eot.any(axis=1).all():
+        return tokens
+    return np.ascontiguousarray(tokens[:, : int(is_eot.argmax(axis=1).max()) + 1])
+
+
+def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> CLIP:
+    return CLIP(vocab_size=tokenizer.vocab_size, eot_id=tokenizer.eot_id,
+                context_length=cfg.context_length, embed_dim=cfg.embed_dim)
+
+
+def init_state(model: CLIP, tx: Any, cfg: TrainConfig) -> TrainState:
+    images = np.zeros((2, 28, 28, 1), np.float32)
+    tokens = np.zeros((2, cfg.context_length), np.int64)
+    variables = init_variables(model, cfg.seed, images, tokens)
+    return TrainState(variables["params"], variables["batch_stats"],
+                      tx.init(variables["params"]))
+
+
+# == 3. Evaluation (zero-shot with a prompt ensemble; linear probe on frozen features) ============
+@functools.lru_cache(maxsize=4)
+def compiled_encoders(model: CLIP) -> tuple[Any, Any]:
+    """Jitted evaluation faces (variables, batch) -> L2-normalised features: image, text.
+    Cached per model, so a run resumed in the same process reuses the compiled code."""
+    return (jax.jit(lambda v, x: model.apply(v, x, method=CLIP.encode_image)),
+            jax.jit(lambda v, t: model.apply(v, t, method=CLIP.encode_text)))
+
+
+def evaluate(encode: tuple[Any, Any], state: TrainState, train: ImageTextArrays,
+             test: ImageTextArrays, tokenizer: Tokenizer, cfg: TrainConfig, *,
+             probe: bool) -> dict[str, float]:
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    encode_image, encode_text = encode
+    classifier = evaluation.zero_shot_classifier(
+        lambda tokens: encode_text(variables, tokens), class_prompts(),
+        lambda texts: tokenizer.encode(texts, cfg.context_length))
+
+    def features(data: ImageTextArrays) -> np.ndarray:
+        return evaluation.extract_features(lambda x: encode_image(variables, x), data.images,
+                                           preprocess=normalise)
+
+    test_features = features(test)
+    out = {"zero_shot_top1": evaluation.zero_shot_top1(test_features, test.labels, classifier)}
+    if probe:
+        out["linear_probe_top1"] = evaluation.linear_probe_top1(
+            features(train), train.labels, test_features, test.labels, num_classes=10,
+            seed=cfg.seed)
+    return out
+
+
+# == 4. One epoch of training: runtime.run_epoch with this step and batch maker ==================
+@functools.lru_cache(maxsize=4)
+def compiled_step(model: CLIP, weight_decay: float, lr: float, epochs: int, warmup: float,
+                  min_lr: float) -> Any:
+    """The jitted CLIP step for this model, AdamW and LR schedule. Cached, so a run stopped
+    and resumed in one process (tests, notebooks) reuses what XLA compiled: a pruned epoch's
+    shorter last batch is a new shape and costs a compilation (seconds on a CPU)."""
+    return make_clip_step(model, build_optimizer("adamw", weight_decay=weight_decay),
+                          lr_schedule(lr, epochs, warmup, min_lr))
+
+
+def batch_maker(data: ImageTextArrays, tokens: np.ndarray, rng: np.random.Generator):
+    """ids -> the step's host batch: augmented, normalised NHWC images and (trimmed) tokens."""
+    def make(ids: np.ndarray) -> dict[str, Any]:
+        return {"images": normalise(random_crop_flip(data.images[ids], rng)),
+                "tokens": tokens[ids]}
+
+    return make
+
+
+# == 5. Checkpoints: npz of the state pytree + generator state (jax/checkpoint.py) ================
+# == 6. The run ===================================================================================
+def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False,
+        stop_after: int | None = None) -> dict[str, Any]:
+    limit_threads(cfg.threads)  # before anything starts JAX's backend
+    cfg = check_jax_config(cfg)
+    run_dir = RunDir(out)
+    run_dir.write_config(cfg.to_dict(), resume=resume)
+    train, test, tokenizer = build_data(cfg)
+    model = build_model(cfg, tokenizer)
+    tx = build_optimizer("adamw", weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed * 1000)  # augmentation draws (rank 0's seed in torch)
+    state, last, wall = load_checkpoint(run_dir, init_state(model, tx, cfg), rng) if resume \
+        else (init_state(model, tx, cfg), -1, 0.0)
+    mesh = local_mesh()
+    box = {"state": replicate(mesh, state)}
+    pruner = ScanPruner(len(train), 2, cfg.scan_config(), store=run_dir.store,
+                        loss_history=cfg.loss_history, resume_epoch=last)
+    sampler = PlanSampler(pruner, cfg.seed)
+    run_dir.truncate_metrics(last)
+    run_dir.save_array("planted", mismatched=train.mismatched, duplicate_of=train.duplicate_of)
+    planted_stats = PreparationStats(pruner, mismatched=train.mismatched,
+                                     duplicate_of=train.duplicate_of)
+    step = compiled_step(model, cfg.weight_decay, cfg.lr, cfg.epochs, cfg.lr_warmup_epochs,
+                         cfg.min_lr)
+    make_batch = batch_maker(train, trim_tokens(train.tokens, tokenizer.eot_id), rng)
+    encode = compiled_encoders(model)
+
+    def train_epoch(epoch: int) -> dict[str, Any]:
+        box["state"], stats = run_epoch(box["state"], step, mesh, pruner, sampler.plan,
+                                        sampler.batches(cfg.batch_size), make_batch, epoch,
+                                        quiet=quiet)
+        return stats
+
+    row = loop.epoch_loop(
+        cfg, pruner, sampler, run_dir, rank=0, world=1, wall=wall, stop_after=stop_after,
+        train_epoch=train_epoch,
+        evaluate=lambda probe: evaluate(encode, box["state"], train, test, tokenizer, cfg,
+                                        probe=probe),
+        checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, box["state"], rng, wall),
+        line=epoch_line, extra_stats=planted_stats)
+    return loop.finish(run_dir, pruner, cfg, 0, row, headline=HEADLINE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser("python -m reference_trainers.clip").parse_args(argv)
+    return loop.cli_main(lambda: config_from_args(args), args, run, lambda result: (
+        f"zero-shot top-1 {loop.fmt(result['zero_shot_top1'])}, linear probe top-1 "
+        f"{loop.fmt(result['linear_probe_top1'])}, pruned {result['realised_pruned_share']:.1%} "
+        f"of sample-visits, {loop.fmt(result['wall_seconds'], '.0f')} s"))

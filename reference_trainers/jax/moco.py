@@ -1,0 +1,195 @@
+"""MoCo v3 pre-training with SCAN, in JAX (flax + optax): the PyTorch trainer's run
+(reference_trainers/moco/train.py) on the same config, data and run directory.
+
+    python -m reference_trainers.moco --framework jax --preset cpu-fmnist-moco --out runs/moco-jax
+    python -m reference_trainers.moco --framework jax --preset cpu-tiny-moco --out runs/tiny-jax
+
+Every epoch: the pruner plans the epoch -> adapters.jax.plan_batches serves the kept ids (a
+lone last id folded into the batch before: BatchNorm needs two samples) -> each jitted step
+(state donated) draws nothing itself: the host makes two numpy crops per image; the step
+updates the momentum encoder, computes the keys and MoCo v3's symmetric loss with its two
+per-sample views ctr(q1, k2), ctr(q2, k1) -> AsyncRecorder hands them to the pruner -> at the
+epoch's end the pruner persists, the trainer evaluates (kNN, linear probe on frozen backbone
+features), logs and checkpoints (common/loop.epoch_loop). Never imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+
+from reference_trainers.common import loop
+from reference_trainers.common.config import build_parser, config_from_args
+from reference_trainers.common.data import (load_fashion_mnist, plant_near_duplicates,
+                                            subset_indices)
+from reference_trainers.common.planted import PreparationStats
+from reference_trainers.common.progress import epoch_line
+from reference_trainers.common.rundir import RunDir
+from reference_trainers.common.views import CropView
+from reference_trainers.jax import evaluation
+from reference_trainers.jax.augment import normalise, two_crops
+from reference_trainers.jax.checkpoint import load_checkpoint, save_checkpoint
+from reference_trainers.jax.moco_models import MoCoNet, encoder_of
+from reference_trainers.jax.runtime import (PlanSampler, check_jax_config, limit_threads,
+                                            run_epoch)
+from reference_trainers.jax.steps import (TrainState, build_optimizer, init_variables,
+                                          local_mesh, lr_schedule, make_moco_step,
+                                          momentum_schedule, replicate)
+from reference_trainers.moco.config import FLAGS, PRESETS, MocoConfig
+from scan_core import ScanPruner
+
+HEADLINE = ("linear_probe_top1", "knn_top1")
+
+
+# == 1. Set-up: one process over its local devices (runtime.check_jax_config), seeds in run() ==
+# == 2. Data: images only, in memory, two crops per batch =========================================
+class Images:
+    """N images as uint8 (N, 1, 28, 28), int64 labels (N,), duplicate_of (N,) (-1: none)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, duplicate_of: np.ndarray) -> None:
+        self.images = np.ascontiguousarray(images[:, None])
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.duplicate_of = duplicate_of
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def build_data(cfg: MocoConfig) -> tuple[Images, Images]:
+    """Fashion-MNIST's train (class-balanced subset, planted near-duplicates) and test splits,
+    as the PyTorch trainer builds them."""
+    splits = load_fashion_mnist(cfg.data_dir)
+
+    def split(images, labels, num, duplicate_share):
+        ids = np.arange(len(labels)) if num is None else subset_indices(labels, num, cfg.seed)
+        return Images(*plant_near_duplicates(images[ids], np.asarray(labels)[ids],
+                                             duplicate_share, cfg.seed))
+
+    return (split(splits.train_images, splits.train_labels, cfg.num_train, cfg.duplicate_share),
+            split(splits.test_images, splits.test_labels, cfg.num_test, 0.0))
+
+
+def crop_views(cfg: MocoConfig) -> tuple[CropView, CropView]:
+    return (CropView(scale=(cfg.crop_min, 1.0)),
+            CropView(scale=(cfg.crop_min, 1.0), blur_p=0.1, solarize_p=0.2))
+
+
+def build_model(cfg: MocoConfig) -> MoCoNet:
+    return MoCoNet(backbone=cfg.backbone, width=cfg.width, dim=cfg.dim, mlp_dim=cfg.mlp_dim)
+
+
+def init_state(model: MoCoNet, tx: Any, seed: int) -> TrainState:
+    """Fresh parameters; the momentum encoder starts as an exact copy of the base encoder."""
+    variables = init_variables(model, seed, np.zeros((2, 28, 28, 1), np.float32))
+    params, stats = variables["params"], variables["batch_stats"]
+    return TrainState(params, stats, tx.init(params),
+                      ema_params=jax.tree.map(np.array, params["base"]),
+                      ema_batch_stats=jax.tree.map(np.array, stats["base"]))
+
+
+# == 3. Evaluation: kNN and linear probe on frozen backbone features (MoCo v3's metric) ==========
+@functools.lru_cache(maxsize=4)
+def compiled_features(model: MoCoNet) -> Any:
+    """Jitted (variables, batch) -> the base backbone's features, BatchNorm in eval mode."""
+    return jax.jit(lambda v, x: model.apply(v, x, method=MoCoNet.features))
+
+
+def evaluate(model: MoCoNet, state: TrainState, train: Images, test: Images, cfg: MocoConfig, *,
+             probe: bool) -> dict[str, float]:
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    encode = compiled_features(model)
+
+    def features(data: Images) -> np.ndarray:
+        return evaluation.extract_features(lambda x: encode(variables, x), data.images,
+                                           preprocess=normalise)
+
+    train_features, test_features = features(train), features(test)
+    out = {"knn_top1": evaluation.knn_top1(train_features, train.labels, test_features,
+                                           test.labels, k=cfg.knn_k)}
+    if probe:
+        out["linear_probe_top1"] = evaluation.linear_probe_top1(
+            train_features, train.labels, test_features, test.labels, num_classes=10,
+            seed=cfg.seed)
+    return out
+
+
+# == 4. One epoch of training: runtime.run_epoch with this step and batch maker ==================
+@functools.lru_cache(maxsize=4)
+def compiled_step(model: MoCoNet, optimizer: str, weight_decay: float, base_lr: float,
+                  epochs: int, warmup: float, min_lr: float, momentum: float,
+                  temperature: float) -> Any:
+    """The jitted MoCo step. Cached, so a run resumed in one process reuses what XLA compiled
+    (each pruned epoch's shorter last batch is a new shape: one compilation)."""
+    return make_moco_step(model, encoder_of(model),
+                          build_optimizer(optimizer, weight_decay=weight_decay),
+                          lr_schedule(base_lr, epochs, warmup, min_lr),
+                          momentum_schedule(momentum, epochs), temperature)
+
+
+def batch_maker(data: Images, views: tuple[CropView, CropView], rng: np.random.Generator):
+    def make(ids: np.ndarray) -> dict[str, Any]:
+        x1, x2 = two_crops(data.images[ids], rng, views=views)
+        return {"x1": x1, "x2": x2}
+
+    return make
+
+
+# == 5. Checkpoints: npz of the state pytree + generator state (jax/checkpoint.py) ================
+# == 6. The run ===================================================================================
+def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
+        stop_after: int | None = None) -> dict[str, Any]:
+    """Train (or continue, with resume) the run in `out`; returns the summary."""
+    limit_threads(cfg.threads)  # before anything starts JAX's backend
+    cfg = check_jax_config(cfg)
+    run_dir = RunDir(out)
+    run_dir.write_config(cfg.to_dict(), resume=resume)
+    train, test = build_data(cfg)
+    model = build_model(cfg)
+    base_lr = cfg.lr * cfg.batch_size / 256  # MoCo v3: lr = base_lr * batch / 256
+    tx = build_optimizer(cfg.optimizer, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed * 1000)  # augmentation draws (rank 0's seed in torch)
+    state, last, wall = load_checkpoint(run_dir, init_state(model, tx, cfg.seed), rng) \
+        if resume else (init_state(model, tx, cfg.seed), -1, 0.0)
+    mesh = local_mesh()
+    box = {"state": replicate(mesh, state)}
+    pruner = ScanPruner(len(train), 2, cfg.scan_config(), store=run_dir.store,
+                        loss_history=cfg.loss_history, resume_epoch=last)
+    sampler = PlanSampler(pruner, cfg.seed)
+    run_dir.truncate_metrics(last)
+    run_dir.save_array("planted", duplicate_of=train.duplicate_of)
+    planted_stats = PreparationStats(pruner, duplicate_of=train.duplicate_of)
+    step = compiled_step(model, cfg.optimizer, cfg.weight_decay, base_lr, cfg.epochs,
+                         cfg.lr_warmup_epochs, cfg.min_lr, cfg.momentum, cfg.temperature)
+    make_batch = batch_maker(train, crop_views(cfg), rng)
+
+    def train_epoch(epoch: int) -> dict[str, Any]:
+        box["state"], stats = run_epoch(
+            box["state"], step, mesh, pruner, sampler.plan,
+            sampler.batches(cfg.batch_size, fold_single=True), make_batch, epoch, quiet=quiet,
+            extra=("momentum",))
+        return stats
+
+    row = loop.epoch_loop(
+        cfg, pruner, sampler, run_dir, rank=0, world=1, wall=wall, stop_after=stop_after,
+        train_epoch=train_epoch,
+        evaluate=lambda probe: evaluate(model, box["state"], train, test, cfg, probe=probe),
+        checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, box["state"], rng, wall),
+        line=lambda row: epoch_line(row, accuracy=("knn_top1", "kNN")),
+        extra_stats=planted_stats)
+    return loop.finish(run_dir, pruner, cfg, 0, row, headline=HEADLINE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser("python -m reference_trainers.moco", presets=PRESETS, flags=FLAGS,
+                          default_preset="cpu-fmnist-moco",
+                          description="MoCo v3 pre-training with SCAN (JAX).")
+    args = parser.parse_args(argv)
+    return loop.cli_main(
+        lambda: config_from_args(args, presets=PRESETS, flags=FLAGS), args, run,
+        lambda result: (f"linear probe top-1 {loop.fmt(result['linear_probe_top1'])}, kNN top-1 "
+                        f"{loop.fmt(result['knn_top1'])}, pruned "
+                        f"{result['realised_pruned_share']:.1%} of sample-visits, "
+                        f"{loop.fmt(result['wall_seconds'], '.0f')} s"))

@@ -1,0 +1,125 @@
+"""What the JAX CLIP and MoCo trainers share around their step: the flags they refuse, the
+epoch's plan and id batches, and the loop over one epoch's steps.
+
+`PlanSampler` gives common/loop.epoch_loop the `set_epoch` / `plan` face of the torch
+ScanSampler, with the ids from adapters.jax.plan_batches (DistributedSampler's arithmetic over
+the kept ids, shuffled by numpy's PCG64 with (seed, epoch)). `run_epoch` runs the steps:
+host batch -> `place_batch` -> jitted step (state donated) -> `AsyncRecorder.push` (one step
+late, so the host never waits for the step it just queued), with the EpochBar's loss also read
+one step late.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import numpy as np
+
+from adapters.jax import AsyncRecorder, plan_batches
+from reference_trainers.common.errors import TrainerError
+from reference_trainers.common.progress import EpochBar
+from reference_trainers.common.schedule import progress
+from reference_trainers.jax.steps import place_batch
+
+__all__ = ["PlanSampler", "check_jax_config", "limit_threads", "run_epoch"]
+
+
+def check_jax_config(cfg: Any) -> Any:
+    """Refuse what only the PyTorch trainers do, naming the flag; return cfg with
+    framework="jax" (so config.json says which trainer wrote the run)."""
+    refused = []
+    if getattr(cfg, "model", "cpu") != "cpu":
+        refused.append(f"--model {cfg.model} (the JAX trainers build the cpu preset's model "
+                       "only; the GPU presets are PyTorch's: drop --framework jax)")
+    if getattr(cfg, "backbone", "resnet") not in ("resnet", "vit-tiny"):
+        refused.append(f"--backbone {cfg.backbone} (the JAX MoCo trainer builds resnet and "
+                       "vit-tiny; the paper's ViT-S / ViT-B presets are PyTorch's)")
+    for field, flag in (("compile", "--compile"), ("grad_checkpointing", "--grad-checkpointing")):
+        if getattr(cfg, field, False):
+            refused.append(f"{flag} (a torch option; XLA compiles every JAX step anyway)")
+    if getattr(cfg, "precision", "fp32") != "fp32":
+        refused.append(f"--precision {cfg.precision} (the JAX trainers train in fp32)")
+    if getattr(cfg, "data", "fmnist") != "fmnist":
+        refused.append(f"--data {cfg.data} (the JAX trainers train on Fashion-MNIST only)")
+    if getattr(cfg, "tokenizer", "word") != "word":
+        refused.append(f"--tokenizer {cfg.tokenizer} (the JAX CLIP trainer's captions are "
+                       "Fashion-MNIST's, with the word tokenizer)")
+    if refused:
+        raise TrainerError("not supported with --framework jax: " + "; ".join(refused) + ".")
+    if jax.process_count() > 1:
+        raise TrainerError(f"the JAX trainers run in one process (over its local devices); got "
+                           f"{jax.process_count()} processes. Use one process per host.")
+    return dataclasses.replace(cfg, framework="jax")
+
+
+def limit_threads(threads: int | None) -> None:
+    """--threads 1: make XLA's CPU backend single-threaded. Takes effect only if JAX's backend
+    has not started yet in this process (XLA reads XLA_FLAGS once); other values use every
+    core, XLA's default."""
+    flag = "--xla_cpu_multi_thread_eigen=false"
+    if threads == 1 and flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+
+
+class PlanSampler:
+    """The epoch's plan (`set_epoch` calls pruner.plan_epoch) and its id batches."""
+
+    def __init__(self, pruner: Any, seed: int) -> None:
+        self.pruner, self.seed, self._plan = pruner, seed, None
+
+    def set_epoch(self, epoch: int) -> None:
+        self._plan = self.pruner.plan_epoch(epoch)
+
+    @property
+    def plan(self) -> Any:
+        if self._plan is None:
+            raise TrainerError("PlanSampler: set_epoch(epoch) first")
+        return self._plan
+
+    def batches(self, batch_size: int, *, fold_single: bool = False) -> list[np.ndarray]:
+        """The epoch's int64 id batches. fold_single: a lone last id joins the batch before it
+        (BatchNorm cannot train on one sample; the torch MoCo trainer does the same)."""
+        batches = list(plan_batches(self.plan, batch_size, seed=self.seed))
+        if fold_single and len(batches) > 1 and len(batches[-1]) == 1:
+            batches[-2:] = [np.concatenate(batches[-2:])]
+        return batches
+
+
+def run_epoch(state: Any, step: Callable, mesh: Any, pruner: Any, plan: Any,
+              id_batches: list[np.ndarray], make_batch: Callable[[np.ndarray], dict[str, Any]],
+              epoch: int, *, quiet: bool,
+              extra: Iterable[str] = ()) -> tuple[Any, dict[str, Any]]:
+    """Run one epoch's steps; returns (state, stats): steps, samples, train_loss (mean over
+    samples), lr and the `extra` metrics (e.g. momentum) of the last step."""
+    bar = EpochBar(epoch, len(id_batches), phase=plan.phase, kept_share=plan.keep_fraction,
+                   enabled=not quiet)
+    weighted = plan.weight_bits is not None
+    recorder = AsyncRecorder(pruner)
+    losses: list[tuple[Any, int]] = []
+    loss_sum, samples, metrics = 0.0, 0, {}
+    for i, ids in enumerate(id_batches):
+        batch = make_batch(ids)
+        batch["progress"] = np.float32(progress(epoch, i, len(id_batches)))
+        if weighted:
+            batch["weights"] = np.asarray(plan.loss_weights(ids), np.float32)
+        state, metrics = step(state, place_batch(mesh, batch))
+        recorder.push(ids, metrics["per_sample"])
+        losses.append((metrics["loss"], len(ids)))
+        if len(losses) > 1:  # the previous step's loss: done, or nearly, so no stall
+            loss, count = losses[-2]
+            loss_sum, samples = loss_sum + float(loss) * count, samples + count
+            bar.update(i, loss_sum / samples)
+    recorder.flush()
+    if losses:
+        loss, count = losses[-1]
+        loss_sum, samples = loss_sum + float(loss) * count, samples + count
+        bar.update(len(id_batches), loss_sum / samples)
+    stats = {"steps": len(id_batches), "samples": samples,
+             "lr": float(metrics["lr"]) if metrics else 0.0,
+             **{key: float(metrics[key]) for key in extra if key in metrics},
+             "train_loss": loss_sum / max(samples, 1)}
+    return state, stats
