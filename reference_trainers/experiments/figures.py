@@ -1,0 +1,85 @@
+"""A suite's figures (PNG), drawn from its table numbers (tables.suite_table):
+
+- <suite>-headline.png: the headline accuracy per cell, mean with a +-std bar over seeds;
+- <suite>-accuracy-vs-pruned.png: the headline against the counted pruned share of visits;
+- quality-per-preparation.png (suite 5): recall and precision of the planted noise per
+  preparation epoch.
+figures.json beside them holds the plotted numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from reference_trainers.experiments.report import pyplot
+from reference_trainers.experiments.suites import SUITES
+from reference_trainers.experiments.tables import LABELS, suite_table
+
+
+def _label(cell: dict[str, str]) -> str:
+    return " / ".join(cell.values())
+
+
+def suite_figures(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool = False,
+                  out: str | Path | None = None) -> dict[str, Any]:
+    """Draw the suite's figures into `out` (default root/figures/<suite>[-mini]/)."""
+    plt = pyplot()
+    suite = SUITES[name]
+    _, numbers = suite_table(name, root, seeds, miniature=miniature)
+    out = Path(out) if out is not None else \
+        Path(root) / "figures" / (name + ("-mini" if miniature else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in numbers["rows"] if r["stats"][suite.metric]["mean"] is not None]
+    drawn: dict[str, Any] = {}
+    if rows:
+        labels = [_label(r["cell"]) for r in rows]
+        means = [r["stats"][suite.metric]["mean"] for r in rows]
+        stds = [r["stats"][suite.metric]["std"] or 0.0 for r in rows]
+        fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(rows) + 2), 4))
+        ax.bar(range(len(rows)), means, yerr=stds, capsize=3)
+        ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set(ylabel=LABELS[suite.metric], title=suite.title)
+        fig.tight_layout()
+        fig.savefig(out / f"{name}-headline.png", dpi=90)
+        plt.close(fig)
+        drawn["headline"] = {"file": f"{name}-headline.png", "labels": labels, "means": means,
+                             "stds": stds}
+        shares = [r["stats"]["realised_pruned_share"]["mean"] for r in rows]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, x, y, s in zip(labels, shares, means, stds):
+            ax.errorbar(x, y, yerr=s, fmt="o", capsize=3)
+            ax.annotate(label, (x, y), fontsize=6)
+        ax.set(xlabel="pruned share of sample-visits (counted)", ylabel=LABELS[suite.metric])
+        fig.tight_layout()
+        fig.savefig(out / f"{name}-accuracy-vs-pruned.png", dpi=90)
+        plt.close(fig)
+        drawn["accuracy_vs_pruned"] = {"file": f"{name}-accuracy-vs-pruned.png",
+                                       "labels": labels, "shares": shares, "means": means}
+    if numbers.get("quality"):
+        drawn["quality"] = _quality(plt, numbers["quality"], out)
+    (out / "figures.json").write_text(json.dumps(drawn, indent=1) + "\n")
+    return drawn
+
+
+def _quality(plt, qrows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    series: dict[str, dict[str, list]] = {}
+    for r in qrows:
+        for key in ("ill_recall", "ill_precision", "redundant_recall", "redundant_precision"):
+            stat = r["stats"][key]
+            if stat["mean"] is None:
+                continue
+            s = series.setdefault(f"{_label(r['cell'])}: {LABELS[key]}", {"k": [], "mean": []})
+            s["k"].append(r["preparation"])
+            s["mean"].append(stat["mean"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, s in series.items():
+        ax.plot(s["k"], s["mean"], "o-", label=label)
+    ax.set(xlabel="preparation epoch (k-th of the run)", ylabel="share", ylim=(0, 1.02))
+    if series:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "quality-per-preparation.png", dpi=90)
+    plt.close(fig)
+    return {"file": "quality-per-preparation.png", "series": series}

@@ -1,0 +1,159 @@
+"""A suite's table: mean +- std over seeds per cell, as markdown and as JSON numbers.
+
+std is the sample standard deviation (ddof 1) over the seeds that finished; with one seed
+there is none to show. Each row is also held against the suite's reference row (SCAN, in the
+same regime): the difference of the headline means, and "beyond" when it exceeds the sum of the
+two standard deviations (both with >= 2 seeds), "within" otherwise. Failed runs are counted and
+their first error shown, never averaged in. Wall-clock is the trainer's training time
+(evaluation excluded), summed over resumes; the pruned share is summary.json's counted
+`realised_pruned_share`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from reference_trainers.experiments.quality import preparation_rows
+from reference_trainers.experiments.runner import results_of
+from reference_trainers.experiments.suites import SUITES, Suite, suite_runs
+
+LABELS = {"zero_shot_top1": "zero-shot top-1", "linear_probe_top1": "linear probe top-1",
+          "knn_top1": "kNN top-1", "realised_pruned_share": "pruned (visits)",
+          "wall_seconds": "train s", "num_samples": "train samples",
+          "ill_recall": "ill recall", "ill_precision": "ill precision",
+          "redundant_recall": "redundant recall", "redundant_precision": "redundant precision",
+          "churn_jaccard": "D' Jaccard vs previous", "epoch": "epoch"}
+QUALITY_COLUMNS = ("epoch", "ill_recall", "ill_precision", "redundant_recall",
+                   "redundant_precision", "churn_jaccard")
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    return {"mean": statistics.fmean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) >= 2 else None,
+            "n": len(values), "values": values}
+
+
+def fmt_stat(stat: dict[str, Any], key: str) -> str:
+    mean, std = stat["mean"], stat["std"]
+    if mean is None:
+        return "-"
+    if key == "realised_pruned_share":
+        text, tail = f"{mean:.1%}", (f" ± {std * 100:.1f}" if std is not None else "")
+    elif key in ("wall_seconds", "num_samples", "epoch"):
+        text, tail = f"{mean:.0f}", (f" ± {std:.0f}" if std is not None else "")
+    else:
+        text, tail = f"{mean:.4f}", (f" ± {std:.4f}" if std is not None else "")
+    return text + tail
+
+
+def cells(suite: Suite, pairs: list) -> list[dict[str, Any]]:
+    """One entry per cell: its coordinates, seeds, failures and mean/std per column."""
+    grouped: dict[tuple, list] = {}
+    for spec, result in pairs:
+        grouped.setdefault(tuple(spec.cell.items()), []).append((spec, result))
+    out = []
+    for key, members in grouped.items():
+        ok = [r for _, r in members if r and r.get("status") == "ok"]
+        failed = [r for _, r in members if r and r.get("status") != "ok"]
+        stats = {col: mean_std([float(r["summary"][col]) for r in ok
+                                if r["summary"].get(col) is not None])
+                 for col in suite.columns}
+        out.append({"cell": dict(key), "seeds": sorted(s.seed for s, _ in members),
+                    "ok": len(ok), "failed": len(failed),
+                    "missing": sum(1 for _, r in members if r is None),
+                    "error": failed[0].get("error") if failed else None, "stats": stats})
+    return out
+
+
+def compare(suite: Suite, rows: list[dict[str, Any]]) -> None:
+    """Add 'vs_reference' to each row: headline difference to the reference row."""
+    if suite.reference is None:
+        return
+    key, value = suite.reference
+    index = {tuple(sorted(r["cell"].items())): r for r in rows}
+    for row in rows:
+        ref = index.get(tuple(sorted({**row["cell"], key: value}.items())))
+        a = row["stats"][suite.metric]
+        if ref is None or ref is row or a["mean"] is None or ref["stats"][suite.metric]["mean"] is None:
+            row["vs_reference"] = None
+            continue
+        b = ref["stats"][suite.metric]
+        delta = a["mean"] - b["mean"]
+        beyond = None if a["std"] is None or b["std"] is None else abs(delta) > a["std"] + b["std"]
+        row["vs_reference"] = {"delta": delta, "beyond": beyond}
+
+
+def quality_rows(pairs: list) -> list[dict[str, Any]]:
+    """Suite 5: per cell and preparation index k (1st, 2nd, ...), mean/std over seeds."""
+    grouped: dict[tuple, dict[int, list[dict]]] = {}
+    for spec, result in pairs:
+        if not result or result.get("status") != "ok":
+            continue
+        for row in preparation_rows(result):
+            grouped.setdefault(tuple(spec.cell.items()), {}).setdefault(row["k"], []).append(row)
+    out = []
+    for cell, by_k in grouped.items():
+        for k, rows in sorted(by_k.items()):
+            out.append({"cell": dict(cell), "preparation": k, "stats": {
+                col: mean_std([float(r[col]) for r in rows if r.get(col) is not None])
+                for col in QUALITY_COLUMNS}})
+    return out
+
+
+def _markdown(headers: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + "\n"
+
+
+def suite_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool = False
+                ) -> tuple[str, dict[str, Any]]:
+    """(markdown, numbers) of suite `name` from the result JSONs under `root`."""
+    suite = SUITES[name]
+    pairs = results_of(suite_runs(name, tuple(seeds), miniature=miniature), root)
+    rows = cells(suite, pairs)
+    compare(suite, rows)
+    coords = list(dict.fromkeys(k for r in rows for k in r["cell"]))
+    headers = coords + [LABELS.get(c, c) for c in suite.columns] + ["seeds ok"]
+    if suite.reference:
+        headers.append(f"{LABELS[suite.metric]} vs {suite.reference[1]}")
+    body = []
+    for r in rows:
+        line = [r["cell"].get(c, "") for c in coords]
+        line += [fmt_stat(r["stats"][c], c) for c in suite.columns]
+        status = f"{r['ok']}/{len(r['seeds'])}"
+        if r["failed"]:
+            status += f" (failed: {str(r['error'])[:80]})"
+        line.append(status)
+        if suite.reference:
+            vs = r.get("vs_reference")
+            line.append("-" if vs is None else f"{vs['delta']:+.4f} "
+                        f"({'n<2' if vs['beyond'] is None else 'beyond' if vs['beyond'] else 'within'})")
+        body.append(line)
+    text = f"### {suite.title}\n\n" + _markdown(headers, body)
+    numbers: dict[str, Any] = {"suite": name, "seeds": list(seeds), "miniature": miniature,
+                               "rows": rows}
+    if name == "quality":
+        qrows = quality_rows(pairs)
+        numbers["quality"] = qrows
+        qcoords = list(dict.fromkeys(k for r in qrows for k in r["cell"]))
+        text += "\nCandidate quality per preparation epoch (k-th preparation of the run):\n\n"
+        text += _markdown(qcoords + ["k"] + [LABELS[c] for c in QUALITY_COLUMNS],
+                          [[r["cell"].get(c, "") for c in qcoords] + [str(r["preparation"])]
+                           + [fmt_stat(r["stats"][c], c) for c in QUALITY_COLUMNS]
+                           for r in qrows])
+    return text, numbers
+
+
+def write_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool = False
+                ) -> tuple[Path, str]:
+    """tables/<suite>[-mini].md and .json under root; returns (markdown path, markdown)."""
+    text, numbers = suite_table(name, root, seeds, miniature=miniature)
+    folder = Path(root) / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = name + ("-mini" if miniature else "")
+    (folder / f"{stem}.md").write_text(text)
+    (folder / f"{stem}.json").write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
+    return folder / f"{stem}.md", text

@@ -1,0 +1,253 @@
+"""One run of a grid, in this process: resolve its config, train (or resume), write its JSON.
+
+    python -m reference_trainers.experiments.worker --spec SPEC.json --root runs/experiments
+
+The runner starts one such process per run (`--threads T` torch threads each); tests and
+`--workers 0` call `execute` in-process. A run directory that already holds a config resumes
+through the trainer's own resume (same plans, same draws); the trainer's errors (an
+unreachable target rate, a bad config) and any other exception end as a JSON with
+status "failed" and the message, never as a crashed grid.
+
+Two knobs the trainers' configs do not carry are added here (ExperimentConfig):
+`infobatch_prune_ratio` (InfoBatch's r, set from SCAN's measured budget) and `train_ids` (a
+run on a fixed subset of the training data: the coreset retraining of suite 6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import platform
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reference_trainers.experiments.derive import DerivationError, derive
+from reference_trainers.experiments.suites import MACHINE_FIELDS, RunSpec
+
+TRAIN_IDS_FILE = "train_ids.npy"
+
+
+def trainer_module(trainer: str):
+    """(the trainer's module with run() and build_data(), its presets, its config class)."""
+    if trainer == "clip":
+        from reference_trainers.clip import train as module
+        from reference_trainers.common.config import PRESETS, TrainConfig
+        return module, PRESETS, TrainConfig
+    if trainer == "moco":
+        from reference_trainers.moco import train as module
+        from reference_trainers.moco.config import PRESETS, MocoConfig
+        return module, PRESETS, MocoConfig
+    raise ValueError(f"unknown trainer {trainer!r}; use clip or moco")
+
+
+@functools.cache
+def experiment_config_class(base: type) -> type:
+    """`base` (TrainConfig / MocoConfig) plus the two experiment-only fields."""
+    from reference_trainers.common.config import scan_config_of
+
+    @dataclasses.dataclass(frozen=True)
+    class ExperimentConfig(base):  # type: ignore[misc, valid-type]
+        infobatch_prune_ratio: float | None = None
+        train_ids: str | None = None   # a file in the run directory: int64 ids to train on
+
+        def scan_config(self):
+            config = scan_config_of(self)
+            if self.infobatch_prune_ratio is not None:
+                config = config.replace(infobatch_prune_ratio=self.infobatch_prune_ratio)
+            return config
+
+    ExperimentConfig.__qualname__ = ExperimentConfig.__name__ = f"Experiment{base.__name__}"
+    return ExperimentConfig
+
+
+def build_config(spec: RunSpec, overrides: dict[str, Any]):
+    _, presets, base = trainer_module(spec.trainer)
+    cls = experiment_config_class(base)
+    return cls(**{**dataclasses.asdict(presets[spec.preset]()), **overrides})
+
+
+@contextlib.contextmanager
+def training_subset(module: Any, ids: np.ndarray | None):
+    """While open, `module.build_data` returns the training data cut to `ids` (CLIP only)."""
+    if ids is None:
+        yield
+        return
+    original = module.build_data
+
+    def build_data(cfg):
+        train, *rest = original(cfg)
+        return (subset_image_text(train, ids), *rest)
+
+    module.build_data = build_data
+    try:
+        yield
+    finally:
+        module.build_data = original
+
+
+def subset_image_text(train: Any, ids: np.ndarray) -> Any:
+    """ImageTextData cut to `ids` (sorted positions); planted duplicates re-pointed (-1 when
+    the source image was left out)."""
+    import torch
+
+    if not hasattr(train, "tokens"):
+        raise ValueError("a training subset (train_ids) needs the CLIP image-text data")
+    idx = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+    position = np.full(len(train), -1, dtype=np.int64)
+    position[ids] = np.arange(len(ids))
+    dup = train.duplicate_of.numpy()[ids]
+    dup = np.where(dup >= 0, position[np.maximum(dup, 0)], -1)
+    return type(train)(train.images[idx], train.tokens[idx], train.labels[idx],
+                       caption_labels=train.caption_labels[idx],
+                       mismatched=train.mismatched[idx], duplicate_of=torch.from_numpy(dup),
+                       source_ids=train.source_ids[idx],
+                       texts=tuple(train.texts[i] for i in ids) if train.texts else ())
+
+
+BUSY_EXIT = 4  # the worker's exit code when another process holds the run
+
+
+@contextlib.contextmanager
+def run_lock(root: Path, run_id: str):
+    """Hold root/locks/<run_id>.lock exclusively (yields False when another process holds
+    it): two grids on one root never train the same run directory at once."""
+    folder = Path(root) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{run_id}.lock", "w", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def execute(spec: RunSpec, root: Path, *, threads: int | None = None,
+            data_dir: str | None = None, stop_after: int | None = None) -> dict[str, Any]:
+    """Run `spec` under `root` (runs/<id>/ and results/<id>.json); returns the result.
+    `stop_after` (tests): train at most that many epochs and write no result (resumable).
+    A run another process is training returns status "busy" and writes nothing."""
+    with run_lock(Path(root), spec.run_id) as held:
+        if not held:
+            return {"run_id": spec.run_id, "status": "busy",
+                    "error": "another process is training this run; left to it"}
+        done = Path(root) / "results" / f"{spec.run_id}.json"
+        if done.exists() and json.loads(done.read_text()).get("status") == "ok":
+            return json.loads(done.read_text())  # finished while we waited to start
+        return _execute(spec, Path(root), threads=threads, data_dir=data_dir,
+                        stop_after=stop_after)
+
+
+def _execute(spec: RunSpec, root: Path, *, threads: int | None, data_dir: str | None,
+             stop_after: int | None) -> dict[str, Any]:
+    from reference_trainers.common.errors import TrainerError
+    from scan_core import ScanError
+
+    run_dir = root / "runs" / spec.run_id
+    started = time.time()
+    result: dict[str, Any] = {"run_id": spec.run_id, "spec": spec.to_dict(),
+                              "host": {"node": platform.node(), "cpus": os.cpu_count()}}
+    try:
+        overrides = dict(spec.overrides)
+        ids = None
+        if spec.derive:
+            derived, record = derive(spec, root)
+            result["derived"] = record
+            if "train_ids" in derived:
+                ids = derived.pop("train_ids")
+                record["train_ids_sha1"] = hashlib.sha1(ids.tobytes()).hexdigest()[:12]
+                run_dir.mkdir(parents=True, exist_ok=True)
+                np.save(run_dir / TRAIN_IDS_FILE, ids)
+                derived["train_ids"] = TRAIN_IDS_FILE
+            overrides.update(derived)
+        resume = (run_dir / "config.json").exists()
+        machine = {"threads": threads, "data_dir": data_dir}
+        if resume:  # keep the machine fields the run started with: resume refuses changes
+            old = json.loads((run_dir / "config.json").read_text())
+            machine = {k: old.get(k) for k in MACHINE_FIELDS}
+        overrides.update({k: v for k, v in machine.items() if v is not None})
+        cfg = build_config(spec, overrides)
+        result["config"] = cfg.to_dict()
+        result["resumed"] = resume
+        module = trainer_module(spec.trainer)[0]
+        with training_subset(module, ids):
+            summary = module.run(cfg, str(run_dir), resume=resume, quiet=True,
+                                 stop_after=stop_after)
+        if stop_after is not None:
+            return result
+        num_samples = len(ids) if ids is not None else _num_samples(run_dir)
+        result.update(status="ok", error=None, summary={**summary, "num_samples": num_samples})
+    except (ScanError, TrainerError, DerivationError) as exc:
+        result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # a grid goes on; the traceback goes in the JSON
+        result.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                      traceback=traceback.format_exc()[-4000:])
+    result["metrics"] = _metrics(run_dir)
+    result["process_seconds"] = time.time() - started
+    write_result(root, result)
+    return result
+
+
+def _num_samples(run_dir: Path) -> int | None:
+    from scan_core import LossStore
+
+    store = run_dir / "scan.zarr"
+    return int(LossStore.read_meta(store)["num_samples"]) if store.exists() else None
+
+
+def _metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_result(root: Path, result: dict[str, Any]) -> Path:
+    """results/<run_id>.json, written to a temporary name and renamed (never half-written)."""
+    folder = Path(root) / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{result['run_id']}.json"
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True, default=_jsonable) + "\n")
+    os.replace(tmp, target)
+    return target
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reference_trainers.experiments.worker")
+    parser.add_argument("--spec", required=True, help="a RunSpec as JSON (the runner writes it)")
+    parser.add_argument("--root", required=True, help="the grid's output folder")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    spec = RunSpec.from_dict(json.loads(Path(args.spec).read_text()))
+    result = execute(spec, Path(args.root), threads=args.threads, data_dir=args.data_dir)
+    return {"ok": 0, "busy": BUSY_EXIT}.get(result["status"], 3)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

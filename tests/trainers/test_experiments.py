@@ -1,0 +1,429 @@
+"""The experiment runner (issue 6): every suite's miniature, resume of a half-finished grid,
+tables against the run JSONs, candidate quality against a hand computation, and `report` on a
+tiny run (valid PNGs and the numbers behind them).
+
+The miniatures train on a small synthetic Fashion-MNIST-format set written here, so they test
+the machinery in seconds whether or not the real data is installed; the full suites (marked
+slow) need the real data.
+"""
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR, write_idx
+from reference_trainers.common.planted import (PreparationStats, candidate_churn,
+                                               candidate_quality)
+from reference_trainers.experiments import derive as derive_mod
+from reference_trainers.experiments.__main__ import main as cli
+from reference_trainers.experiments.quality import snapshot_candidates, store_quality
+from reference_trainers.experiments.report import report, view_mean
+from reference_trainers.experiments.runner import load_result, run_grid
+from reference_trainers.experiments.suites import SUITES, RunSpec, make_run, suite_runs
+from reference_trainers.experiments.tables import suite_table
+from reference_trainers.experiments.worker import execute, run_lock
+from scan_core import LossStore, ScanConfig, ScanPruner
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def fmnist_dir(tmp_path_factory):
+    """Ten classes, each a bright block at its own place on dim noise: learnable in seconds."""
+    directory = tmp_path_factory.mktemp("fmnist")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 1200), ("t10k", 400)):
+        labels = rng.permutation(np.arange(n) % 10)
+        images = rng.integers(0, 40, (n, 28, 28)).astype(np.int16)
+        for c in range(10):
+            row, col = divmod(c, 5)
+            images[labels == c, 4 + row * 10:12 + row * 10 + c % 3, 2 + col * 5:8 + col * 5] += 150
+        write_idx(directory / f"{prefix}-images-idx3-ubyte", np.clip(images, 0, 255).astype(np.uint8))
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8))
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def mini_grid(tmp_path_factory, fmnist_dir):
+    """Every suite's miniature (one seed), in this process, one run after another."""
+    root = tmp_path_factory.mktemp("grid")
+    specs = [s for name in SUITES for s in suite_runs(name, (0,), miniature=True)]
+    run_grid(specs, root, workers=0, threads=1, data_dir=fmnist_dir, stream=sys.stderr)
+    return root
+
+
+def _result(root, spec):
+    result = load_result(Path(root), spec.run_id)
+    assert result is not None, spec.run_id
+    return result
+
+
+# -- the suites' miniatures -------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(SUITES))
+def test_every_suite_miniature_runs_and_tabulates(mini_grid, name):
+    specs = suite_runs(name, (0,), miniature=True)
+    for spec in specs:
+        result = _result(mini_grid, spec)
+        if "target_rate" in spec.overrides and result["status"] != "ok":
+            # 2 epochs cannot reach every rate: the trainer's own error is recorded, not a crash
+            assert "ScanTargetUnreachableError" in result["error"] and "target_rate" in result["error"]
+            continue
+        assert result["status"] == "ok", (spec.cell, result.get("error"))
+        assert [r["epoch"] for r in result["metrics"]] == [0, 1]
+        assert result["summary"]["wall_seconds"] > 0
+        visits = sum(r["num_kept"] for r in result["metrics"])
+        n = result["summary"]["num_samples"]
+        assert result["summary"]["realised_pruned_share"] == pytest.approx(1 - visits / (2 * n))
+    text, numbers = suite_table(name, mini_grid, (0,), miniature=True)
+    assert text.startswith(f"### {SUITES[name].title}")
+    assert len(numbers["rows"]) == len({tuple(s.cell.items()) for s in specs})
+
+
+def test_run_ids_are_stable_and_shared_between_cells():
+    a, b = suite_runs("regimes", (0, 1)), suite_runs("regimes", (0, 1))
+    assert [s.run_id for s in a] == [s.run_id for s in b]
+    full = {s.cell["regime"]: s.run_id for s in a if s.rule == "full" and s.seed == 0}
+    assert full["noise 20%"] == full["rates"]          # one full-data reference, not two
+    scan1 = next(s for s in suite_runs("clip-table", (0,)) if s.rule == "scan")
+    assert scan1.run_id in {s.run_id for s in suite_runs("quality", (0,))}
+    threads = RunSpec(scan1.trainer, scan1.preset, {**scan1.overrides, "threads": 7})
+    assert threads.run_id == scan1.run_id              # the machine is not part of a run
+    assert len({s.run_id for s in suite_runs("clip-table", (0, 1, 2))}) == 21
+
+
+def test_infobatch_prune_ratio_is_set_from_scans_measured_share(mini_grid):
+    specs = suite_runs("clip-table", (0,), miniature=True)
+    scan = _result(mini_grid, next(s for s in specs if s.rule == "scan"))
+    info_spec = next(s for s in specs if s.rule == "infobatch")
+    info = _result(mini_grid, info_spec)
+    derived = info["derived"]
+    share = scan["summary"]["realised_pruned_share"]
+    assert derived["matched_share"] == share
+    assert derived["below_mean_measured"]               # from SCAN's stored loss history
+    expected = derive_mod.below_mean_fraction(Path(mini_grid) / "runs" / scan["run_id"])
+    assert derived["below_mean_fraction"] == expected
+    ratio, p = derive_mod.infobatch_ratio(share, 2, expected)
+    assert info["config"]["infobatch_prune_ratio"] == derived["infobatch_prune_ratio"] == ratio
+    assert ratio == pytest.approx(share * 2 / (expected * p))
+    assert info["summary"]["realised_pruned_share"] > 0
+
+
+def test_coreset_runs_train_on_subsets_of_the_coreset_size(mini_grid):
+    specs = suite_runs("coreset", (0,), miniature=True)
+    by_cell = {s.cell["subset"]: s for s in specs}
+    scan_dir = Path(mini_grid) / "runs" / by_cell["source: scan"].run_id
+    coreset = np.load(scan_dir / "coreset.npy")
+    subsets = {}
+    for name in ("scan", "random", "static"):
+        spec = by_cell[f"{name} subset"]
+        result = _result(mini_grid, spec)
+        ids = np.load(Path(mini_grid) / "runs" / spec.run_id / "train_ids.npy")
+        assert len(ids) == len(coreset) == result["summary"]["num_samples"]
+        assert result["metrics"][0]["num_kept"] == len(coreset)
+        subsets[name] = ids
+    np.testing.assert_array_equal(subsets["scan"], coreset)
+    assert not np.array_equal(subsets["random"], coreset)
+
+
+# -- resume and failures ----------------------------------------------------------------------
+def test_a_half_finished_grid_resumes(tmp_path, fmnist_dir, capsys):
+    """A finished run is not run again; a run stopped after epoch 0 resumes (in a worker
+    process) and ends with the same plans and losses as a run that never stopped."""
+    specs = [make_run("moco", 0, {"rule": rule}, miniature=True, pruning=rule)
+             for rule in ("full", "scan")]
+    done, half = specs
+    execute(done, tmp_path, threads=1, data_dir=fmnist_dir)
+    before = (tmp_path / "results" / f"{done.run_id}.json").read_text()
+    mtime = (tmp_path / "results" / f"{done.run_id}.json").stat().st_mtime_ns
+    execute(half, tmp_path, threads=1, data_dir=fmnist_dir, stop_after=1)
+    assert load_result(tmp_path, half.run_id) is None
+    assert [json.loads(x)["epoch"] for x in
+            (tmp_path / "runs" / half.run_id / "metrics.jsonl").read_text().splitlines()] == [0]
+
+    run_grid(specs, tmp_path, workers=1, threads=1, data_dir=fmnist_dir)
+    out = capsys.readouterr().out
+    assert "2 runs, 1 already done, 1 to run" in out and f"[1/1] {half.run_id} ok" in out
+    assert (tmp_path / "results" / f"{done.run_id}.json").read_text() == before
+    assert (tmp_path / "results" / f"{done.run_id}.json").stat().st_mtime_ns == mtime
+    resumed = load_result(tmp_path, half.run_id)
+    assert resumed["status"] == "ok" and resumed["resumed"] is True
+    fresh = execute(half, tmp_path / "fresh", threads=1, data_dir=fmnist_dir)
+    assert [r["epoch"] for r in resumed["metrics"]] == [0, 1]
+    for a, b in zip(fresh["metrics"], resumed["metrics"]):
+        assert (a["phase"], a["num_kept"], a["num_candidates"]) == \
+            (b["phase"], b["num_kept"], b["num_candidates"])
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+
+    run_grid(specs, tmp_path, workers=1, threads=1, data_dir=fmnist_dir)
+    assert "2 runs, 2 already done, 0 to run" in capsys.readouterr().out
+
+
+def test_a_killed_grid_stops_its_workers_and_resumes(tmp_path, fmnist_dir):
+    """SIGTERM to the runner mid-run: its worker stops too (the run's lock is free, no JSON),
+    and the next invocation resumes the run from its last completed epoch."""
+    base = make_run("moco", 0, {"rule": "scan"}, miniature=True, pruning="scan")
+    spec = RunSpec(base.trainer, base.preset, {**base.overrides, "epochs": 8}, base.cell)
+    (tmp_path / "grid.json").write_text(json.dumps([spec.to_dict()]))
+    code = ("import json, sys; from pathlib import Path; "
+            "from reference_trainers.experiments.runner import run_grid; "
+            "from reference_trainers.experiments.suites import RunSpec; "
+            f"specs = [RunSpec.from_dict(d) for d in json.loads(Path({str(tmp_path)!r}).joinpath('grid.json').read_text())]; "
+            f"run_grid(specs, {str(tmp_path)!r}, workers=1, threads=1, data_dir={fmnist_dir!r})")
+    runner = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
+    checkpoints = tmp_path / "runs" / spec.run_id / "checkpoints"
+    deadline = time.monotonic() + 60
+    while not (checkpoints.exists() and list(checkpoints.glob("epoch_*.pt"))):
+        assert time.monotonic() < deadline and runner.poll() is None, "no epoch finished"
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGTERM)
+    runner.wait(timeout=30)
+    with run_lock(tmp_path, spec.run_id) as held:
+        assert held                                     # the worker is gone with its runner
+    assert load_result(tmp_path, spec.run_id) is None
+    rows = (tmp_path / "runs" / spec.run_id / "metrics.jsonl").read_text().splitlines()
+    assert 1 <= len(rows) < 8
+    run_grid([spec], tmp_path, workers=0, threads=1, data_dir=fmnist_dir)
+    result = load_result(tmp_path, spec.run_id)
+    assert result["status"] == "ok" and result["resumed"] is True
+    assert [r["epoch"] for r in result["metrics"]] == list(range(8))
+
+
+def test_a_run_held_by_another_process_is_left_to_it(tmp_path, fmnist_dir):
+    spec = make_run("clip", 0, {"rule": "full"}, miniature=True, pruning="full")
+    with run_lock(tmp_path, spec.run_id) as held:
+        assert held
+        assert execute(spec, tmp_path, threads=1, data_dir=fmnist_dir)["status"] == "busy"
+    assert load_result(tmp_path, spec.run_id) is None
+    assert execute(spec, tmp_path, threads=1, data_dir=fmnist_dir)["status"] == "ok"
+
+
+def test_failures_are_recorded_and_the_grid_goes_on(tmp_path, fmnist_dir):
+    bad = make_run("clip", 0, {"rule": "scan"}, miniature=True, pruning="scan", target_rate=0.9)
+    child = make_run("clip", 0, {"rule": "infobatch"}, miniature=True, pruning="infobatch",
+                     derive={"kind": "infobatch_budget", "source": bad.run_id})
+    good = make_run("clip", 0, {"rule": "full"}, miniature=True, pruning="full")
+    results = run_grid([bad, child, good], tmp_path, workers=0, threads=1, data_dir=fmnist_dir)
+    by_id = {r["run_id"]: r for r in results}
+    assert by_id[bad.run_id]["status"] == "failed"
+    assert by_id[bad.run_id]["error"].startswith("ScanTargetUnreachableError: target_rate=0.9")
+    assert by_id[child.run_id]["status"] == "failed"
+    assert f"source run {bad.run_id} failed" in by_id[child.run_id]["error"]
+    assert by_id[good.run_id]["status"] == "ok"
+
+
+# -- tables -----------------------------------------------------------------------------------
+def test_table_numbers_are_mean_and_std_of_the_run_jsons(tmp_path, fmnist_dir):
+    seeds = (0, 1, 2)
+    specs = suite_runs("moco-table", seeds, miniature=True)
+    run_grid(specs, tmp_path, workers=0, threads=1, data_dir=fmnist_dir)
+    text, numbers = suite_table("moco-table", tmp_path, seeds, miniature=True)
+    for row in numbers["rows"]:
+        jsons = [_result(tmp_path, s) for s in specs if s.cell == row["cell"]]
+        assert row["ok"] == len(jsons) == 3
+        for col in SUITES["moco-table"].columns:
+            values = [j["summary"][col] for j in jsons]
+            assert row["stats"][col]["mean"] == pytest.approx(statistics.fmean(values))
+            assert row["stats"][col]["std"] == pytest.approx(statistics.stdev(values))
+        share = row["stats"]["realised_pruned_share"]
+        assert f"{share['mean']:.1%} ± {share['std'] * 100:.1f}" in text
+        probe = row["stats"]["linear_probe_top1"]
+        assert f"{probe['mean']:.4f} ± {probe['std']:.4f}" in text
+    assert cli(["table", "moco-table", "--miniature", "--seeds", "0", "1", "2",
+                "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "tables" / "moco-table-mini.md").exists()
+
+
+# -- candidate quality ------------------------------------------------------------------------
+def test_candidate_quality_matches_a_hand_computation():
+    mismatched = np.array([1, 1, 0, 0, 0, 0, 0, 0], bool)
+    duplicate_of = np.array([-1, -1, -1, -1, 0, 1, -1, -1])
+    q = candidate_quality(np.array([0, 2, 3]), np.array([4, 6]), mismatched=mismatched,
+                          duplicate_of=duplicate_of)
+    assert q == {"ill_recall": 0.5, "ill_precision": 1 / 3, "num_mismatched": 2,
+                 "redundant_recall": 0.5, "redundant_precision": 0.5, "num_duplicates": 2,
+                 "num_ill": 3, "num_redundant": 2}
+    assert candidate_quality(np.array([], int), np.array([1]), mismatched=mismatched) == \
+        {"ill_recall": 0.0, "ill_precision": None, "num_mismatched": 2, "num_ill": 0,
+         "num_redundant": 1}
+    assert candidate_quality(np.array([0]), np.array([1]), mismatched=np.zeros(8, bool)) == {}
+    assert candidate_churn(np.array([0, 1, 2]), np.array([1, 2, 3, 4])) == \
+        {"churn_kept": 2, "churn_entered": 2, "churn_left": 1, "churn_jaccard": 0.4}
+
+
+def test_preparation_stats_follow_the_pruners_candidates_and_survive_a_resume():
+    n, batch = 64, 16
+    rng = np.random.default_rng(1)
+    mismatched = np.zeros(n, bool)
+    mismatched[rng.choice(n, 10, replace=False)] = True
+    config = ScanConfig(warmup_epochs=0, t_cos=1, seed=3)
+    pruner = ScanPruner(n, 2, config)
+    stats = PreparationStats(pruner, mismatched=mismatched)
+    rows, states = [], []
+    for epoch in range(5):
+        plan = pruner.plan_epoch(epoch)
+        kept = np.flatnonzero(np.unpackbits(plan.drop_bits, count=n, bitorder="little") == 0) \
+            if plan.drop_bits is not None else np.arange(n)
+        for start in range(0, len(kept), batch):
+            ids = kept[start:start + batch]
+            losses = rng.random((2, len(ids))) + 3.0 * mismatched[ids]  # planted: high loss
+            pruner.record(ids, losses)
+        pruner.end_epoch()
+        rows.append(stats())
+        states.append(pruner.state_dict())
+    assert [bool(r) for r in rows] == [True, False, True, False, True]
+    ill, red = pruner.candidate_ids("ill_matched"), pruner.candidate_ids("redundant")
+    hits = int(mismatched[ill].sum())
+    assert rows[4]["ill_recall"] == hits / 10 and rows[4]["ill_precision"] == hits / len(ill)
+    assert rows[4]["ill_recall"] > 0.5                   # planted losses are the highest
+    assert "churn_jaccard" not in rows[0] and "churn_jaccard" in rows[2]
+    # Resumed after epoch 3 (D' of epoch 2 restored): the same churn at epoch 4.
+    resumed = ScanPruner(n, 2, config)
+    resumed.load_state_dict(states[3])
+    again = PreparationStats(resumed, mismatched=mismatched)
+    np.testing.assert_array_equal(again._previous, ScanPruner.from_state_dict(states[2])
+                                  .candidate_ids("both"))
+    assert {k: v for k, v in rows[4].items() if k.startswith("churn")} == \
+        candidate_churn(again._previous, pruner.candidate_ids("both"))
+    assert red.size and set(ill) | set(red) == set(pruner.candidate_ids("both"))
+
+
+def test_quality_rows_of_a_miniature_run_match_its_store(mini_grid):
+    spec = next(s for s in suite_runs("quality", (0,), miniature=True)
+                if s.cell == {"noise": "40%", "scope": "global"})
+    result = _result(mini_grid, spec)
+    prep = next(r for r in result["metrics"] if r["phase"] == "prepare")
+    from_store = store_quality(Path(mini_grid) / "runs" / spec.run_id, epoch=prep["epoch"])
+    for key in ("ill_recall", "ill_precision", "redundant_recall", "redundant_precision",
+                "num_ill", "num_redundant", "num_mismatched", "num_duplicates"):
+        assert prep[key] == from_store[key], key
+    _, numbers = suite_table("quality", mini_grid, (0,), miniature=True)
+    q = next(r for r in numbers["quality"] if r["cell"] == spec.cell)
+    assert q["stats"]["ill_recall"]["mean"] == prep["ill_recall"]
+
+
+# -- report -----------------------------------------------------------------------------------
+def _valid_png(path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    image = plt.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, fmnist_dir):
+    from reference_trainers.clip import train as clip_train
+
+    out = tmp_path_factory.mktemp("tiny")
+    args = ["--preset", "cpu-tiny", "--data-dir", fmnist_dir, "--num-train", "256",
+            "--num-test", "200", "--batch-size", "64", "--epochs", "5", "--t-cos", "1",
+            "--scan-warmup-epochs", "0", "--mismatch-share", "0.2", "--duplicate-share", "0.1",
+            "--loss-history", "float16", "--eval-every", "2", "--threads", "1", "--quiet"]
+    assert clip_train.main(args + ["--out", str(out)]) == 0
+    return out
+
+
+def test_report_draws_valid_pngs_with_the_runs_numbers(tiny_run, tmp_path):
+    result = report(tiny_run, tmp_path)
+    assert result["not_drawn"] == {}
+    for name, fig in result["figures"].items():
+        _valid_png(tmp_path / fig["file"])
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["figures"].keys() == result["figures"].keys()
+    rows = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    store = LossStore.open(tiny_run / "scan.zarr", LossStore.read_meta(tiny_run / "scan.zarr"),
+                           writable=False)
+    n = 256
+    figs = saved["figures"]
+    # loss histograms: the store's per-preparation losses, the cut-offs at the rho quantiles
+    panels = figs["loss_histograms"]["data"]["panels"]
+    assert [p["epoch"] for p in panels] == store.history_epochs() == [0, 2, 4]
+    for p in panels:
+        loss = view_mean(store.read_history(p["epoch"]))
+        counts, edges = np.histogram(loss, bins=len(p["counts"]))
+        assert p["counts"] == counts.tolist() and sum(p["counts"]) == n == p["num_seen"]
+        np.testing.assert_allclose(p["edges"], edges)
+        assert p["low_cutoff"] == pytest.approx(np.quantile(loss, 0.3))
+        assert p["high_cutoff"] == pytest.approx(np.quantile(loss, 0.7))
+    # pruned share per epoch and its schedule, from metrics.jsonl
+    share = figs["pruned_share"]["data"]
+    assert share["pruned_share"] == pytest.approx([1 - r["num_kept"] / n for r in rows])
+    assert share["schedule"] == pytest.approx(
+        [r["rho_cur"] * r["num_candidates"] / n if r["phase"] == "mutate" else 0 for r in rows])
+    assert share["realised_saving"][-1] == summary["realised_pruned_share"]
+    # churn of the last preparation against the two snapshots the store still holds
+    churn = figs["candidate_churn"]["data"]
+    assert churn["epochs"] == [2, 4]
+    old = np.union1d(*snapshot_candidates(tiny_run, 3)[1:])
+    new = np.union1d(*snapshot_candidates(tiny_run, 4)[1:])
+    last = candidate_churn(old, new)
+    assert (churn["kept"][-1], churn["entered"][-1], churn["left"][-1]) == \
+        (last["churn_kept"], last["churn_entered"], last["churn_left"])
+    # curves and compute saved
+    curves = figs["curves"]["data"]
+    assert curves["train_loss"] == [r["train_loss"] for r in rows]
+    assert curves["zero_shot_top1"]["epochs"] == [r["epoch"] for r in rows
+                                                  if r.get("zero_shot_top1") is not None]
+    saved_compute = figs["compute_saved"]["data"]
+    assert saved_compute["sample_visits"] == summary["sample_visits"]
+    assert saved_compute["realised_pruned_share"] == summary["realised_pruned_share"]
+    assert 1 - saved_compute["sample_visits"] / saved_compute["full_visits"] == \
+        pytest.approx(summary["realised_pruned_share"])
+
+
+def test_report_says_which_figures_it_cannot_draw(mini_grid, tmp_path, capsys):
+    spec = next(s for s in suite_runs("clip-table", (0,), miniature=True) if s.rule == "full")
+    run_dir = Path(mini_grid) / "runs" / spec.run_id
+    assert cli(["report", str(run_dir), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "not drawn loss_histograms: the run kept no loss history" in out
+    assert "not drawn candidate_churn" in out
+    for name in ("pruned_share", "curves", "compute_saved"):
+        _valid_png(tmp_path / f"{name}.png")
+
+
+def test_suite_figures_are_valid_pngs(mini_grid):
+    from reference_trainers.experiments.figures import suite_figures
+
+    drawn = suite_figures("quality", mini_grid, (0,), miniature=True)
+    assert set(drawn) == {"headline", "accuracy_vs_pruned", "quality"}
+    folder = Path(mini_grid) / "figures" / "quality-mini"
+    for fig in drawn.values():
+        _valid_png(folder / fig["file"])
+    assert cli(["list"]) == 0
+
+
+def test_the_cli_run_skips_finished_runs_and_writes_table_and_figures(mini_grid, fmnist_dir,
+                                                                       capsys):
+    assert cli(["run", "moco-table", "--miniature", "--workers", "0", "--threads", "1",
+                "--data-dir", fmnist_dir, "--out", str(mini_grid)]) == 0
+    out = capsys.readouterr().out
+    assert "3 runs, 3 already done, 0 to run" in out and "### 2. MoCo v3" in out
+    assert (Path(mini_grid) / "tables" / "moco-table-mini.md").read_text() in out
+    _valid_png(Path(mini_grid) / "figures" / "moco-table-mini" / "moco-table-headline.png")
+
+
+# -- the full suites (hours on 2 cores) ---------------------------------------------------------
+# Opt-in twice: marked slow, and only with SCAN_FULL_SUITES=1, so a plain `pytest` of this file
+# never starts hours of training by accident (docs/experiments.md: the CLI runs them).
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("SCAN_FULL_SUITES") != "1",
+                    reason="the full suites take hours: set SCAN_FULL_SUITES=1 and run -m slow")
+@pytest.mark.skipif(not Path(DEFAULT_FASHION_MNIST_DIR).is_dir(),
+                    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
+@pytest.mark.parametrize("name", list(SUITES))
+def test_full_suite(name, tmp_path):
+    results = run_grid(suite_runs(name), tmp_path, workers=1, threads=2)
+    failed = [r for r in results if r.get("status") != "ok"]
+    assert all("target_rate" in r["spec"]["overrides"] for r in failed), failed
