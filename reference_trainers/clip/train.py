@@ -32,32 +32,34 @@ from reference_trainers.common.data import load_fashion_mnist
 from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.lifecycle import (fmt, init_distributed, load_checkpoint,
                                                  save_checkpoint)
+from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.progress import EpochBar, epoch_line
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import cosine_lr, progress
-from reference_trainers.common.tokenizer import Tokenizer
+from reference_trainers.common.tokenizer_choice import TextTokenizer, load_tokenizer
 from reference_trainers.common.torch_data import build_image_text_data, normalise
 from scan_core import ScanPruner
 
 
 # == 1. Set-up: processes, threads, seeds: init_distributed (common/lifecycle.py) and run() ===
 # == 2. Data ======================================================================================
-def build_data(cfg: TrainConfig) -> tuple[Any, Any, Tokenizer]:
+def build_data(cfg: TrainConfig) -> tuple[Any, Any, TextTokenizer]:
     """Training data (Fashion-MNIST with captions, or a CSV corpus of image paths and captions)
-    and Fashion-MNIST's test split for evaluation."""
+    and Fashion-MNIST's test split for evaluation. The tokenizer (`--tokenizer`, default the
+    word-level one at cfg.context_length) sets the context length of every token row."""
     splits = load_fashion_mnist(cfg.data_dir)
-    tokenizer = Tokenizer()
+    tokenizer = load_tokenizer(cfg.tokenizer, context_length=cfg.context_length)
     if cfg.data.startswith("csv:"):
         from reference_trainers.common.corpora import CsvCorpus
 
         train = CsvCorpus(cfg.data[4:], spec=image_spec(cfg),
-                          tokenizer=lambda texts: tokenizer.encode(texts, cfg.context_length))
+                          tokenizer=tokenizer.encode)
     elif cfg.data.startswith("shards:"):
         from reference_trainers.common.corpora import ShardIndex, ShardStream
 
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         train = ShardStream(ShardIndex.open(cfg.data[7:]), spec=image_spec(cfg),
-                            tokenizer=lambda texts: tokenizer.encode(texts, cfg.context_length),
+                            tokenizer=tokenizer.encode,
                             rank=rank, world_size=world, seed=cfg.seed)
     elif cfg.model != "cpu":
         raise TrainerError(f"--model {cfg.model} takes {image_spec(cfg).size}-pixel RGB images: "
@@ -66,11 +68,11 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, Tokenizer]:
         train = build_image_text_data(splits, train=True, num_samples=cfg.num_train,
                                       mismatch_share=cfg.mismatch_share,
                                       duplicate_share=cfg.duplicate_share, seed=cfg.seed,
-                                      context_length=cfg.context_length, tokenizer=tokenizer)
+                                      context_length=tokenizer.context_length, tokenizer=tokenizer)
     else:
         raise TrainerError(f"--data must be fmnist, csv:PATH or shards:DIR, got {cfg.data!r}.")
     test = build_image_text_data(splits, train=False, num_samples=cfg.num_test, seed=cfg.seed,
-                                 context_length=cfg.context_length, tokenizer=tokenizer)
+                                 context_length=tokenizer.context_length, tokenizer=tokenizer)
     return train, test, tokenizer
 
 
@@ -97,19 +99,19 @@ def eval_preprocess(cfg: TrainConfig):
     return to_spec
 
 
-def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> torch.nn.Module:
+def build_model(cfg: TrainConfig, tokenizer: TextTokenizer) -> torch.nn.Module:
     if cfg.model == "cpu":
-        return build_cpu_clip(tokenizer.vocab_size, tokenizer.eot_id, cfg.context_length,
+        return build_cpu_clip(tokenizer.vocab_size, tokenizer.eot_id, tokenizer.context_length,
                               cfg.embed_dim)
     from reference_trainers.models import build_clip
 
     return build_clip(cfg.model, grad_checkpointing=cfg.grad_checkpointing,
-                      vocab_size=tokenizer.vocab_size, context_length=cfg.context_length,
+                      vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length,
                       eot_id=tokenizer.eot_id)
 
 
 # == 3. Evaluation (zero-shot with a prompt ensemble; linear probe on frozen features) ============
-def evaluate(model: torch.nn.Module, train: Any, test: Any, tokenizer: Tokenizer,
+def evaluate(model: torch.nn.Module, train: Any, test: Any, tokenizer: TextTokenizer,
              cfg: TrainConfig, *, probe: bool) -> dict[str, float]:
     model.eval()
     device = next(model.parameters()).device
@@ -117,7 +119,7 @@ def evaluate(model: torch.nn.Module, train: Any, test: Any, tokenizer: Tokenizer
     with torch.no_grad():
         classifier = evaluation.zero_shot_classifier(
             model.encode_text, class_prompts(),
-            lambda texts: torch.from_numpy(tokenizer.encode(texts, cfg.context_length)).to(device))
+            lambda texts: torch.from_numpy(tokenizer.encode(texts)).to(device))
         test_features = evaluation.extract_features(model.encode_image, test.images,
                                                     preprocess=preprocess, device=device)
     out = {"zero_shot_top1": evaluation.zero_shot_top1(test_features, test.labels, classifier)}
@@ -212,7 +214,8 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
             model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    last, wall = load_checkpoint(run_dir, model, optimizer, generator) if resume else (-1, 0.0)
+    last, wall = load_checkpoint(run_dir, model, optimizer, generator,
+                                 scaler=amp.scaler) if resume else (-1, 0.0)
     num_samples = len(train.index) if hasattr(train, "index") else len(train)
     pruner = ScanPruner(num_samples, 2, cfg.scan_config(), store=run_dir.store,
                         communicator=TorchCommunicator() if world > 1 else None,
@@ -224,6 +227,9 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
             run_dir.save_array("planted", mismatched=train.mismatched.numpy(),
                                duplicate_of=train.duplicate_of.numpy())
     core = unwrap_compiled(model)
+    # After each preparation epoch: D''s churn and how well it finds planted noise (planted.py).
+    planted_stats = PreparationStats(pruner, mismatched=getattr(train, "mismatched", None),
+                                     duplicate_of=getattr(train, "duplicate_of", None))
 
     def extra_stats() -> dict[str, Any]:
         if hasattr(train, "skipped"):  # a CSV corpus: bad samples skipped, never trained on
@@ -231,7 +237,7 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
         if hasattr(train, "stats"):  # a shard stream: bad samples and top-up repeats
             return {"skipped_samples": len(train.index.skipped) + len(train.stats.corrupt),
                     "repeated_samples": train.topup_count(sampler.plan)}
-        return {}
+        return planted_stats()
 
     row = lifecycle.epoch_loop(
         cfg, pruner, sampler, run_dir, rank=rank, world=world, wall=wall, stop_after=stop_after,
@@ -239,7 +245,7 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
                                               epoch, generator, quiet or rank != 0, amp, device),
         evaluate=lambda probe: evaluate(core, train, test, tokenizer, cfg, probe=probe),
         checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, model, optimizer,
-                                                       generator, wall),
+                                                       generator, wall, scaler=amp.scaler),
         line=epoch_line, extra_stats=extra_stats)
     return finish(run_dir, pruner, cfg, rank, row)
 

@@ -14,6 +14,8 @@ directory, summary, progress output, resume and pruning flags are the CLIP train
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,16 +25,16 @@ import torch.nn.functional as F
 from adapters.torch import ScanSampler, TorchCommunicator, moco_loss, record
 from reference_trainers.common.lifecycle import fmt
 from reference_trainers.common import evaluation, lifecycle
-from reference_trainers.common.augment import CropView, two_crops
+from reference_trainers.common.accel import AmpSetup, maybe_compile, unwrap_compiled
 from reference_trainers.common.config import build_parser, config_from_args
-from reference_trainers.common.data import (load_fashion_mnist, plant_near_duplicates,
-                                            subset_indices)
 from reference_trainers.common.lifecycle import init_distributed, load_checkpoint, save_checkpoint
+from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.progress import EpochBar, epoch_line
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import cosine_lr, progress
-from reference_trainers.common.torch_data import normalise
+from reference_trainers.moco import data as moco_data
 from reference_trainers.moco.config import FLAGS, PRESETS, MocoConfig
+from reference_trainers.moco.data import ImageData, build_data  # noqa: F401 (public before)
 from reference_trainers.moco.model import MoCo, build_moco, moco_momentum
 from reference_trainers.moco.optim import build_optimizer
 from scan_core import ScanPruner
@@ -41,41 +43,7 @@ HEADLINE = ("linear_probe_top1", "knn_top1")
 
 
 # == 1. Set-up: init_distributed (common/lifecycle.py), threads and seeds in run() ===============
-# == 2. Data: images only, in memory, two crops per batch =========================================
-class ImageData:
-    """N images held as uint8 (N, 1, 28, 28) with int64 labels (N,) and duplicate_of (N,)."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, duplicate_of: np.ndarray,
-                 views: tuple[CropView, CropView]) -> None:
-        self.images = torch.from_numpy(np.ascontiguousarray(images[:, None]))
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-        self.duplicate_of = torch.from_numpy(duplicate_of)
-        self.views = views
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def two_crops(self, ids: np.ndarray,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return two_crops(self.images[torch.from_numpy(ids)], generator=generator,
-                         views=self.views)
-
-
-def build_data(cfg: MocoConfig) -> tuple[ImageData, ImageData]:
-    splits = load_fashion_mnist(cfg.data_dir)
-    views = (CropView(scale=(cfg.crop_min, 1.0)),
-             CropView(scale=(cfg.crop_min, 1.0), blur_p=0.1, solarize_p=0.2))
-
-    def split(images, labels, num, duplicate_share):
-        ids = np.arange(len(labels)) if num is None else subset_indices(labels, num, cfg.seed)
-        images, labels, duplicate_of = plant_near_duplicates(
-            images[ids], np.asarray(labels)[ids], duplicate_share, cfg.seed)
-        return ImageData(images, labels, duplicate_of, views)
-
-    return (split(splits.train_images, splits.train_labels, cfg.num_train, cfg.duplicate_share),
-            split(splits.test_images, splits.test_labels, cfg.num_test, 0.0))
-
-
+# == 2. Data: Fashion-MNIST in memory or an image-only corpus, two crops per batch (moco/data.py)
 # == 3. Evaluation: kNN and linear probe on frozen backbone features (MoCo v3's metric) ==========
 def knn_top1(train_features: torch.Tensor, train_labels: torch.Tensor,
              test_features: torch.Tensor, test_labels: torch.Tensor, *, k: int,
@@ -92,9 +60,14 @@ def knn_top1(train_features: torch.Tensor, train_labels: torch.Tensor,
 
 
 def evaluate(model: MoCo, train: ImageData, test: ImageData, cfg: MocoConfig, *,
-             probe: bool) -> dict[str, float]:
+             probe: bool, device: torch.device | None = None) -> dict[str, float]:
+    """kNN (and the probe) with `train` as the labelled split: the training data itself on
+    Fashion-MNIST, Fashion-MNIST's training split when the run trains on a corpus."""
+    preprocess = moco_data.eval_preprocess(cfg)
+
     def features(data: ImageData) -> torch.Tensor:
-        return evaluation.extract_features(model.backbone, data.images, preprocess=normalise)
+        return evaluation.extract_features(model.backbone, data.images, preprocess=preprocess,
+                                           device=device)
 
     train_features, test_features = features(train), features(test)
     out = {"knn_top1": knn_top1(train_features, train.labels, test_features, test.labels,
@@ -107,39 +80,96 @@ def evaluate(model: MoCo, train: ImageData, test: ImageData, cfg: MocoConfig, *,
 
 
 # == 4. One epoch of training =====================================================================
-def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data: ImageData,
-                cfg: MocoConfig, epoch: int, generator: torch.Generator, base_lr: float,
-                quiet: bool) -> dict[str, Any]:
-    plan = sampler.plan
-    batches = list(sampler.batches(cfg.batch_size))
+def _fold_lone_last(batches: list) -> list:
+    # BatchNorm cannot train on one sample; a pruned epoch's lone last sample joins the batch
+    # before it, so every kept id is still trained on and recorded once.
     if len(batches) > 1 and len(batches[-1]) == 1:
-        # BatchNorm cannot train on one sample; a pruned epoch's lone last sample joins the
-        # batch before it, so every kept id is still trained on and recorded once.
         batches[-2:] = [np.concatenate(batches[-2:])]
-    bar = EpochBar(epoch, len(batches), phase=plan.phase, kept_share=plan.keep_fraction,
+    return batches
+
+
+def _stream_steps(stream: Any, plan: Any, batch_size: int) -> int:
+    """Batches of a one-worker stream epoch after a lone last sample is folded in."""
+    per_worker = stream.samples_per_worker(plan)
+    steps = stream.steps_per_rank(plan, batch_size)
+    return steps - 1 if steps > 1 and per_worker % batch_size == 1 else steps
+
+
+def _fold_stream(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, ids) batches of a stream with a lone last sample folded into the batch before."""
+    held = None
+    for images, _, ids in loader:
+        if held is not None and len(ids) == 1:
+            held = (torch.cat([held[0], images]), torch.cat([held[1], ids]))
+            continue
+        if held is not None:
+            yield held
+        held = (images, ids)
+    if held is not None:
+        yield held
+
+
+def epoch_batches(data: Any, plan: Any, sampler: ScanSampler, cfg: MocoConfig,
+                  generator: torch.Generator, device: torch.device
+                  ) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]], int]:
+    """This rank's (x1, x2, ids) batches of the epoch and how many there are. Map-style data
+    is served by the sampler's ids; a shard stream drops pruned samples before it reads them
+    and serves the same number of samples on every rank (corpora/shards.py)."""
+    if hasattr(data, "steps_per_rank"):
+        from adapters.torch.stream import PlanIterableDataset, collate_samples
+
+        dataset = PlanIterableDataset(data)
+        dataset.set_plan(plan)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size,
+                                             collate_fn=collate_samples)
+        views = moco_data.moco_views(cfg.crop_min)
+        crops = ((*moco_data.spec_two_crops(images.to(device), data.spec, generator, views),
+                  ids.numpy())
+                 for images, ids in _fold_stream(loader))
+        return crops, _stream_steps(data, plan, cfg.batch_size)
+    id_batches = _fold_lone_last(list(sampler.batches(cfg.batch_size)))
+    return (data.crops(ids, generator, device) for ids in id_batches), len(id_batches)
+
+
+def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data: Any,
+                cfg: MocoConfig, epoch: int, generator: torch.Generator, base_lr: float,
+                quiet: bool, amp: AmpSetup | None = None,
+                device: torch.device | None = None) -> dict[str, Any]:
+    plan = sampler.plan
+    amp = amp or AmpSetup.create("fp32", device_type="cpu")
+    device = device or torch.device("cpu")
+    batches, num_batches = epoch_batches(data, plan, sampler, cfg, generator, device)
+    bar = EpochBar(epoch, num_batches, phase=plan.phase, kept_share=plan.keep_fraction,
                    enabled=not quiet)
     weighted = plan.weight_bits is not None
-    loss_sum, samples, lr, momentum = 0.0, 0, 0.0, cfg.momentum
-    for i, ids in enumerate(batches):
+    loss_sum, samples, steps, lr, momentum = 0.0, 0, 0, 0.0, cfg.momentum
+    for i, (x1, x2, ids) in enumerate(batches):
+        if len(ids) < 2:  # all failed to decode (counted there), or one BatchNorm cannot take
+            continue
         # LR and momentum follow fractional epochs, so shrunken (pruned) epochs still end both
         # schedules exactly at the last step (MoCo v3's adjust_learning_rate / moco_m).
-        done = progress(epoch, i, len(batches))
+        done = progress(epoch, i, num_batches)
         lr = cosine_lr(base_lr, done, cfg.epochs, cfg.lr_warmup_epochs, cfg.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         momentum = moco_momentum(cfg.momentum, done, cfg.epochs)
-        x1, x2 = data.two_crops(ids, generator)
-        q1, q2, k1, k2 = model(x1, x2, momentum)
-        weights = torch.from_numpy(plan.loss_weights(ids)) if weighted else None
-        out = moco_loss(q1, q2, k1, k2, cfg.temperature, weights=weights)
+        weights = torch.from_numpy(plan.loss_weights(ids)).to(device) if weighted else None
+        with amp.autocast():
+            q1, q2, k1, k2 = model(x1, x2, momentum)
+            out = moco_loss(q1.float(), q2.float(), k1.float(), k2.float(), cfg.temperature,
+                            weights=weights)
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
-        record(pruner, ids, out.per_sample)
+        amp.backward_step(out.loss, optimizer)
+        unique, first = np.unique(ids, return_index=True)
+        if len(unique) < len(ids):  # a corpus's refill of bad samples repeats ids: record once
+            record(pruner, unique, out.per_sample[:, torch.from_numpy(first).to(device)])
+        else:
+            record(pruner, ids, out.per_sample)
         loss_sum += float(out.loss.detach()) * len(ids)
         samples += len(ids)
+        steps += 1
         bar.update(i + 1, loss_sum / samples)
-    return {"steps": len(batches), "samples": samples, "lr": lr, "momentum": momentum,
+    return {"steps": steps, "samples": samples, "lr": lr, "momentum": momentum,
             "train_loss": loss_sum / max(samples, 1)}
 
 
@@ -155,7 +185,9 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
     run_dir = RunDir(out)
     if rank == 0:
         run_dir.write_config(cfg.to_dict(), resume=resume)
-    train, test = build_data(cfg)
+    train, probe_train, test = build_data(cfg, rank=rank, world=world)
+    if rank == 0:
+        moco_data.check_corpus(run_dir, train, resume=resume)
     torch.manual_seed(cfg.seed)  # the trainer's own process: model initialisation only
     model = model if model is not None else build_moco(
         cfg.backbone, width=cfg.width, dim=cfg.dim, mlp_dim=cfg.mlp_dim,
@@ -163,29 +195,41 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
     if not isinstance(model, MoCo):
         raise TypeError(f"model must be a reference_trainers.moco.model.MoCo, got "
                         f"{type(model).__name__}; wrap a backbone with MoCo(backbone)")
-    core = model
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) \
+        if torch.cuda.is_available() else torch.device("cpu")
+    amp = AmpSetup.create(cfg.precision, device_type=device.type)
+    model = maybe_compile(model.to(device), cfg.compile)
+    core = unwrap_compiled(model)
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     base_lr = cfg.lr * cfg.batch_size * world / 256  # MoCo v3: lr = base_lr * batch / 256
     optimizer = build_optimizer(cfg.optimizer, core.parameters(), lr=base_lr,
                                 weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    last, wall = load_checkpoint(run_dir, model, optimizer, generator) if resume else (-1, 0.0)
-    pruner = ScanPruner(len(train), 2, cfg.scan_config(), store=run_dir.store,
+    last, wall = load_checkpoint(run_dir, model, optimizer, generator,
+                                 scaler=amp.scaler) if resume else (-1, 0.0)
+    pruner = ScanPruner(moco_data.num_samples(train), 2, cfg.scan_config(), store=run_dir.store,
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)
     if rank == 0:
         run_dir.truncate_metrics(last)
-        run_dir.save_array("planted", duplicate_of=train.duplicate_of.numpy())
+        if hasattr(train, "duplicate_of"):
+            run_dir.save_array("planted", duplicate_of=train.duplicate_of.numpy())
+    planted_stats = PreparationStats(pruner, duplicate_of=getattr(train, "duplicate_of", None))
     row = lifecycle.epoch_loop(
         cfg, pruner, sampler, run_dir, rank=rank, world=world, wall=wall, stop_after=stop_after,
         train_epoch=lambda epoch: train_epoch(model, optimizer, sampler, pruner, train, cfg,
-                                              epoch, generator, base_lr, quiet or rank != 0),
-        evaluate=lambda probe: evaluate(core, train, test, cfg, probe=probe),
+                                              epoch, generator, base_lr, quiet or rank != 0,
+                                              amp, device),
+        evaluate=lambda probe: evaluate(core, probe_train, test, cfg, probe=probe,
+                                        device=device),
         checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, model, optimizer,
-                                                       generator, wall),
-        line=lambda row: epoch_line(row, accuracy=("knn_top1", "kNN")))
+                                                       generator, wall, scaler=amp.scaler),
+        line=lambda row: epoch_line(row, accuracy=("knn_top1", "kNN")),
+        extra_stats=lambda: {**planted_stats(),  # planted.py
+                             **moco_data.corpus_stats(train, sampler.plan)})
     return lifecycle.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
 
 

@@ -47,7 +47,11 @@ def test_the_preset_uses_the_authors_moco_pruning_defaults():
 def test_loss_goes_down_and_the_run_writes_its_directory(full_run):
     rows = _rows(full_run)
     assert [r["epoch"] for r in rows] == list(range(5))
-    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.05
+    # Compare like with like: a mutation epoch trains on D's complement (the easiest and the
+    # worst-matched samples dropped), whose mean loss is not the full data's. Warm-up and
+    # preparation epochs both see all samples.
+    full = [r["train_loss"] for r in rows if r["phase"] in ("warmup", "prepare")]
+    assert len(full) >= 2 and full[-1] < full[0] - 0.05
     assert all(0.99 <= r["momentum"] <= 1.0 for r in rows)
     summary = json.loads((full_run / "summary.json").read_text())
     assert summary["linear_probe_top1"] > 0.3 and summary["knn_top1"] > 0.3
@@ -162,9 +166,6 @@ def test_the_vit_small_gpu_preset_trains_on_upsampled_fashion_mnist(tmp_path):
     assert rows[-1]["steps"] == 2 and rows[-1]["samples"] == 16
 
 
-def test_a_flag_the_moco_trainer_does_not_take_is_a_clear_error(tmp_path, capsys):
-    from reference_trainers.moco import train as moco_train
-
-    assert moco_train.main(["--preset", "cpu-tiny-moco", "--compile", "--out",
-                            str(tmp_path)]) == 2
-    assert "--compile: not supported" in capsys.readouterr().err
+# --compile is a MoCo flag now (test_moco_corpora.test_moco_compile_runs_and_resumes); the
+# refusal of a flag a config lacks is tested there too
+# (test_a_flag_the_trainer_config_does_not_take_is_a_clear_error).

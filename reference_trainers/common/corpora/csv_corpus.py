@@ -141,54 +141,21 @@ def _sniff_delimiter(path: pathlib.Path, head: str) -> str:
         return "\t" if path.suffix.lower() == ".tsv" else ","
 
 
-class CsvCorpus:
-    """Rows of (image path, caption) read from `path`; images decoded on demand.
+class PathCorpus:
+    """Images on disk, one id per path, decoded on demand; the shared part of `CsvCorpus` and
+    `folder_corpus.ImageFolderCorpus`. Subclasses fill `paths` (N,) resolved image paths,
+    `captions` (N,) str or None (an image-only corpus), `skipped` {id: reason} and `source`
+    (what to name in messages), then serve with `batch` / `raw_batch`.
 
-    Args:
-      path: the CSV / TSV file; a header row names the columns. Relative image paths are
-        relative to the file's folder.
-      spec: the ImageSpec images become. tokenizer: texts -> int64 (n, L), e.g.
-        functools.partial(Tokenizer().encode, context_length=24).
-      image_column / caption_column: header names (default "image" and "caption").
-      delimiter: None sniffs it from the first 64 KiB (",", tab, ";" or "|"; a .tsv file
-        defaults to tab when sniffing fails).
-
-    Attributes: paths (N,) resolved image paths; captions (N,) str; skipped {id: reason};
-      repeats: slots `batch(..., fill_bad=True)` filled with a repeated id so far.
+    Attributes: repeats: slots `batch(..., fill_bad=True)` filled with a repeated id so far.
     """
 
-    def __init__(self, path: str | os.PathLike, *, spec: ImageSpec, tokenizer: Tokenize,
-                 image_column: str = "image", caption_column: str = "caption",
-                 delimiter: str | None = None):
-        self.path, self.spec, self.tokenizer = pathlib.Path(path), spec, tokenizer
-        try:
-            text = self.path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as err:
-            raise DataError(f"cannot read corpus file {self.path}: {err}") from err
-        delimiter = delimiter or _sniff_delimiter(self.path, text[:65536])
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-        missing = {image_column, caption_column} - set(reader.fieldnames or ())
-        if missing:
-            raise DataError(f"{self.path} has columns {reader.fieldnames} (delimiter "
-                            f"{delimiter!r}); it lacks {sorted(missing)}: pass image_column= / "
-                            "caption_column= with the header's names, or delimiter=")
-        rows = list(reader)
-        self.paths = [self._resolve(row.get(image_column) or "") for row in rows]
-        self.captions = [(row.get(caption_column) or "").strip() for row in rows]
-        self.skipped: dict[int, str] = {}
-        self.repeats = 0
-        for i, (image, caption, row) in enumerate(zip(self.paths, self.captions, rows)):
-            raw = (row.get(image_column) or "").strip()
-            if not raw:
-                self.skipped[i] = "empty image path"
-            elif not caption:
-                self.skipped[i] = "empty caption"
-            elif not os.path.isfile(image):
-                self.skipped[i] = f"missing file {raw}"
-
-    def _resolve(self, raw: str) -> str:
-        raw = raw.strip()
-        return str(self.path.parent / raw) if raw else ""
+    spec: ImageSpec
+    tokenizer: Tokenize | None
+    paths: list[str]
+    captions: list[str] | None
+    skipped: dict[int, str]
+    source: str
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -200,21 +167,14 @@ class CsvCorpus:
         return np.setdiff1d(np.arange(len(self), dtype=np.int64), bad)
 
     def load_image(self, i: int) -> np.ndarray:
-        """uint8 (C, size, size) of row i. Raises CorruptImageError or DataError."""
+        """uint8 (C, size, size) of sample i. Raises CorruptImageError or DataError."""
         try:
             data = pathlib.Path(self.paths[i]).read_bytes()
         except OSError as err:
             raise DataError(f"cannot read {self.paths[i]}: {err}") from err
         return decode_image(data, self.spec)
 
-    def batch(self, ids: np.ndarray | torch.Tensor | Sequence[int], *, augment: bool,
-              generator: torch.Generator | None = None, fill_bad: bool = False
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(images float32 (B', C, size, size) normalised, tokens int64 (B', L), ids int64 (B')).
-
-        Bad ids are left out (B' <= B), or with fill_bad=True replaced by repeats of the
-        batch's good ids (B' == B unless every id of the batch is bad, then B' == 0).
-        """
+    def _load(self, ids, fill_bad: bool) -> tuple[list[np.ndarray], list[int]]:
         ids = self._check_ids(ids)
         images, served = [], []
         for i in ids.tolist():
@@ -231,15 +191,40 @@ class CsvCorpus:
             images += [images[j % len(served)] for j in range(extra)]
             served += [served[j % len(served)] for j in range(extra)]
             self.repeats += extra
+        return images, served
+
+    def raw_batch(self, ids: np.ndarray | torch.Tensor | Sequence[int], *,
+                  fill_bad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images uint8 (B', C, size, size), ids int64 (B')) decoded but not normalised nor
+        augmented (a trainer with its own augmentation, MoCo's two crops); bad ids as `batch`."""
+        images, served = self._load(ids, fill_bad)
+        spec = self.spec
+        pixels = (torch.from_numpy(np.stack(images)) if images
+                  else torch.zeros((0, spec.channels, spec.size, spec.size), dtype=torch.uint8))
+        return pixels, torch.tensor(served, dtype=torch.long)
+
+    def batch(self, ids: np.ndarray | torch.Tensor | Sequence[int], *, augment: bool,
+              generator: torch.Generator | None = None, fill_bad: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images float32 (B', C, size, size) normalised, tokens int64 (B', L), ids int64 (B')).
+
+        Bad ids are left out (B' <= B), or with fill_bad=True replaced by repeats of the
+        batch's good ids (B' == B unless every id of the batch is bad, then B' == 0).
+        An image-only corpus (captions None) returns tokens of shape (B', 0).
+        """
+        images, served = self._load(ids, fill_bad)
         return self._assemble(images, served, augment=augment, generator=generator)
 
     def _assemble(self, images, served, *, augment, generator):
         spec = self.spec
         pixels = (torch.from_numpy(np.stack(images)) if images
                   else torch.zeros((0, spec.channels, spec.size, spec.size), dtype=torch.uint8))
-        texts = [self.captions[i] for i in served]
-        tokens = torch.from_numpy(np.asarray(self.tokenizer(texts), dtype=np.int64)) if texts \
-            else torch.zeros((0, self._context_length()), dtype=torch.long)
+        if self.captions is None or self.tokenizer is None:
+            tokens = torch.zeros((len(served), 0), dtype=torch.long)
+        else:
+            texts = [self.captions[i] for i in served]
+            tokens = torch.from_numpy(np.asarray(self.tokenizer(texts), dtype=np.int64)) \
+                if texts else torch.zeros((0, self._context_length()), dtype=torch.long)
         return (spec.prepare(pixels, augment=augment, generator=generator), tokens,
                 torch.tensor(served, dtype=torch.long))
 
@@ -253,5 +238,60 @@ class CsvCorpus:
                             f"{tuple(ids.shape)}")
         if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= len(self)):
             raise DataError(f"ids span [{int(ids.min())}, {int(ids.max())}], expected "
-                            f"[0, {len(self) - 1}] for {self.path} with {len(self)} rows")
+                            f"[0, {len(self) - 1}] for {self.source} with {len(self)} rows")
         return ids.long()
+
+
+class CsvCorpus(PathCorpus):
+    """Rows of (image path, caption) read from `path`; images decoded on demand.
+
+    Args:
+      path: the CSV / TSV file; a header row names the columns. Relative image paths are
+        relative to the file's folder.
+      spec: the ImageSpec images become. tokenizer: texts -> int64 (n, L), e.g.
+        functools.partial(Tokenizer().encode, context_length=24); None for an image-only use.
+      image_column / caption_column: header names (default "image" and "caption").
+        caption_column=None: an image-only corpus (MoCo): no caption column is needed, any is
+        ignored, and an empty caption is not a bad row.
+      delimiter: None sniffs it from the first 64 KiB (",", tab, ";" or "|"; a .tsv file
+        defaults to tab when sniffing fails).
+
+    Attributes: paths (N,) resolved image paths; captions (N,) str, or None when image-only;
+      skipped {id: reason}; repeats: slots `batch(..., fill_bad=True)` filled so far.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, spec: ImageSpec, tokenizer: Tokenize | None,
+                 image_column: str = "image", caption_column: str | None = "caption",
+                 delimiter: str | None = None):
+        self.path, self.spec, self.tokenizer = pathlib.Path(path), spec, tokenizer
+        self.source = str(self.path)
+        try:
+            text = self.path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(f"cannot read corpus file {self.path}: {err}") from err
+        delimiter = delimiter or _sniff_delimiter(self.path, text[:65536])
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        needed = {image_column} if caption_column is None else {image_column, caption_column}
+        missing = needed - set(reader.fieldnames or ())
+        if missing:
+            raise DataError(f"{self.path} has columns {reader.fieldnames} (delimiter "
+                            f"{delimiter!r}); it lacks {sorted(missing)}: pass image_column= / "
+                            "caption_column= with the header's names, or delimiter=")
+        rows = list(reader)
+        self.paths = [self._resolve(row.get(image_column) or "") for row in rows]
+        self.captions = None if caption_column is None else \
+            [(row.get(caption_column) or "").strip() for row in rows]
+        self.skipped: dict[int, str] = {}
+        self.repeats = 0
+        for i, (image, row) in enumerate(zip(self.paths, rows)):
+            raw = (row.get(image_column) or "").strip()
+            if not raw:
+                self.skipped[i] = "empty image path"
+            elif self.captions is not None and not self.captions[i]:
+                self.skipped[i] = "empty caption"
+            elif not os.path.isfile(image):
+                self.skipped[i] = f"missing file {raw}"
+
+    def _resolve(self, raw: str) -> str:
+        raw = raw.strip()
+        return str(self.path.parent / raw) if raw else ""

@@ -4,6 +4,8 @@
     python -m reference_trainers.common.corpora.make_shards --from-folder photos/ --out shards/
     python -m reference_trainers.common.corpora.make_shards --from-fashion-mnist --out shards/ \\
         --num-samples 2000
+    python -m reference_trainers.common.corpora.make_shards --from-folder imagenet/train \\
+        --no-captions --out shards/                                  # image-only, for MoCo
 
 Each sample becomes `KEY.<ext>` (the image's bytes as they are, not re-encoded) and `KEY.txt`
 (UTF-8 caption), consecutive in `shard-000000.tar`, `shard-000001.tar`, ...; the tars are
@@ -12,7 +14,10 @@ Keys: a CSV row's number, zero-padded ("000000042"), so a shard sample names the
 came from; a folder image's relative path without its extension, dots replaced by "_"
 ("tops/red_shirt"); a Fashion-MNIST training image's index ("fmnist-000042"). Rows without a
 caption or file (and, with --verify, images Pillow cannot decode) are left out and listed.
-The tool prints one JSON line: shards, samples, skipped {key: reason}.
+With --no-captions the shards are image-only (no .txt members; captions are neither needed
+nor read), which is what the MoCo trainer takes; a folder image's key starts with its class
+folder ("n01440764/n01440764_10026"). The tool prints one JSON line: shards, samples, skipped
+{key: reason}.
 """
 
 from __future__ import annotations
@@ -41,11 +46,13 @@ def _extension(path: str) -> str:
 
 def samples_from_csv(path: str | os.PathLike, skipped: dict[str, str], *,
                      image_column: str = "image", caption_column: str = "caption",
-                     delimiter: str | None = None) -> Iterator[Sample]:
+                     delimiter: str | None = None, captions: bool = True) -> Iterator[Sample]:
     """(key, bytes, ext, caption) per good CSV row; bad rows go to `skipped`. The CSV is read
-    (and a bad file refused) at the call, before anything is written."""
-    corpus = CsvCorpus(path, spec=ImageSpec.cpu(), tokenizer=lambda texts: texts,
-                       image_column=image_column, caption_column=caption_column,
+    (and a bad file refused) at the call, before anything is written. captions=False: no
+    caption column is needed and every caption is ""."""
+    corpus = CsvCorpus(path, spec=ImageSpec.cpu(), tokenizer=None,
+                       image_column=image_column,
+                       caption_column=caption_column if captions else None,
                        delimiter=delimiter)
     return _csv_rows(corpus, skipped)
 
@@ -61,11 +68,14 @@ def _csv_rows(corpus: CsvCorpus, skipped: dict[str, str]) -> Iterator[Sample]:
         if ext not in IMAGE_EXTENSIONS:
             skipped[key] = f"extension {ext!r} is not one of {IMAGE_EXTENSIONS}"
             continue
-        yield key, pathlib.Path(corpus.paths[i]).read_bytes(), ext, corpus.captions[i]
+        caption = corpus.captions[i] if corpus.captions is not None else ""
+        yield key, pathlib.Path(corpus.paths[i]).read_bytes(), ext, caption
 
 
-def samples_from_folder(folder: str | os.PathLike, skipped: dict[str, str]) -> Iterator[Sample]:
-    """Every image under `folder` (sorted) with its sidecar caption IMAGE_STEM.txt."""
+def samples_from_folder(folder: str | os.PathLike, skipped: dict[str, str], *,
+                        captions: bool = True) -> Iterator[Sample]:
+    """Every image under `folder` (sorted) with its sidecar caption IMAGE_STEM.txt; with
+    captions=False every image, caption "" (sidecars are ignored)."""
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         raise DataError(f"--from-folder {folder}: not a folder")
@@ -75,6 +85,9 @@ def samples_from_folder(folder: str | os.PathLike, skipped: dict[str, str]) -> I
             continue
         relative = path.relative_to(folder).with_suffix("")
         key = relative.as_posix().replace(".", "_")
+        if not captions:
+            yield key, path.read_bytes(), ext, ""
+            continue
         sidecar = path.with_suffix(".txt")
         caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
         if not caption:
@@ -83,9 +96,10 @@ def samples_from_folder(folder: str | os.PathLike, skipped: dict[str, str]) -> I
         yield key, path.read_bytes(), ext, caption
 
 
-def samples_from_fashion_mnist(data_dir: str | None, num_samples: int, seed: int
-                               ) -> Iterator[Sample]:
-    """The first num_samples training images as PNG with the trainers' generated captions."""
+def samples_from_fashion_mnist(data_dir: str | None, num_samples: int, seed: int, *,
+                               captions: bool = True) -> Iterator[Sample]:
+    """The first num_samples training images as PNG with the trainers' generated captions
+    (captions "" with captions=False)."""
     from reference_trainers.common.captions import make_captions
     from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR, load_fashion_mnist
 
@@ -96,7 +110,7 @@ def samples_from_fashion_mnist(data_dir: str | None, num_samples: int, seed: int
     for i, (pixels, caption) in enumerate(zip(images, captions.texts)):
         buffer = io.BytesIO()
         image_module.fromarray(pixels, mode="L").save(buffer, format="PNG")
-        yield f"fmnist-{i:06d}", buffer.getvalue(), "png", caption
+        yield f"fmnist-{i:06d}", buffer.getvalue(), "png", caption if captions else ""
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -107,10 +121,12 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_shards(samples: Iterable[Sample], out: str | os.PathLike, *,
                  samples_per_shard: int = 1000, prefix: str = "shard",
-                 verify: bool = False, skipped: dict[str, str] | None = None) -> ShardIndex:
+                 verify: bool = False, skipped: dict[str, str] | None = None,
+                 captions: bool = True) -> ShardIndex:
     """Write `samples` into tars of `samples_per_shard`, index them, return the index.
 
     verify: decode every image with Pillow first and leave out those that fail (in `skipped`).
+    captions=False: image-only shards, no KEY.txt members.
     """
     if samples_per_shard < 1:
         raise DataError(f"samples_per_shard={samples_per_shard} must be >= 1")
@@ -136,7 +152,8 @@ def write_shards(samples: Iterable[Sample], out: str | os.PathLike, *,
                                    format=tarfile.USTAR_FORMAT)
                 count = 0
             _add(tar, f"{key}.{ext}", data)
-            _add(tar, f"{key}.txt", caption.encode("utf-8"))
+            if captions:
+                _add(tar, f"{key}.txt", caption.encode("utf-8"))
             count += 1
     finally:
         if tar is not None:
@@ -162,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder")
     parser.add_argument("--num-samples", type=int, default=2000, help="Fashion-MNIST images")
     parser.add_argument("--seed", type=int, default=0, help="Fashion-MNIST caption seed")
+    parser.add_argument("--no-captions", action="store_true",
+                        help="image-only shards (for MoCo): no captions needed, no .txt written")
     parser.add_argument("--verify", action="store_true",
                         help="decode every image and leave out those Pillow cannot read")
     return parser
@@ -170,17 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     skipped: dict[str, str] = {}
+    captions = not args.no_captions
     try:
         if args.from_csv:
             samples = samples_from_csv(args.from_csv, skipped, image_column=args.image_column,
                                        caption_column=args.caption_column,
-                                       delimiter=args.delimiter)
+                                       delimiter=args.delimiter, captions=captions)
         elif args.from_folder:
-            samples = samples_from_folder(args.from_folder, skipped)
+            samples = samples_from_folder(args.from_folder, skipped, captions=captions)
         else:
-            samples = samples_from_fashion_mnist(args.data_dir, args.num_samples, args.seed)
+            samples = samples_from_fashion_mnist(args.data_dir, args.num_samples, args.seed,
+                                                 captions=captions)
         index = write_shards(samples, args.out, samples_per_shard=args.samples_per_shard,
-                             verify=args.verify, skipped=skipped)
+                             verify=args.verify, skipped=skipped, captions=captions)
     except TrainerError as err:
         print(f"make_shards: {err}", file=sys.stderr)
         return 2

@@ -12,7 +12,9 @@ refused until the index is rebuilt. A key that occurs twice is an error naming b
 
 Bad samples keep their id and are never served: a key without a .txt or without an image, or
 with an empty .txt, is marked at index time (`index.skipped`); an image Pillow cannot decode is
-found when it is read, left out and logged (`stream.stats.corrupt`).
+found when it is read, left out and logged (`stream.stats.corrupt`). An image-only stream
+(`captions=False`, the MoCo trainer's) needs only the image member: a key without a .txt is good
+for it (`index.good_for(False)`), and no caption is read.
 
 Splitting one epoch (`ShardStream`). The served ids are the plan's kept ids that are not marked
 bad, in shard order (shards permuted by (seed, epoch) when shuffle=True), K of them. That list
@@ -207,15 +209,27 @@ class ShardIndex:
         """{id: reason} of the samples marked bad at index time."""
         return {int(i): str(self.reasons[i]) for i in np.flatnonzero(~self.good)}
 
+    def good_for(self, captions: bool) -> np.ndarray:
+        """bool (N,): `good` for image-text use; for image-only use (MoCo) every sample with
+        an image member, with or without a .txt."""
+        return self.good if captions else self.reasons != "no image member"
+
+    def skipped_for(self, captions: bool) -> dict[int, str]:
+        """{id: reason} of the samples bad at index time for that use (see `good_for`)."""
+        return {int(i): str(self.reasons[i]) for i in np.flatnonzero(~self.good_for(captions))}
+
     def id_of(self, key: str) -> int | None:
         if self._key_to_id is None:
             self._key_to_id = {str(k): i for i, k in enumerate(self.keys.tolist())}
         return self._key_to_id.get(key)
 
-    def read(self, handle, sample_id: int) -> tuple[bytes, str]:
-        """(image bytes, caption) of one sample from its open shard file."""
+    def read(self, handle, sample_id: int, *, with_text: bool = True) -> tuple[bytes, str]:
+        """(image bytes, caption) of one sample from its open shard file; with_text=False
+        reads the image only (caption "")."""
         handle.seek(int(self.image_offset[sample_id]))
         data = handle.read(int(self.image_size[sample_id]))
+        if not with_text:
+            return data, ""
         handle.seek(int(self.text_offset[sample_id]))
         text = handle.read(int(self.text_size[sample_id])).decode("utf-8", errors="replace")
         return data, text.strip()
@@ -234,18 +248,23 @@ class StreamStats:
 class ShardStream:
     """One rank's pruned stream over a ShardIndex; call it per worker (a WorkerSource).
 
-    Args: index; tokenizer texts -> int64 (n, L); spec the ImageSpec; rank / world_size;
+    Args: index; tokenizer texts -> int64 (n, L) (None with captions=False); spec the
+      ImageSpec; captions: False for an image-only stream (MoCo): a sample needs only an
+      image member, no caption is read and the tokens are int64 (0,); rank / world_size;
       num_workers the DataLoader's (0 or 1: one stream); seed; shuffle permutes shard order by
       (seed, epoch); shuffle_buffer: samples held per worker for a seeded shuffle (0 or 1: none).
     Yields (image uint8 (C, size, size), tokens int64 (L,), id int).
     """
 
-    def __init__(self, index: ShardIndex, *, tokenizer: Tokenize, spec: ImageSpec,
+    def __init__(self, index: ShardIndex, *, tokenizer: Tokenize | None, spec: ImageSpec,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0, seed: int = 0,
-                 shuffle: bool = True, shuffle_buffer: int = 256):
+                 shuffle: bool = True, shuffle_buffer: int = 256, captions: bool = True):
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} must lie in [0, world_size={world_size})")
-        self.index, self.tokenizer, self.spec = index, tokenizer, spec
+        if captions and tokenizer is None:
+            raise DataError("ShardStream(captions=True) needs a tokenizer; pass one, or "
+                            "captions=False for an image-only stream")
+        self.index, self.tokenizer, self.spec, self.captions = index, tokenizer, spec, captions
         self.rank, self.world_size = rank, world_size
         self.num_workers = max(1, num_workers)
         self.seed, self.shuffle, self.shuffle_buffer = seed, shuffle, shuffle_buffer
@@ -268,7 +287,7 @@ class ShardStream:
             len(starts) - 1) if self.shuffle else np.arange(len(starts) - 1))
         ids = np.concatenate([np.arange(starts[s], starts[s + 1], dtype=np.int64)
                               for s in order] or [np.zeros(0, np.int64)])
-        return ids[plan.keep_mask(ids) & self.index.good[ids]]
+        return ids[plan.keep_mask(ids) & self.index.good_for(self.captions)[ids]]
 
     def samples_per_worker(self, plan: EpochPlan) -> int:
         """M = ceil(K / G): what every worker of every rank yields."""
@@ -332,7 +351,7 @@ class ShardStream:
                         handle.close()
                     handle = open(index.directory / index.shard_names[shard], "rb")
                     open_shard = shard
-                data, text = index.read(handle, sample_id)
+                data, text = index.read(handle, sample_id, with_text=self.captions)
                 yield sample_id, data, text
         finally:
             if handle is not None:
@@ -355,7 +374,7 @@ class ShardStream:
     def _decode(self, sample_id: int, data: bytes, text: str
                 ) -> tuple[np.ndarray, np.ndarray, int] | None:
         try:
-            if not text:
+            if self.captions and not text:
                 raise BadSampleError("empty caption")
             image = decode_image(data, self.spec)
         except BadSampleError as err:
@@ -363,6 +382,7 @@ class ShardStream:
             log.warning("skipping sample %d (key %s): %s", sample_id,
                         self.index.keys[sample_id], err)
             return None
-        tokens = np.asarray(self.tokenizer([text]), dtype=np.int64)[0]
+        tokens = (np.asarray(self.tokenizer([text]), dtype=np.int64)[0] if self.captions
+                  else np.zeros(0, dtype=np.int64))
         self.stats.served += 1
         return image, tokens, sample_id

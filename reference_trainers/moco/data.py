@@ -1,0 +1,224 @@
+"""The MoCo trainer's data: Fashion-MNIST in memory (the default), or an image-only corpus
+(`--data folder:DIR | csv:PATH | shards:DIR`), each served as two augmented crops per id.
+
+- `fmnist`: `ImageData`, uint8 (N, 1, 28, 28) in memory, batches gathered by the sampler's ids.
+- `folder:DIR`: an ImageNet-style tree (corpora.ImageFolderCorpus): ids are positions in the
+  sorted file list, class names from the folders (kept in the run directory).
+- `csv:PATH`: rows with an `image` column (corpora.CsvCorpus, image-only: a caption column may
+  be there and is ignored).
+- `shards:DIR`: webdataset-style tars read as a pruned stream (corpora.ShardStream with
+  captions=False: a sample needs only its image member, no .txt).
+
+Pruned samples are never decoded (the sampler never asks for a pruned id; the stream seeks past
+it); bad images are skipped and counted, and keep their ids. Corpus images are decoded to the
+`image_spec` of the backbone (28 x 28 grey for the CPU backbones, RGB at the preset's size with
+ImageNet statistics for vit_small / vit_base) and cropped twice at that resolution.
+
+Evaluation stays on Fashion-MNIST: kNN and the linear probe fit on its training split (the
+`--num-train` subset) and score its test split, the test images resized to the spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reference_trainers.common.augment import CropView, two_crops
+from reference_trainers.common.data import load_fashion_mnist, plant_near_duplicates, \
+    subset_indices
+from reference_trainers.common.errors import TrainerError
+from reference_trainers.common.rundir import RunDir
+from reference_trainers.common.torch_data import normalise
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageData", "build_data", "check_corpus",
+           "corpus_stats", "eval_preprocess", "image_spec", "moco_views", "spec_two_crops"]
+
+# torchvision's ImageNet statistics, as MoCo v3's main_moco.py normalises.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DATA_KINDS = ("fmnist", "folder:DIR", "csv:PATH", "shards:DIR")
+
+
+def moco_views(crop_min: float) -> tuple[CropView, CropView]:
+    """MoCo v3's asymmetric pair (common/augment.py) with the run's smallest crop area."""
+    return (CropView(scale=(crop_min, 1.0)),
+            CropView(scale=(crop_min, 1.0), blur_p=0.1, solarize_p=0.2))
+
+
+class ImageData:
+    """N images held as uint8 (N, 1, 28, 28) with int64 labels (N,) and duplicate_of (N,)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, duplicate_of: np.ndarray,
+                 views: tuple[CropView, CropView]) -> None:
+        self.images = torch.from_numpy(np.ascontiguousarray(images[:, None]))
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.duplicate_of = torch.from_numpy(duplicate_of)
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def two_crops(self, ids: np.ndarray,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return two_crops(self.images[torch.from_numpy(ids)], generator=generator,
+                         views=self.views)
+
+    def crops(self, ids: np.ndarray, generator: torch.Generator,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(x1, x2 float32 (B, 1, 28, 28) on `device`, ids (B,)): every id is served."""
+        x1, x2 = self.two_crops(ids, generator)
+        return x1.to(device), x2.to(device), ids
+
+
+class CorpusCrops:
+    """A map-style image-only corpus (CsvCorpus / ImageFolderCorpus) served as two crops.
+    Bad ids in a batch are refilled with repeats of the batch's good ids (fill_bad), so every
+    rank keeps its batch size; a batch of bad ids only comes back empty."""
+
+    def __init__(self, corpus: Any, views: tuple[CropView, CropView]) -> None:
+        self.corpus, self.views, self.spec = corpus, views, corpus.spec
+
+    def __len__(self) -> int:
+        return len(self.corpus)
+
+    def crops(self, ids: np.ndarray, generator: torch.Generator,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        images, served = self.corpus.raw_batch(ids, fill_bad=True)
+        x1, x2 = spec_two_crops(images.to(device), self.spec, generator, self.views)
+        return x1, x2, served.numpy()
+
+
+def spec_two_crops(images: torch.Tensor, spec: Any, generator: torch.Generator,
+                   views: tuple[CropView, CropView]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two crops of uint8 (B, C, S, S) at their own resolution, normalised with the spec's
+    per-channel statistics -> two float32 (B, C, S, S)."""
+    x1, x2 = two_crops(images, generator=generator, views=views, normalise=False)
+    shape = (1, spec.channels, 1, 1)
+    mean = torch.tensor(spec.mean, dtype=x1.dtype, device=x1.device).view(shape)
+    std = torch.tensor(spec.std, dtype=x1.dtype, device=x1.device).view(shape)
+    return (x1 - mean) / std, (x2 - mean) / std
+
+
+def image_spec(cfg: Any):
+    """What corpus images are decoded to: 28 x 28 grey with Fashion-MNIST's statistics for the
+    CPU backbones; RGB at the preset's size with ImageNet's statistics for vit_small / vit_base."""
+    from reference_trainers.common.corpora import ImageSpec
+
+    if cfg.backbone in ("vit_small", "vit_base"):
+        from reference_trainers.models import moco_preset
+
+        size = moco_preset(cfg.backbone).image_size
+        return ImageSpec("RGB", size, IMAGENET_MEAN, IMAGENET_STD, size // 14)
+    return ImageSpec.cpu()
+
+
+def eval_preprocess(cfg: Any):
+    """Fashion-MNIST images (uint8 (B, 1, 28, 28)) as the backbone's input: normalised as
+    before on the default data; resized, channel-repeated and spec-normalised on a corpus."""
+    if cfg.data == "fmnist" or cfg.backbone not in ("vit_small", "vit_base"):
+        return normalise
+    spec = image_spec(cfg)
+    shape = (1, spec.channels, 1, 1)
+
+    def to_spec(images: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(images.float(), size=(spec.size, spec.size), mode="bilinear",
+                          align_corners=False).clamp(0, 255).round() / 255.0
+        x = x.repeat(1, spec.channels, 1, 1)
+        mean = torch.tensor(spec.mean, device=x.device).view(shape)
+        std = torch.tensor(spec.std, device=x.device).view(shape)
+        return (x - mean) / std
+
+    return to_spec
+
+
+def _fmnist_split(images, labels, num, duplicate_share, seed, views) -> ImageData:
+    ids = np.arange(len(labels)) if num is None else subset_indices(labels, num, seed)
+    images, labels, duplicate_of = plant_near_duplicates(
+        images[ids], np.asarray(labels)[ids], duplicate_share, seed)
+    return ImageData(images, labels, duplicate_of, views)
+
+
+def build_data(cfg: Any, *, rank: int = 0, world: int = 1) -> tuple[Any, ImageData, ImageData]:
+    """(training data, the probe's training split, the test split). On Fashion-MNIST the first
+    two are the same object; on a corpus the probe trains on Fashion-MNIST's training split."""
+    splits = load_fashion_mnist(cfg.data_dir)
+    views = moco_views(cfg.crop_min)
+    if cfg.data == "fmnist":
+        train = _fmnist_split(splits.train_images, splits.train_labels, cfg.num_train,
+                              cfg.duplicate_share, cfg.seed, views)
+        probe_train: ImageData = train
+    else:
+        if cfg.duplicate_share:
+            raise TrainerError(f"--duplicate-share {cfg.duplicate_share} plants duplicates in "
+                               f"Fashion-MNIST only; drop it with --data {cfg.data}")
+        train = _corpus(cfg, views, rank, world)
+        probe_train = _fmnist_split(splits.train_images, splits.train_labels, cfg.num_train,
+                                    0.0, cfg.seed, views)
+    test = _fmnist_split(splits.test_images, splits.test_labels, cfg.num_test, 0.0, cfg.seed,
+                         views)
+    return train, probe_train, test
+
+
+def _corpus(cfg: Any, views, rank: int, world: int) -> Any:
+    kind, _, where = cfg.data.partition(":")
+    spec = image_spec(cfg)
+    if kind == "folder" and where:
+        from reference_trainers.common.corpora import ImageFolderCorpus
+
+        return CorpusCrops(ImageFolderCorpus(where, spec=spec), views)
+    if kind == "csv" and where:
+        from reference_trainers.common.corpora import CsvCorpus
+
+        return CorpusCrops(CsvCorpus(where, spec=spec, tokenizer=None, caption_column=None),
+                           views)
+    if kind == "shards" and where:
+        from reference_trainers.common.corpora import ShardIndex, ShardStream
+
+        return ShardStream(ShardIndex.open(where), tokenizer=None, spec=spec, rank=rank,
+                           world_size=world, seed=cfg.seed, captions=False)
+    raise TrainerError(f"--data {cfg.data!r}: choose one of {', '.join(DATA_KINDS)}")
+
+
+def num_samples(train: Any) -> int:
+    """N for the pruner: the corpus's ids, bad ones included (ids never shift)."""
+    return len(train.index) if hasattr(train, "index") else len(train)
+
+
+def corpus_stats(train: Any, plan: Any) -> dict[str, int]:
+    """Skipped (bad) and repeated samples of a corpus so far; {} for Fashion-MNIST."""
+    if hasattr(train, "corpus"):
+        return {"skipped_samples": len(train.corpus.skipped),
+                "repeated_samples": train.corpus.repeats}
+    if hasattr(train, "stats"):
+        return {"skipped_samples": len(train.index.skipped_for(False))
+                + len(train.stats.corrupt), "repeated_samples": train.topup_count(plan)}
+    return {}
+
+
+def check_corpus(run_dir: RunDir, train: Any, *, resume: bool) -> None:
+    """Write corpus.json (the corpus's size and a hash of its file list) and, for a folder
+    tree, corpus_labels.npz; on resume refuse a corpus whose list changed, since its ids would
+    then name other images than the pruner's store remembers."""
+    if not hasattr(train, "corpus"):
+        return  # Fashion-MNIST is fixed; a shard index refuses changed shards by itself
+    corpus = train.corpus
+    listing = getattr(corpus, "relative", corpus.paths)
+    record = {"num_samples": len(corpus),
+              "fingerprint": hashlib.sha256("\n".join(listing).encode("utf-8")).hexdigest()}
+    target = run_dir.path / "corpus.json"
+    if resume and target.exists():
+        old = json.loads(target.read_text())
+        if old != record:
+            raise TrainerError(f"--resume of {run_dir.path}: the corpus changed since the run "
+                               f"began ({old['num_samples']} files then, {len(corpus)} now, or "
+                               "other names); ids would name other images. Restore the corpus "
+                               "or start a new run.")
+    target.write_text(json.dumps(record) + "\n")
+    if hasattr(corpus, "class_names"):
+        run_dir.save_array("corpus_labels", labels=corpus.labels,
+                           class_names=np.array(corpus.class_names, dtype=str))
