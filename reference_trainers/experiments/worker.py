@@ -197,8 +197,26 @@ def _execute(spec: RunSpec, root: Path, *, threads: int | None, data_dir: str | 
                       traceback=traceback.format_exc()[-4000:])
     result["metrics"] = _metrics(run_dir)
     result["process_seconds"] = time.time() - started
+    result["code_version"] = code_version()
     write_result(root, result)
     return result
+
+
+def code_version() -> str | None:
+    """The git commit the run's code came from, '+dirty' when the tree had uncommitted changes
+    (None outside a git checkout): a result is only as reproducible as its code."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def _num_samples(run_dir: Path) -> int | None:

@@ -9,6 +9,7 @@ slow) need the real data.
 
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -79,6 +80,8 @@ def test_every_suite_miniature_runs_and_tabulates(mini_grid, name):
         assert result["status"] == "ok", (spec.cell, result.get("error"))
         assert [r["epoch"] for r in result["metrics"]] == [0, 1]
         assert result["summary"]["wall_seconds"] > 0
+        # the commit the run's code came from (this checkout is a git clone in CI and here)
+        assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", result["code_version"])
         visits = sum(r["num_kept"] for r in result["metrics"])
         n = result["summary"]["num_samples"]
         assert result["summary"]["realised_pruned_share"] == pytest.approx(1 - visits / (2 * n))
