@@ -12,7 +12,8 @@
 Pruned samples are never decoded (the sampler never asks for a pruned id; the stream seeks past
 it); bad images are skipped and counted, and keep their ids. Corpus images are decoded to the
 `image_spec` of the backbone (28 x 28 grey for the CPU backbones, RGB at the preset's size with
-ImageNet statistics for vit_small / vit_base) and cropped twice at that resolution.
+ImageNet statistics for vit_small / vit_base) and cropped twice at that resolution: grey images
+with the grayscale pair (`CropView`), RGB ones with MoCo v3's own recipe (`ColourView`).
 
 Evaluation stays on Fashion-MNIST: kNN and the linear probe fit on its training split (the
 `--num-train` subset) and score its test split, the test images resized to the spec.
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reference_trainers.common.augment import CropView, two_crops
+from reference_trainers.common.augment import ColourView, CropView, two_crops
 from reference_trainers.common.data import load_fashion_mnist, plant_near_duplicates, \
     subset_indices
 from reference_trainers.common.errors import TrainerError
@@ -44,10 +45,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DATA_KINDS = ("fmnist", "folder:DIR", "csv:PATH", "shards:DIR")
 
 
-def moco_views(crop_min: float) -> tuple[CropView, CropView]:
-    """MoCo v3's asymmetric pair (common/augment.py) with the run's smallest crop area."""
-    return (CropView(scale=(crop_min, 1.0)),
-            CropView(scale=(crop_min, 1.0), blur_p=0.1, solarize_p=0.2))
+Views = tuple[CropView, CropView] | tuple[ColourView, ColourView]
+
+
+def moco_views(crop_min: float, channels: int = 1) -> Views:
+    """MoCo v3's asymmetric pair (common/augment.py) with the run's smallest crop area: the
+    grayscale adaptation for 1-channel images, MoCo v3's RGB recipe for 3 channels."""
+    view = ColourView if channels == 3 else CropView
+    return (view(scale=(crop_min, 1.0)),
+            view(scale=(crop_min, 1.0), blur_p=0.1, solarize_p=0.2))
 
 
 class ImageData:
@@ -80,7 +86,7 @@ class CorpusCrops:
     Bad ids in a batch are refilled with repeats of the batch's good ids (fill_bad), so every
     rank keeps its batch size; a batch of bad ids only comes back empty."""
 
-    def __init__(self, corpus: Any, views: tuple[CropView, CropView]) -> None:
+    def __init__(self, corpus: Any, views: Views) -> None:
         self.corpus, self.views, self.spec = corpus, views, corpus.spec
 
     def __len__(self) -> int:
@@ -94,9 +100,13 @@ class CorpusCrops:
 
 
 def spec_two_crops(images: torch.Tensor, spec: Any, generator: torch.Generator,
-                   views: tuple[CropView, CropView]) -> tuple[torch.Tensor, torch.Tensor]:
+                   views: Views) -> tuple[torch.Tensor, torch.Tensor]:
     """Two crops of uint8 (B, C, S, S) at their own resolution, normalised with the spec's
-    per-channel statistics -> two float32 (B, C, S, S)."""
+    per-channel statistics -> two float32 (B, C, S, S). For an RGB spec, a grayscale pair
+    (`CropView`, as a caller that built its views without the spec passes) is replaced by
+    MoCo v3's RGB pair with the same smallest crop area."""
+    if spec.channels == 3 and isinstance(views[0], CropView):
+        views = moco_views(views[0].scale[0], channels=3)
     x1, x2 = two_crops(images, generator=generator, views=views, normalise=False)
     shape = (1, spec.channels, 1, 1)
     mean = torch.tensor(spec.mean, dtype=x1.dtype, device=x1.device).view(shape)
@@ -156,7 +166,7 @@ def build_data(cfg: Any, *, rank: int = 0, world: int = 1) -> tuple[Any, ImageDa
         if cfg.duplicate_share:
             raise TrainerError(f"--duplicate-share {cfg.duplicate_share} plants duplicates in "
                                f"Fashion-MNIST only; drop it with --data {cfg.data}")
-        train = _corpus(cfg, views, rank, world)
+        train = _corpus(cfg, rank, world)
         probe_train = _fmnist_split(splits.train_images, splits.train_labels, cfg.num_train,
                                     0.0, cfg.seed, views)
     test = _fmnist_split(splits.test_images, splits.test_labels, cfg.num_test, 0.0, cfg.seed,
@@ -164,9 +174,10 @@ def build_data(cfg: Any, *, rank: int = 0, world: int = 1) -> tuple[Any, ImageDa
     return train, probe_train, test
 
 
-def _corpus(cfg: Any, views, rank: int, world: int) -> Any:
+def _corpus(cfg: Any, rank: int, world: int) -> Any:
     kind, _, where = cfg.data.partition(":")
     spec = image_spec(cfg)
+    views = moco_views(cfg.crop_min, spec.channels)
     if kind == "folder" and where:
         from reference_trainers.common.corpora import ImageFolderCorpus
 
