@@ -105,6 +105,26 @@ class ThreadCommunicator:
         return self._group._all_reduce(self._rank, array, op)
 
 
+def all_or_none(comm: Communicator, step: Callable[[], Any], what: str) -> None:
+    """Run `step()` on every rank; if it raised on any rank, raise on every rank: the failing
+    ranks their own error, the others a ScanDistributedError naming them. A collective: no
+    rank is left waiting in the next one because another rank failed."""
+    error: BaseException | None = None
+    try:
+        step()
+    except Exception as exc:  # re-raised below, once every rank knows
+        error = exc
+    if comm.world_size > 1:
+        flags = np.zeros(comm.world_size, np.int64)
+        flags[comm.rank] = error is not None
+        failed = np.flatnonzero(comm.all_reduce(flags, "sum")).tolist()
+        if failed and error is None:
+            raise ScanDistributedError(
+                f"rank(s) {failed} failed while {what}; see their error. Every rank stops.")
+    if error is not None:
+        raise error
+
+
 def run_ranks(world_size: int, fn: Callable[[Communicator], T]) -> list[T]:
     """Run fn(communicator) on `world_size` simulated ranks, one thread each; return the
     results in rank order. The first exception raised by any rank is re-raised here."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from scan_core import bitset, rules
 from scan_core._buffers import EpochLosses, global_candidates
-from scan_core.comm import Communicator, SingleProcess
+from scan_core.comm import Communicator, SingleProcess, all_or_none
 from scan_core.config import ScanConfig
 from scan_core.errors import ScanConfigError, ScanDistributedError, ScanStateError
 from scan_core.inputs import as_ids, as_losses, raise_bad_batch
@@ -329,20 +329,27 @@ class ScanPruner:
                 "num_views": self.num_views, "world_size": self.world_size}
 
     def _open_store(self, path: str | os.PathLike[str], resume_epoch: int | None) -> None:
-        # Rank 0 creates or validates first; the all_reduce is the barrier the others wait at.
-        if self.rank == 0:
-            self._store = LossStore.open(path, self._meta(), writable=True)
-        self._comm.all_reduce(np.zeros(1, np.int64), "sum")
-        if self.rank != 0:
-            self._store = LossStore.open(path, self._meta(), writable=False)
-        assert self._store is not None
-        if resume_epoch is None:
-            state = self._store.load_latest()
-        else:
-            state = self._store.load_epoch(resume_epoch) if resume_epoch >= 0 else None
-            self._store.discard_after(resume_epoch)
-        if state is not None:
-            self.load_state_dict(state)
+        # Rank 0 creates or validates first, then the others open it read-only. Each phase ends
+        # in a collective that also carries failures, so a rank that fails (another config, a
+        # corrupt store) makes every rank raise instead of leaving the others in a collective.
+        def create() -> None:
+            if self.rank == 0:
+                self._store = LossStore.open(path, self._meta(), writable=True)
+
+        def join_and_load() -> None:
+            if self.rank != 0:
+                self._store = LossStore.open(path, self._meta(), writable=False)
+            assert self._store is not None
+            if resume_epoch is None:
+                state = self._store.load_latest()
+            else:
+                state = self._store.load_epoch(resume_epoch) if resume_epoch >= 0 else None
+                self._store.discard_after(resume_epoch)
+            if state is not None:
+                self.load_state_dict(state)
+
+        all_or_none(self._comm, create, f"opening the store {os.fspath(path)!r}")
+        all_or_none(self._comm, join_and_load, f"resuming from the store {os.fspath(path)!r}")
 
     def _end_warmup_step(self, epoch: int, mean_loss: float) -> None:
         self._warmup = end_of_epoch(self._warmup, epoch, mean_loss, self.config)

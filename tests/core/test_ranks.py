@@ -7,10 +7,14 @@ decided on the global mean loss (the released code decides it on rank-local loss
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
-from scan_core import ScanConfig, ScanDistributedError, ScanPruner, run_ranks
+from scan_core import (ScanConfig, ScanDistributedError, ScanPruner, ScanStoreMismatchError,
+                       ThreadGroup, run_ranks)
+from scan_core.comm import all_or_none
 from scan_core.select import SALT_HIGH, SALT_LOW, k_of, select_batch, stream_key
 from tests.core.streams import LossStream, plateau_e0, run, run_epoch
 
@@ -195,3 +199,50 @@ def test_store_with_ranks_resumes_identically_on_every_rank(tmp_path, world_size
             r["fingerprint"] for r in uninterrupted[rank][stop:]]
         np.testing.assert_array_equal(res[-1]["red"], uninterrupted[rank][-1]["red"])
         assert res[-1]["log"] == uninterrupted[rank][-1]["log"]
+
+
+def _each_rank_catches(group: ThreadGroup, fn) -> list[BaseException | None]:
+    """Run fn(comm) on every rank of `group`, each rank keeping its own exception (nothing
+    aborts the group for it: a rank left waiting in a collective shows as a barrier timeout)."""
+    errors: list[BaseException | None] = [None] * group.world_size
+
+    def body(rank: int) -> None:
+        try:
+            fn(group.communicator(rank))
+        except BaseException as exc:  # noqa: BLE001 - inspected by the test
+            errors[rank] = exc
+
+    threads = [threading.Thread(target=body, args=(r,)) for r in range(group.world_size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_a_store_refused_on_rank_0_stops_every_rank_instead_of_hanging(tmp_path):
+    """Rank 0 validates the store first. When it refuses it (here: written with another
+    config), the other ranks must raise too, not wait forever at the next collective."""
+    path = tmp_path / "run.zarr"
+    run_ranks(2, rank_run(store=path, epochs=2))
+    other = ScanConfig(seed=99)
+    errors = _each_rank_catches(
+        ThreadGroup(2, timeout_s=10.0),
+        lambda comm: ScanPruner(N, 2, other, store=path, communicator=comm))
+    assert isinstance(errors[0], ScanStoreMismatchError)
+    assert isinstance(errors[1], ScanDistributedError) and "[0]" in str(errors[1])
+
+
+def test_all_or_none_raises_on_every_rank_or_on_none():
+    def step_failing_on(bad: set[int]):
+        def fn(comm):
+            def step():
+                if comm.rank in bad:
+                    raise ValueError(f"rank {comm.rank} broke")
+            all_or_none(comm, step, "testing")
+        return fn
+
+    assert _each_rank_catches(ThreadGroup(3, timeout_s=10.0), step_failing_on(set())) == [None] * 3
+    errors = _each_rank_catches(ThreadGroup(3, timeout_s=10.0), step_failing_on({1, 2}))
+    assert isinstance(errors[0], ScanDistributedError) and "[1, 2]" in str(errors[0])
+    assert [str(e) for e in errors[1:]] == ["rank 1 broke", "rank 2 broke"]
