@@ -80,7 +80,13 @@ class ThreadGroup:
                 self._result = _reduce(self._slots, op)
         self._barrier.wait()
         result = self._result
-        self._barrier.wait()  # nobody reads _result after the next call overwrites it
+        try:
+            self._barrier.wait()  # nobody reads _result after the next call overwrites it
+        except threading.BrokenBarrierError:
+            # Every rank reached this wait, so the collective completed; a rank that went on
+            # and failed may abort the group before this thread wakes. Keep the result, so
+            # this rank goes on to raise its own error rather than a broken barrier.
+            pass
         if result is None:
             raise ScanDistributedError(
                 f"ranks called all_reduce with different shapes/dtypes: "
