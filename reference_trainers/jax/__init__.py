@@ -11,5 +11,7 @@ Nothing here imports torch. docs/jax-trainers.md says what differs and why.
 Rooms: `models` (the CPU CLIP), `moco_models` (SmallResNet, VitTiny, MoCo heads), `steps`
 (optimisers, schedules, the jitted train steps, data-parallel placement), `augment` (numpy
 augmentations), `evaluation` (zero-shot, linear probe with optax.lbfgs, kNN), `checkpoint`
-(npz checkpoints), `clip` and `moco` (the two trainers).
+(npz checkpoints), `runtime` (the epoch's batches and steps), `processes` (several processes
+under jax.distributed: --coordinator / --num-processes / --process-id), `clip` and `moco` (the
+two trainers).
 """

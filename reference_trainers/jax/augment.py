@@ -12,6 +12,14 @@ different crops (each deterministic from its seed; checkpoints save the generato
 resumed run redraws exactly). Images are uint8 NCHW as the data holds them; results are
 float32 NHWC, flax's layout, normalised with Fashion-MNIST's mean and std.
 
+Several processes: `share=(rank, world)` says the images are process `rank`'s part of a global
+batch of `world` parts interleaved as DistributedSampler interleaves them (the global batch's
+sample k is part k % world's row k // world). Every process then draws for the whole global
+batch from the same generator and keeps its own rows' draws, so each sample gets the draws a
+single process with the global batch would give it, and the generators stay in step. (The
+last batch of an epoch whose kept count does not divide over the processes holds padding, so
+there the draws, and the stream after them, differ from one process's by a few samples.)
+
 >>> import numpy as np
 >>> images = np.random.default_rng(0).integers(0, 256, (4, 1, 28, 28), dtype=np.uint8)
 >>> x1, x2 = two_crops(images, np.random.default_rng(0))
@@ -42,13 +50,15 @@ def normalise(images: np.ndarray) -> np.ndarray:
 
 
 def random_crop_flip(images: np.ndarray, rng: np.random.Generator, *,
-                     padding: int = CROP_PADDING) -> np.ndarray:
+                     padding: int = CROP_PADDING, share: tuple[int, int] = (0, 1)) -> np.ndarray:
     """Random crop of uint8 (B, C, H, W) after `padding` zero pixels on every side, then a
-    horizontal flip with probability 1/2; one gather. Draws (B, 2) offsets, then B flips.
+    horizontal flip with probability 1/2; one gather. Draws (world * B, 2) offsets, then
+    world * B flips, and keeps rows rank::world (`share`, module docstring).
     Returns uint8 (B, C, H, W)."""
     b, c, height, width = images.shape
-    offsets = rng.integers(0, 2 * padding + 1, size=(b, 2))
-    flip = rng.random(b) < 0.5
+    rank, world = share
+    offsets = rng.integers(0, 2 * padding + 1, size=(world * b, 2))[rank::world]
+    flip = (rng.random(world * b) < 0.5)[rank::world]
     padded = np.pad(images, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     col_steps = np.arange(width)
     cols = np.where(flip[:, None], width - 1 - col_steps, col_steps) + offsets[:, 1:2]
@@ -58,24 +68,29 @@ def random_crop_flip(images: np.ndarray, rng: np.random.Generator, *,
 
 
 def two_crops(images: np.ndarray, rng: np.random.Generator, *,
-              views: tuple[CropView, CropView] = MOCO_VIEWS) -> tuple[np.ndarray, np.ndarray]:
+              views: tuple[CropView, CropView] = MOCO_VIEWS,
+              share: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray]:
     """Two augmented crops of uint8 (B, C, H, W) -> two float32 (B, H, W, C) batches,
-    normalised. Crop 1's draws first, then crop 2's."""
+    normalised. Crop 1's draws first, then crop 2's; `share` as in the module docstring."""
     pixels = images.astype(np.float32) / np.float32(255.0)
-    out = [(augment_view(pixels, view, rng) - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
-           for view in views]
+    out = [(augment_view(pixels, view, rng, share=share) - FASHION_MNIST_MEAN)
+           / FASHION_MNIST_STD for view in views]
     return tuple(np.ascontiguousarray(x.astype(np.float32).transpose(0, 2, 3, 1))
                  for x in out)  # type: ignore[return-value]
 
 
-def augment_view(pixels: np.ndarray, view: CropView, rng: np.random.Generator) -> np.ndarray:
+def augment_view(pixels: np.ndarray, view: CropView, rng: np.random.Generator, *,
+                 share: tuple[int, int] = (0, 1)) -> np.ndarray:
     """One augmented view of float32 (B, C, H, W) pixels in [0, 1]; same shape. The draws in
     common/augment.augment_view's order: area, log-ratio, position (B, 2), flip, jitter coin,
-    brightness, contrast, blur coin, sigma, solarise coin, noise coin, noise (B, C, H, W)."""
+    brightness, contrast, blur coin, sigma, solarise coin, noise coin, noise (B, C, H, W),
+    each for world * B samples, of which rows rank::world are kept (`share`)."""
     b = pixels.shape[0]
+    rank, world = share
 
     def uniform(low: float, high: float, *shape: int) -> np.ndarray:
-        return (low + (high - low) * rng.random((b, *shape))).astype(np.float32)
+        draws = rng.random((world * b, *shape))[rank::world]
+        return (low + (high - low) * draws).astype(np.float32)
 
     def coin(p: float) -> np.ndarray:
         return uniform(0.0, 1.0) < p
@@ -95,7 +110,7 @@ def augment_view(pixels: np.ndarray, view: CropView, rng: np.random.Generator) -
     solarize = coin(view.solarize_p)[:, None, None, None]
     x = np.where(solarize & (x >= 0.5), 1.0 - x, x)
     noisy = coin(view.noise_p)[:, None, None, None]
-    noise = rng.standard_normal(x.shape, dtype=np.float32)
+    noise = rng.standard_normal((world * b, *x.shape[1:]), dtype=np.float32)[rank::world]
     return np.where(noisy, np.clip(x + view.noise_std * noise, 0, 1), x).astype(np.float32)
 
 

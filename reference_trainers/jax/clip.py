@@ -3,6 +3,8 @@ section (reference_trainers/clip/train.py), on the same config, data and run dir
 
     python -m reference_trainers.clip --framework jax --preset cpu-fmnist --out runs/clip-jax
     python -m reference_trainers.clip --framework jax --preset cpu-tiny --out runs/tiny-jax
+    python -m reference_trainers.clip --framework jax --preset cpu-tiny --out runs/tiny-jax \
+        --coordinator 127.0.0.1:1234 --num-processes 2 --process-id 0   # and 1 (processes.py)
 
 Every epoch: the pruner plans the epoch -> adapters.jax.plan_batches serves the kept ids ->
 each jitted step (state donated) computes the CLIP loss and its per-sample parts in one go ->
@@ -20,6 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from adapters.jax import JaxCommunicator, data_mesh
 from reference_trainers.common import loop
 from reference_trainers.common.captions import class_prompts
 from reference_trainers.common.config import TrainConfig, build_parser, config_from_args
@@ -33,16 +36,19 @@ from reference_trainers.jax import evaluation
 from reference_trainers.jax.augment import normalise, random_crop_flip
 from reference_trainers.jax.checkpoint import load_checkpoint, save_checkpoint
 from reference_trainers.jax.models import CLIP
+from reference_trainers.jax.processes import (add_process_flags, agreed, check_process_count,
+                                              barrier, host_local, start_processes,
+                                              stop_processes)
 from reference_trainers.jax.runtime import (PlanSampler, check_jax_config, limit_threads,
                                             run_epoch)
 from reference_trainers.jax.steps import (TrainState, build_optimizer, init_variables,
-                                          local_mesh, lr_schedule, make_clip_step, replicate)
+                                          lr_schedule, make_clip_step, replicate)
 from scan_core import ScanPruner
 
 HEADLINE = ("zero_shot_top1", "linear_probe_top1")
 
 
-# == 1. Set-up: one process over its local devices (runtime.check_jax_config), seeds in run() ==
+# == 1. Set-up: flags (runtime.check_jax_config), processes (processes.py), seeds in run() =====
 # == 2. Data =====================================================================================
 def build_data(cfg: TrainConfig) -> tuple[ImageTextArrays, ImageTextArrays, Tokenizer]:
     """Fashion-MNIST with captions (train, with any planted noise) and its test split, as the
@@ -124,10 +130,12 @@ def compiled_step(model: CLIP, weight_decay: float, lr: float, epochs: int, warm
                           lr_schedule(lr, epochs, warmup, min_lr))
 
 
-def batch_maker(data: ImageTextArrays, tokens: np.ndarray, rng: np.random.Generator):
-    """ids -> the step's host batch: augmented, normalised NHWC images and (trimmed) tokens."""
+def batch_maker(data: ImageTextArrays, tokens: np.ndarray, rng: np.random.Generator,
+                share: tuple[int, int] = (0, 1)):
+    """ids -> the step's host batch: augmented, normalised NHWC images and (trimmed) tokens.
+    share: (process index, process count), for augmentation draws that do not depend on it."""
     def make(ids: np.ndarray) -> dict[str, Any]:
-        return {"images": normalise(random_crop_flip(data.images[ids], rng)),
+        return {"images": normalise(random_crop_flip(data.images[ids], rng, share=share)),
                 "tokens": tokens[ids]}
 
     return make
@@ -139,26 +147,38 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
         stop_after: int | None = None) -> dict[str, Any]:
     limit_threads(cfg.threads)  # before anything starts JAX's backend
     cfg = check_jax_config(cfg)
+    rank, world = jax.process_index(), jax.process_count()
     run_dir = RunDir(out)
-    run_dir.write_config(cfg.to_dict(), resume=resume)
     train, test, tokenizer = build_data(cfg)
     model = build_model(cfg, tokenizer)
     tx = build_optimizer("adamw", weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(cfg.seed * 1000)  # augmentation draws (rank 0's seed in torch)
-    state, last, wall = load_checkpoint(run_dir, init_state(model, tx, cfg), rng) if resume \
-        else (init_state(model, tx, cfg), -1, 0.0)
-    mesh = local_mesh()
+    # Augmentation draws: one generator, the same on every process (augment.py's `share`).
+    rng = np.random.default_rng(cfg.seed * 1000)
+
+    def start() -> tuple[Any, int, float]:  # what may fail, checked on every process
+        check_process_count(run_dir.store, resume)
+        if rank == 0:
+            run_dir.write_config(cfg.to_dict(), resume=resume)
+        return load_checkpoint(run_dir, init_state(model, tx, cfg), rng) if resume \
+            else (init_state(model, tx, cfg), -1, 0.0)
+
+    state, last, wall = agreed("starting the run", start)
+    mesh = data_mesh()  # every device of every process
     box = {"state": replicate(mesh, state)}
     pruner = ScanPruner(len(train), 2, cfg.scan_config(), store=run_dir.store,
-                        loss_history=cfg.loss_history, resume_epoch=last)
+                        communicator=JaxCommunicator(), loss_history=cfg.loss_history,
+                        resume_epoch=last)
     sampler = PlanSampler(pruner, cfg.seed)
-    run_dir.truncate_metrics(last)
-    run_dir.save_array("planted", mismatched=train.mismatched, duplicate_of=train.duplicate_of)
+    if rank == 0:
+        run_dir.truncate_metrics(last)
+        run_dir.save_array("planted", mismatched=train.mismatched,
+                           duplicate_of=train.duplicate_of)
     planted_stats = PreparationStats(pruner, mismatched=train.mismatched,
                                      duplicate_of=train.duplicate_of)
     step = compiled_step(model, cfg.weight_decay, cfg.lr, cfg.epochs, cfg.lr_warmup_epochs,
                          cfg.min_lr)
-    make_batch = batch_maker(train, trim_tokens(train.tokens, tokenizer.eot_id), rng)
+    make_batch = batch_maker(train, trim_tokens(train.tokens, tokenizer.eot_id), rng,
+                             share=(rank, world))
     encode = compiled_encoders(model)
 
     def train_epoch(epoch: int) -> dict[str, Any]:
@@ -167,19 +187,25 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
                                         quiet=quiet)
         return stats
 
+    # Process 0 evaluates and checkpoints (epoch_loop) on its own copy of the replicated state.
     row = loop.epoch_loop(
-        cfg, pruner, sampler, run_dir, rank=0, world=1, wall=wall, stop_after=stop_after,
-        train_epoch=train_epoch,
-        evaluate=lambda probe: evaluate(encode, box["state"], train, test, tokenizer, cfg,
-                                        probe=probe),
-        checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, box["state"], rng, wall),
+        cfg, pruner, sampler, run_dir, rank=rank, world=world, wall=wall,
+        stop_after=stop_after, train_epoch=train_epoch,
+        evaluate=lambda probe: evaluate(encode, host_local(box["state"]), train, test,
+                                        tokenizer, cfg, probe=probe),
+        checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, host_local(box["state"]),
+                                                       rng, wall),
         line=epoch_line, extra_stats=planted_stats)
-    return loop.finish(run_dir, pruner, cfg, 0, row, headline=HEADLINE)
+    barrier("epochs done")  # process 0 has written every metrics row that finish() reads
+    return loop.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser("python -m reference_trainers.clip").parse_args(argv)
+    parser = add_process_flags(build_parser("python -m reference_trainers.clip"))
+    args = parser.parse_args(argv)
+    if (code := start_processes(args)) is not None:
+        return code
     return loop.cli_main(lambda: config_from_args(args), args, run, lambda result: (
         f"zero-shot top-1 {loop.fmt(result['zero_shot_top1'])}, linear probe top-1 "
         f"{loop.fmt(result['linear_probe_top1'])}, pruned {result['realised_pruned_share']:.1%} "
-        f"of sample-visits, {loop.fmt(result['wall_seconds'], '.0f')} s"))
+        f"of sample-visits, {loop.fmt(result['wall_seconds'], '.0f')} s"), shutdown=stop_processes)

@@ -3,6 +3,8 @@
 
     python -m reference_trainers.moco --framework jax --preset cpu-fmnist-moco --out runs/moco-jax
     python -m reference_trainers.moco --framework jax --preset cpu-tiny-moco --out runs/tiny-jax
+    python -m reference_trainers.moco --framework jax --preset cpu-tiny-moco --out runs/tiny-jax \
+        --coordinator 127.0.0.1:1234 --num-processes 2 --process-id 0   # and 1 (processes.py)
 
 Every epoch: the pruner plans the epoch -> adapters.jax.plan_batches serves the kept ids (a
 lone last id folded into the batch before: BatchNorm needs two samples) -> each jitted step
@@ -21,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from adapters.jax import JaxCommunicator, data_mesh
 from reference_trainers.common import loop
 from reference_trainers.common.config import build_parser, config_from_args
 from reference_trainers.common.data import (load_fashion_mnist, plant_near_duplicates,
@@ -33,18 +36,21 @@ from reference_trainers.jax import evaluation
 from reference_trainers.jax.augment import normalise, two_crops
 from reference_trainers.jax.checkpoint import load_checkpoint, save_checkpoint
 from reference_trainers.jax.moco_models import MoCoNet, encoder_of
+from reference_trainers.jax.processes import (add_process_flags, agreed, check_process_count,
+                                              barrier, host_local, start_processes,
+                                              stop_processes)
 from reference_trainers.jax.runtime import (PlanSampler, check_jax_config, limit_threads,
                                             run_epoch)
 from reference_trainers.jax.steps import (TrainState, build_optimizer, init_variables,
-                                          local_mesh, lr_schedule, make_moco_step,
-                                          momentum_schedule, replicate)
+                                          lr_schedule, make_moco_step, momentum_schedule,
+                                          replicate)
 from reference_trainers.moco.config import FLAGS, PRESETS, MocoConfig
 from scan_core import ScanPruner
 
 HEADLINE = ("linear_probe_top1", "knn_top1")
 
 
-# == 1. Set-up: one process over its local devices (runtime.check_jax_config), seeds in run() ==
+# == 1. Set-up: flags (runtime.check_jax_config), processes (processes.py), seeds in run() =====
 # == 2. Data: images only, in memory, two crops per batch =========================================
 class Images:
     """N images as uint8 (N, 1, 28, 28), int64 labels (N,), duplicate_of (N,) (-1: none)."""
@@ -129,9 +135,11 @@ def compiled_step(model: MoCoNet, optimizer: str, weight_decay: float, base_lr: 
                           momentum_schedule(momentum, epochs), temperature)
 
 
-def batch_maker(data: Images, views: tuple[CropView, CropView], rng: np.random.Generator):
+def batch_maker(data: Images, views: tuple[CropView, CropView], rng: np.random.Generator,
+                share: tuple[int, int] = (0, 1)):
+    """ids -> two augmented crops; share: (process index, process count), augment.py."""
     def make(ids: np.ndarray) -> dict[str, Any]:
-        x1, x2 = two_crops(data.images[ids], rng, views=views)
+        x1, x2 = two_crops(data.images[ids], rng, views=views, share=share)
         return {"x1": x1, "x2": x2}
 
     return make
@@ -144,26 +152,37 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
     """Train (or continue, with resume) the run in `out`; returns the summary."""
     limit_threads(cfg.threads)  # before anything starts JAX's backend
     cfg = check_jax_config(cfg)
+    rank, world = jax.process_index(), jax.process_count()
     run_dir = RunDir(out)
-    run_dir.write_config(cfg.to_dict(), resume=resume)
     train, test = build_data(cfg)
     model = build_model(cfg)
-    base_lr = cfg.lr * cfg.batch_size / 256  # MoCo v3: lr = base_lr * batch / 256
+    # MoCo v3: lr = base_lr * batch / 256, the global batch (every process's), as in torch.
+    base_lr = cfg.lr * cfg.batch_size * world / 256
     tx = build_optimizer(cfg.optimizer, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(cfg.seed * 1000)  # augmentation draws (rank 0's seed in torch)
-    state, last, wall = load_checkpoint(run_dir, init_state(model, tx, cfg.seed), rng) \
-        if resume else (init_state(model, tx, cfg.seed), -1, 0.0)
-    mesh = local_mesh()
+    # Augmentation draws: one generator, the same on every process (augment.py's `share`).
+    rng = np.random.default_rng(cfg.seed * 1000)
+
+    def start() -> tuple[Any, int, float]:  # what may fail, checked on every process
+        check_process_count(run_dir.store, resume)
+        if rank == 0:
+            run_dir.write_config(cfg.to_dict(), resume=resume)
+        return load_checkpoint(run_dir, init_state(model, tx, cfg.seed), rng) if resume \
+            else (init_state(model, tx, cfg.seed), -1, 0.0)
+
+    state, last, wall = agreed("starting the run", start)
+    mesh = data_mesh()  # every device of every process
     box = {"state": replicate(mesh, state)}
     pruner = ScanPruner(len(train), 2, cfg.scan_config(), store=run_dir.store,
-                        loss_history=cfg.loss_history, resume_epoch=last)
+                        communicator=JaxCommunicator(), loss_history=cfg.loss_history,
+                        resume_epoch=last)
     sampler = PlanSampler(pruner, cfg.seed)
-    run_dir.truncate_metrics(last)
-    run_dir.save_array("planted", duplicate_of=train.duplicate_of)
+    if rank == 0:
+        run_dir.truncate_metrics(last)
+        run_dir.save_array("planted", duplicate_of=train.duplicate_of)
     planted_stats = PreparationStats(pruner, duplicate_of=train.duplicate_of)
     step = compiled_step(model, cfg.optimizer, cfg.weight_decay, base_lr, cfg.epochs,
                          cfg.lr_warmup_epochs, cfg.min_lr, cfg.momentum, cfg.temperature)
-    make_batch = batch_maker(train, crop_views(cfg), rng)
+    make_batch = batch_maker(train, crop_views(cfg), rng, share=(rank, world))
 
     def train_epoch(epoch: int) -> dict[str, Any]:
         box["state"], stats = run_epoch(
@@ -172,24 +191,31 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
             extra=("momentum",))
         return stats
 
+    # Process 0 evaluates and checkpoints (epoch_loop) on its own copy of the replicated state.
     row = loop.epoch_loop(
-        cfg, pruner, sampler, run_dir, rank=0, world=1, wall=wall, stop_after=stop_after,
-        train_epoch=train_epoch,
-        evaluate=lambda probe: evaluate(model, box["state"], train, test, cfg, probe=probe),
-        checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, box["state"], rng, wall),
+        cfg, pruner, sampler, run_dir, rank=rank, world=world, wall=wall,
+        stop_after=stop_after, train_epoch=train_epoch,
+        evaluate=lambda probe: evaluate(model, host_local(box["state"]), train, test, cfg,
+                                        probe=probe),
+        checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, host_local(box["state"]),
+                                                       rng, wall),
         line=lambda row: epoch_line(row, accuracy=("knn_top1", "kNN")),
         extra_stats=planted_stats)
-    return loop.finish(run_dir, pruner, cfg, 0, row, headline=HEADLINE)
+    barrier("epochs done")  # process 0 has written every metrics row that finish() reads
+    return loop.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("python -m reference_trainers.moco", presets=PRESETS, flags=FLAGS,
                           default_preset="cpu-fmnist-moco",
                           description="MoCo v3 pre-training with SCAN (JAX).")
-    args = parser.parse_args(argv)
+    args = add_process_flags(parser).parse_args(argv)
+    if (code := start_processes(args)) is not None:
+        return code
     return loop.cli_main(
         lambda: config_from_args(args, presets=PRESETS, flags=FLAGS), args, run,
         lambda result: (f"linear probe top-1 {loop.fmt(result['linear_probe_top1'])}, kNN top-1 "
                         f"{loop.fmt(result['knn_top1'])}, pruned "
                         f"{result['realised_pruned_share']:.1%} of sample-visits, "
-                        f"{loop.fmt(result['wall_seconds'], '.0f')} s"))
+                        f"{loop.fmt(result['wall_seconds'], '.0f')} s"),
+        shutdown=stop_processes)

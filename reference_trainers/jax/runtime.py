@@ -2,8 +2,9 @@
 epoch's plan and id batches, and the loop over one epoch's steps.
 
 `PlanSampler` gives common/loop.epoch_loop the `set_epoch` / `plan` face of the torch
-ScanSampler, with the ids from adapters.jax.plan_batches (DistributedSampler's arithmetic over
-the kept ids, shuffled by numpy's PCG64 with (seed, epoch)). `run_epoch` runs the steps:
+ScanSampler, with this process's ids from adapters.jax.plan_batches (DistributedSampler's
+arithmetic over the kept ids, shuffled by numpy's PCG64 with (seed, epoch); rank and world are
+`jax.process_index()` / `jax.process_count()`, see processes.py). `run_epoch` runs the steps:
 host batch -> `place_batch` -> jitted step (state donated) -> `AsyncRecorder.push` (one step
 late, so the host never waits for the step it just queued), with the EpochBar's loss also read
 one step late.
@@ -50,9 +51,6 @@ def check_jax_config(cfg: Any) -> Any:
                        "Fashion-MNIST's, with the word tokenizer)")
     if refused:
         raise TrainerError("not supported with --framework jax: " + "; ".join(refused) + ".")
-    if jax.process_count() > 1:
-        raise TrainerError(f"the JAX trainers run in one process (over its local devices); got "
-                           f"{jax.process_count()} processes. Use one process per host.")
     return dataclasses.replace(cfg, framework="jax")
 
 
@@ -70,6 +68,7 @@ class PlanSampler:
 
     def __init__(self, pruner: Any, seed: int) -> None:
         self.pruner, self.seed, self._plan = pruner, seed, None
+        self.rank, self.world = jax.process_index(), jax.process_count()
 
     def set_epoch(self, epoch: int) -> None:
         self._plan = self.pruner.plan_epoch(epoch)
@@ -81,9 +80,12 @@ class PlanSampler:
         return self._plan
 
     def batches(self, batch_size: int, *, fold_single: bool = False) -> list[np.ndarray]:
-        """The epoch's int64 id batches. fold_single: a lone last id joins the batch before it
-        (BatchNorm cannot train on one sample; the torch MoCo trainer does the same)."""
-        batches = list(plan_batches(self.plan, batch_size, seed=self.seed))
+        """This process's int64 id batches of the epoch, the same number and lengths on every
+        process (DistributedSampler pads by wrapping). fold_single: a lone last id joins the
+        batch before it (BatchNorm cannot train on one sample; the torch MoCo trainer does the
+        same); the lengths agree, so every process folds alike."""
+        batches = list(plan_batches(self.plan, batch_size, rank=self.rank,
+                                    world_size=self.world, seed=self.seed))
         if fold_single and len(batches) > 1 and len(batches[-1]) == 1:
             batches[-2:] = [np.concatenate(batches[-2:])]
         return batches
@@ -93,10 +95,13 @@ def run_epoch(state: Any, step: Callable, mesh: Any, pruner: Any, plan: Any,
               id_batches: list[np.ndarray], make_batch: Callable[[np.ndarray], dict[str, Any]],
               epoch: int, *, quiet: bool,
               extra: Iterable[str] = ()) -> tuple[Any, dict[str, Any]]:
-    """Run one epoch's steps; returns (state, stats): steps, samples, train_loss (mean over
-    samples), lr and the `extra` metrics (e.g. momentum) of the last step."""
+    """Run one epoch's steps; returns (state, stats): steps, samples (of the global batches,
+    every process's), train_loss (mean over them), lr and the `extra` metrics (e.g. momentum)
+    of the last step. Under several processes `id_batches` are this process's; the step's loss
+    is the global batch's, and each process records its own rows."""
+    world = jax.process_count()
     bar = EpochBar(epoch, len(id_batches), phase=plan.phase, kept_share=plan.keep_fraction,
-                   enabled=not quiet)
+                   enabled=not quiet and jax.process_index() == 0)
     weighted = plan.weight_bits is not None
     recorder = AsyncRecorder(pruner)
     losses: list[tuple[Any, int]] = []
@@ -108,7 +113,7 @@ def run_epoch(state: Any, step: Callable, mesh: Any, pruner: Any, plan: Any,
             batch["weights"] = np.asarray(plan.loss_weights(ids), np.float32)
         state, metrics = step(state, place_batch(mesh, batch))
         recorder.push(ids, metrics["per_sample"])
-        losses.append((metrics["loss"], len(ids)))
+        losses.append((metrics["loss"], len(ids) * world))  # equal lengths on every process
         if len(losses) > 1:  # the previous step's loss: done, or nearly, so no stall
             loss, count = losses[-2]
             loss_sum, samples = loss_sum + float(loss) * count, samples + count

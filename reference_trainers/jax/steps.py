@@ -125,19 +125,45 @@ def local_mesh() -> Mesh:
 
 
 def replicate(mesh: Mesh, tree: Any) -> Any:
-    """Every leaf of `tree` copied to every device of `mesh` (parameters, optimiser state)."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Every leaf of `tree` copied to every device of `mesh` (parameters, optimiser state).
+    Under several processes each process passes the same values (a tree built from the same
+    seed or checkpoint) and places its own devices' copies."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def place(x: Any) -> jax.Array:
+        value = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(place, tree)
 
 
 def place_batch(mesh: Mesh, batch: dict[str, Any]) -> dict[str, Any]:
     """A host batch on the mesh: arrays with a batch axis split over "data" when their length
     divides over the devices (adapters.jax.shard_batch), else replicated (a short last batch;
-    the step is still exact, only not split); scalars replicated."""
+    the step is still exact, only not split); scalars replicated.
+
+    Under several processes `batch` is this process's part of the global batch (every process
+    passes the same length): split over its devices when the length divides over them, else
+    split over the processes only and replicated on each process's devices (`_process_mesh`)."""
     rows = {k: v for k, v in batch.items() if np.ndim(v) > 0}
     scalars = {k: v for k, v in batch.items() if np.ndim(v) == 0}
     length = len(next(iter(rows.values())))
-    placed = shard_batch(mesh, rows) if length % mesh.size == 0 else replicate(mesh, rows)
+    if jax.process_count() > 1:
+        local = len(mesh.local_devices)
+        placed = shard_batch(mesh if length % local == 0 else _process_mesh(mesh), rows)
+    else:
+        placed = shard_batch(mesh, rows) if length % mesh.size == 0 else replicate(mesh, rows)
     return {**placed, **replicate(mesh, scalars)}
+
+
+@functools.lru_cache(maxsize=4)
+def _process_mesh(mesh: Mesh) -> Mesh:
+    """`mesh`'s devices as (process, local device): axis "data" over the processes, "replica"
+    over each process's devices (jit accepts it beside `mesh`: the same devices)."""
+    devices = sorted(mesh.devices.flat, key=lambda d: (d.process_index, d.id))
+    return Mesh(np.asarray(devices).reshape(jax.process_count(), -1), ("data", "replica"))
 
 
 # == CLIP =========================================================================================

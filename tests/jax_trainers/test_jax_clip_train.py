@@ -18,15 +18,14 @@ pytest.importorskip("optax")
 
 from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR  # noqa: E402
 from reference_trainers.jax import clip as jax_clip  # noqa: E402
+from tests.jax_trainers.conftest import CLIP_ARGS  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not Path(DEFAULT_FASHION_MNIST_DIR).is_dir(),
     reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = ["--framework", "jax", "--preset", "cpu-tiny", "--num-train", "768", "--num-test", "300",
-        "--batch-size", "64", "--scan-warmup-epochs", "1", "--eval-every", "0", "--threads", "1",
-        "--quiet"]
+ARGS = CLIP_ARGS
 
 
 def _rows(out):
@@ -45,10 +44,9 @@ def _store_log(out):
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("jax-clip")
-    assert jax_clip.main(ARGS + ["--epochs", "5", "--out", str(out)]) == 0
-    return out
+def full_run(clip_one_process_run):
+    """The 5-epoch one-process run (conftest.py: shared with test_jax_processes.py)."""
+    return clip_one_process_run
 
 
 def test_the_train_step_jits_donates_its_state_and_returns_per_sample_losses():
