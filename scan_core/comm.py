@@ -77,7 +77,7 @@ class ThreadGroup:
             if len(shapes) != 1:
                 self._result = None
             else:
-                self._result = _reduce(self._slots, op)
+                self._result = reduce_in_rank_order(self._slots, op)
         self._barrier.wait()
         result = self._result
         try:
@@ -158,7 +158,9 @@ def run_ranks(world_size: int, fn: Callable[[Communicator], T]) -> list[T]:
     return results
 
 
-def _reduce(arrays: Sequence[np.ndarray], op: ReduceOp) -> np.ndarray:
+def reduce_in_rank_order(arrays: Sequence[np.ndarray], op: ReduceOp) -> np.ndarray:
+    """Reduce one array per rank, in rank order (sums left to right, so every communicator
+    built on it gives bit-identical float results)."""
     out = np.array(arrays[0], copy=True)
     for a in arrays[1:]:
         if op == "sum":

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from scan_core.comm import ReduceOp
+from scan_core.comm import ReduceOp, reduce_in_rank_order
 from scan_core.errors import ScanDistributedError
 
 _DEFAULT_CHUNK_BYTES = 16 << 20
@@ -72,7 +72,7 @@ class JaxCommunicator:
         for start in range(0, raw.size, step):
             chunk = np.asarray(multihost_utils.process_allgather(raw[start:start + step]))
             parts = chunk.reshape(self._world, -1).view(array.dtype)
-            out[start:start + step] = _reduce(parts, op).view(np.uint8)
+            out[start:start + step] = reduce_in_rank_order(parts, op).view(np.uint8)
         return out.view(array.dtype).reshape(array.shape)
 
     def _check_same_everywhere(self, array: np.ndarray) -> None:
@@ -86,15 +86,3 @@ class JaxCommunicator:
                 f"shape {array.shape} dtype {array.dtype}, headers {headers.tolist()}; every "
                 "process must run the same pruner with the same config.")
 
-
-def _reduce(parts: np.ndarray, op: ReduceOp) -> np.ndarray:
-    """Reduce (world, n) rows in process order, as scan_core.comm does (sum left to right)."""
-    out = np.array(parts[0], copy=True)
-    for row in parts[1:]:
-        if op == "sum":
-            out = out + row
-        elif op == "max":
-            out = np.maximum(out, row)
-        else:
-            out = out | row
-    return out
