@@ -5,8 +5,10 @@
   sample-visits is about r * w * P / E, with w the below-mean fraction and P the pruning
   epochs, so r = s * E / (w * P) lands on SCAN's measured share s (summary.json of the SCAN
   run of the same seed). w is measured on SCAN's last stored preparation losses (loss history)
-  when there are any, else taken as 1/2. r is capped below 1; the table shows both realised
-  shares, so a miss is visible, never hidden.
+  when there are any, else taken as 1/2 (a SCAN run kept without history). A source whose run
+  folder is gone (its JSON copied from another machine) is refused: guessing w would set a
+  budget nobody measured. r is capped below 1; the table shows both realised shares, so a miss
+  is visible, never hidden.
 - `coreset`: the training ids of a retraining run: SCAN's exported coreset (coreset.npy), a
   uniformly random subset of the same size, or the static rule's coreset cut or filled (at
   random, seeded) to the same size.
@@ -73,6 +75,11 @@ def derive(spec: Any, root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     source = result_of(results, spec.derive["source"])
     if kind == "infobatch_budget":
         share = float(source["summary"]["realised_pruned_share"])
+        if not (runs / spec.derive["source"] / "scan.zarr").exists():
+            raise DerivationError(
+                f"source run {spec.derive['source']} has a result but no run folder with its "
+                f"store ({runs / spec.derive['source']}): InfoBatch's budget needs its loss "
+                "history; delete the source's JSON and run the grid again to retrain it.")
         measured = below_mean_fraction(runs / spec.derive["source"])
         below_mean = 0.5 if measured is None else measured
         epochs = int(source["config"]["epochs"])

@@ -433,3 +433,20 @@ def test_full_suite(name, tmp_path):
     results = run_grid(suite_runs(name), tmp_path, workers=1, threads=2)
     failed = [r for r in results if r.get("status") != "ok"]
     assert all("target_rate" in r["spec"]["overrides"] for r in failed), failed
+
+
+@pytest.mark.parametrize("kind", ["infobatch_budget", "coreset"])
+def test_a_source_known_only_by_its_json_is_refused_by_name(tmp_path, kind):
+    # a JSON copied from another machine (docs/results/runs) without the run folder behind it
+    scan = suite_runs("clip-table", (0,))[5]
+    assert scan.rule == "scan"
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / f"{scan.run_id}.json").write_text(json.dumps(
+        {"run_id": scan.run_id, "status": "ok", "config": {"epochs": 12},
+         "summary": {"realised_pruned_share": 0.2}}))
+    derive = {"kind": kind, "source": scan.run_id}
+    if kind == "coreset":
+        derive.update(subset="scan", static_source=scan.run_id)
+    spec = RunSpec("clip", "cpu-fmnist", {"pruning": "full", "seed": 0}, derive=derive)
+    with pytest.raises(derive_mod.DerivationError, match=scan.run_id):
+        derive_mod.derive(spec, tmp_path)
