@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any
 
 from reference_trainers.common.config import PRUNING_FLAGS, scan_config_of
+from reference_trainers.common.errors import TrainerError
 from scan_core import ScanConfig
 
 _MOCO_SCAN = ScanConfig.moco()
@@ -68,6 +69,12 @@ class MocoConfig:
     seed: int = 0
     threads: int | None = None
 
+    def __post_init__(self) -> None:
+        if not 0 < self.crop_min <= 1:
+            raise TrainerError(f"crop_min={self.crop_min!r}: --crop-min is the smallest crop's "
+                               "share of the image area, in (0, 1] (MoCo v3: 0.2 for ResNet, "
+                               "0.08 for ViT)")
+
     def scan_config(self) -> ScanConfig:
         """The pruner's config for this run."""
         return scan_config_of(self)
@@ -109,6 +116,8 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--precision", "precision", str, "fp32 (default), bf16 or fp16 autocast"),
     ("--temperature", "temperature", float, "InfoNCE temperature"),
     ("--momentum", "momentum", float, "base momentum m0 of the momentum encoder"),
+    ("--crop-min", "crop_min", float, "smallest crop area share (MoCo v3: 0.2 ResNet, 0.08 "
+     "ViT)"),
     ("--optimizer", "optimizer", str, "lars or adamw"),
     ("--epochs", "epochs", int, "training epochs"),
     ("--batch-size", "batch_size", int, "per-rank batch size"),

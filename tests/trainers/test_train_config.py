@@ -41,3 +41,19 @@ def test_target_rate_flag_from_the_command_line():
 def test_a_target_for_a_rule_without_a_schedule_is_a_clear_error():
     with pytest.raises(ScanConfigError, match="target_rate"):
         scan_config_of(TrainConfig(pruning="full", target_rate=0.3))
+
+
+def test_moco_crop_min_flag_reaches_the_views_and_is_range_checked():
+    from reference_trainers.common.errors import TrainerError
+    from reference_trainers.moco import data as moco_data
+    from reference_trainers.moco.config import FLAGS, PRESETS
+
+    parser = build_parser("moco", presets=PRESETS, flags=FLAGS, default_preset="cpu-fmnist-moco")
+    cfg = config_from_args(parser.parse_args(["--out", "x", "--crop-min", "0.08"]),
+                           presets=PRESETS, flags=FLAGS)
+    assert cfg.crop_min == 0.08
+    assert all(view.scale == (0.08, 1.0) for view in moco_data.moco_views(cfg.crop_min))
+    for bad in ("0", "-0.1", "1.5"):
+        with pytest.raises(TrainerError, match="crop-min"):
+            config_from_args(parser.parse_args(["--out", "x", "--crop-min", bad]),
+                             presets=PRESETS, flags=FLAGS)
