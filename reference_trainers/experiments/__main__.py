@@ -3,6 +3,7 @@
     python -m reference_trainers.experiments list
     python -m reference_trainers.experiments run clip-table [--out runs/experiments]
         [--seeds 0 1 2] [--workers K] [--threads T] [--miniature] [--data-dir DIR]
+        [--where KEY=VALUE ...]
     python -m reference_trainers.experiments table clip-table [--out ...] [--seeds ...]
     python -m reference_trainers.experiments report RUN_DIR [--out DIR]
 
@@ -17,7 +18,7 @@ import argparse
 import os
 import sys
 
-from reference_trainers.experiments.suites import SEEDS, SUITES, suite_runs
+from reference_trainers.experiments.suites import SEEDS, SUITES, select_cells, suite_runs
 
 DEFAULT_OUT = "runs/experiments"
 
@@ -46,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "workers use cores / K)")
     run.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder for every run")
     run.add_argument("--retry-failed", action="store_true", help="re-run failed runs")
+    run.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                     help="run only the cells with this value (repeatable; e.g. "
+                          "--where 'regime=target 70%%' --where rule=scan); sources of "
+                          "derived runs come along; the table still covers the whole suite")
     table = sub.add_parser("table", help="print (and write) a suite's table")
     _grid_args(table)
     table.add_argument("--figures", action="store_true", help="draw the figures too")
@@ -88,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
 
         specs = [s for name in _suites(args.suite)
                  for s in suite_runs(name, seeds, miniature=args.miniature)]
+        if args.where:
+            try:
+                specs = select_cells(specs, args.where)
+            except ValueError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
         try:
             run_grid(specs, args.out, workers=args.workers, threads=args.threads,
                      data_dir=args.data_dir, retry_failed=args.retry_failed)

@@ -248,6 +248,31 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
 )}
 
 
+def select_cells(specs: list[RunSpec], where: list[str]) -> list[RunSpec]:
+    """The runs whose cell matches every `KEY=VALUE` of `where` (a key given twice matches
+    either value), plus the first-stage runs those need (an InfoBatch or coreset run's
+    sources). A key no cell has, or a value no cell holds, is a ValueError naming the choices."""
+    wanted: dict[str, set[str]] = {}
+    for item in where:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--where {item!r}: expected KEY=VALUE, e.g. rule=scan")
+        wanted.setdefault(key.strip(), set()).add(value.strip())
+    for key, values in wanted.items():
+        held = sorted({s.cell[key] for s in specs if key in s.cell})
+        if not held:
+            keys = sorted({k for s in specs for k in s.cell})
+            raise ValueError(f"--where: no cell has the key {key!r}; keys: {', '.join(keys)}")
+        unknown = sorted(values - set(held))
+        if unknown:
+            raise ValueError(f"--where {key}: no cell holds {', '.join(map(repr, unknown))}; "
+                             f"values: {', '.join(map(repr, held))}")
+    chosen = [s for s in specs if all(s.cell.get(k) in v for k, v in wanted.items())]
+    needed = {src for s in chosen for src in s.sources}
+    by_id = {s.run_id: s for s in specs}
+    return chosen + [by_id[i] for i in sorted(needed - {s.run_id for s in chosen})]
+
+
 def suite_runs(name: str, seeds: tuple[int, ...] = SEEDS, *, miniature: bool = False
                ) -> list[RunSpec]:
     """The runs of suite `name` (KeyError naming the suites when unknown)."""

@@ -28,7 +28,8 @@ from reference_trainers.experiments.__main__ import main as cli
 from reference_trainers.experiments.quality import snapshot_candidates, store_quality
 from reference_trainers.experiments.report import report, view_mean
 from reference_trainers.experiments.runner import load_result, run_grid
-from reference_trainers.experiments.suites import SUITES, RunSpec, make_run, suite_runs
+from reference_trainers.experiments.suites import (SUITES, RunSpec, make_run, select_cells,
+                                                   suite_runs)
 from reference_trainers.experiments.tables import suite_table
 from reference_trainers.experiments.worker import execute, run_lock
 from scan_core import LossStore, ScanConfig, ScanPruner
@@ -450,3 +451,26 @@ def test_a_source_known_only_by_its_json_is_refused_by_name(tmp_path, kind):
     spec = RunSpec("clip", "cpu-fmnist", {"pruning": "full", "seed": 0}, derive=derive)
     with pytest.raises(derive_mod.DerivationError, match=scan.run_id):
         derive_mod.derive(spec, tmp_path)
+
+
+def test_where_selects_cells_and_brings_the_sources_of_derived_runs():
+    specs = suite_runs("regimes", (0, 1))
+    rates = select_cells(specs, ["regime=target 70%", "regime=target 50%", "rule=scan"])
+    assert {(s.cell["regime"], s.rule, s.seed) for s in rates} == {
+        (f"target {r}%", "scan", seed) for r in (50, 70) for seed in (0, 1)}
+    table = suite_runs("clip-table", (0,))
+    info = select_cells(table, ["rule=infobatch"])
+    assert [s.rule for s in info] == ["infobatch", "scan"]      # its SCAN source comes along
+    assert info[1].run_id == info[0].derive["source"]
+    core = select_cells(suite_runs("coreset", (0,)), ["subset=static subset"])
+    assert sorted(s.rule for s in core) == ["full", "scan", "static"]
+    for bad, named in ((["rule"], "KEY=VALUE"), (["colour=red"], "rule"),
+                       (["rule=bogus"], "'scan'")):
+        with pytest.raises(ValueError, match=named):
+            select_cells(table, bad)
+
+
+def test_run_where_rejects_an_unknown_cell_before_running(tmp_path, capsys):
+    assert cli(["run", "clip-table", "--out", str(tmp_path), "--where", "rule=bogus"]) == 2
+    assert "no cell holds 'bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
