@@ -2,8 +2,14 @@
 
 std is the sample standard deviation (ddof 1) over the seeds that finished; with one seed
 there is none to show. Each row is also held against the suite's reference row (SCAN, in the
-same regime): the difference of the headline means, and "beyond" when it exceeds the sum of the
-two standard deviations (both with >= 2 seeds), "within" otherwise. Failed runs are counted and
+same regime), two ways:
+- unpaired: the difference of the headline means, "beyond" when it exceeds the sum of the two
+  standard deviations (both with >= 2 seeds), "within" otherwise;
+- paired by seed: a seed fixes the data (planted noise, captions), the initialisation and the
+  order, so the per-seed differences row - reference remove what the two runs share. Their
+  mean, std and a two-sided paired t-test at 5% ("p<.05" when |t| exceeds Student's critical
+  value for n - 1 degrees of freedom, "n.s." otherwise; needs >= 2 common seeds).
+Failed runs are counted and
 their first error shown, never averaged in. Wall-clock is the trainer's training time
 (evaluation excluded), summed over resumes; the pruned share is summary.json's counted
 `realised_pruned_share`.
@@ -28,6 +34,24 @@ LABELS = {"zero_shot_top1": "zero-shot top-1", "linear_probe_top1": "linear prob
           "churn_jaccard": "D' Jaccard vs previous", "epoch": "epoch"}
 QUALITY_COLUMNS = ("epoch", "ill_recall", "ill_precision", "redundant_recall",
                    "redundant_precision", "churn_jaccard")
+
+
+# Student's t, two-sided 5%: the critical |t| for 1..10 degrees of freedom (any t table).
+T_CRIT_05 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def paired(deltas: list[float]) -> dict[str, Any]:
+    """Mean, std, t and the 5% two-sided verdict of per-seed differences (None below n = 2;
+    beyond 10 degrees of freedom the 10-df value is used, which only makes it stricter)."""
+    stat = mean_std(deltas)
+    n, std = stat["n"], stat["std"]
+    if n < 2:
+        return {**stat, "t": None, "significant": None}
+    if std == 0:
+        t = 0.0 if stat["mean"] == 0 else float("inf")
+    else:
+        t = stat["mean"] / (std / n ** 0.5)
+    return {**stat, "t": t, "significant": abs(t) > T_CRIT_05[min(n - 1, 10) - 1]}
 
 
 def mean_std(values: list[float]) -> dict[str, Any]:
@@ -61,7 +85,10 @@ def cells(suite: Suite, pairs: list) -> list[dict[str, Any]]:
         stats = {col: mean_std([float(r["summary"][col]) for r in ok
                                 if r["summary"].get(col) is not None])
                  for col in suite.columns}
+        by_seed = {s.seed: float(r["summary"][suite.metric]) for s, r in members
+                   if r and r.get("status") == "ok" and r["summary"].get(suite.metric) is not None}
         out.append({"cell": dict(key), "seeds": sorted(s.seed for s, _ in members),
+                    "metric_by_seed": by_seed,
                     "ok": len(ok), "failed": len(failed),
                     "missing": sum(1 for _, r in members if r is None),
                     "error": failed[0].get("error") if failed else None, "stats": stats})
@@ -83,7 +110,10 @@ def compare(suite: Suite, rows: list[dict[str, Any]]) -> None:
         b = ref["stats"][suite.metric]
         delta = a["mean"] - b["mean"]
         beyond = None if a["std"] is None or b["std"] is None else abs(delta) > a["std"] + b["std"]
-        row["vs_reference"] = {"delta": delta, "beyond": beyond}
+        mine, theirs = row["metric_by_seed"], ref["metric_by_seed"]
+        common = sorted(set(mine) & set(theirs))
+        row["vs_reference"] = {"delta": delta, "beyond": beyond, "seeds": common,
+                               "paired": paired([mine[i] - theirs[i] for i in common])}
 
 
 def quality_rows(pairs: list) -> list[dict[str, Any]]:
@@ -108,6 +138,20 @@ def _markdown(headers: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + "\n"
 
 
+def _unpaired(vs: dict[str, Any]) -> str:
+    verdict = "n<2" if vs["beyond"] is None else "beyond" if vs["beyond"] else "within"
+    return f"{vs['delta']:+.4f} ({verdict})"
+
+
+def _paired(p: dict[str, Any]) -> str:
+    if p["mean"] is None:
+        return "-"
+    if p["significant"] is None:
+        return f"{p['mean']:+.4f} (n<2)"
+    return (f"{p['mean']:+.4f} ± {p['std']:.4f}, t {p['t']:+.1f} "
+            f"({'p<.05' if p['significant'] else 'n.s.'}, n {p['n']})")
+
+
 def suite_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool = False
                 ) -> tuple[str, dict[str, Any]]:
     """(markdown, numbers) of suite `name` from the result JSONs under `root`."""
@@ -118,7 +162,8 @@ def suite_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool
     coords = list(dict.fromkeys(k for r in rows for k in r["cell"]))
     headers = coords + [LABELS.get(c, c) for c in suite.columns] + ["seeds ok"]
     if suite.reference:
-        headers.append(f"{LABELS[suite.metric]} vs {suite.reference[1]}")
+        headers += [f"{LABELS[suite.metric]} vs {suite.reference[1]}",
+                    "paired by seed (t-test)"]
     body = []
     for r in rows:
         line = [r["cell"].get(c, "") for c in coords]
@@ -129,8 +174,7 @@ def suite_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool
         line.append(status)
         if suite.reference:
             vs = r.get("vs_reference")
-            line.append("-" if vs is None else f"{vs['delta']:+.4f} "
-                        f"({'n<2' if vs['beyond'] is None else 'beyond' if vs['beyond'] else 'within'})")
+            line += ["-", "-"] if vs is None else [_unpaired(vs), _paired(vs["paired"])]
         body.append(line)
     text = f"### {suite.title}\n\n" + _markdown(headers, body)
     numbers: dict[str, Any] = {"suite": name, "seeds": list(seeds), "miniature": miniature,

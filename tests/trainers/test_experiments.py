@@ -474,3 +474,50 @@ def test_run_where_rejects_an_unknown_cell_before_running(tmp_path, capsys):
     assert cli(["run", "clip-table", "--out", str(tmp_path), "--where", "rule=bogus"]) == 2
     assert "no cell holds 'bogus'" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_t_table_holds_students_two_sided_five_percent_points():
+    from reference_trainers.experiments.tables import T_CRIT_05
+    import math
+    for df, crit in enumerate(T_CRIT_05, start=1):
+        # P(|T| > crit) for Student's t with df degrees of freedom, by integrating its density
+        x = np.linspace(0.0, crit, 200_001)
+        c = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+        inside = 2 * np.trapezoid(c * (1 + x ** 2 / df) ** (-(df + 1) / 2), x)
+        assert 1 - inside == pytest.approx(0.05, abs=2e-4), df
+
+
+def _fake_results(root, values_by_rule):
+    """Result JSONs for suite 1's cells with the given zero-shot top-1 per rule and seed."""
+    (root / "results").mkdir(parents=True, exist_ok=True)
+    for spec in suite_runs("clip-table", (0, 1, 2)):
+        value = values_by_rule.get(spec.rule, [None] * 3)[spec.seed]
+        if value is None:
+            continue
+        summary = {"zero_shot_top1": value, "linear_probe_top1": value,
+                   "realised_pruned_share": 0.2, "wall_seconds": 100.0}
+        (root / "results" / f"{spec.run_id}.json").write_text(json.dumps(
+            {"run_id": spec.run_id, "status": "ok", "summary": summary, "metrics": []}))
+
+
+def test_table_pairs_rows_with_the_reference_by_seed(tmp_path):
+    scan = [0.80, 0.81, 0.82]                                 # seed spread 0.01
+    _fake_results(tmp_path, {"scan": scan,
+                             "random": [v - d for v, d in zip(scan, (0.004, 0.005, 0.006))],
+                             "full": [0.805, 0.815, 0.825],
+                             "static": [0.81, 0.80, 0.82]})
+    text, numbers = suite_table("clip-table", tmp_path)
+    rows = {r["cell"]["rule"]: r for r in numbers["rows"]}
+    random = rows["random"]["vs_reference"]
+    assert random["beyond"] is False                          # unpaired: inside the spread
+    assert random["paired"]["significant"] is True            # paired: every seed lower
+    assert random["paired"]["mean"] == pytest.approx(-0.005)
+    assert random["paired"]["t"] == pytest.approx(-0.005 / (0.001 / 3 ** 0.5))
+    full = rows["full"]["vs_reference"]["paired"]             # +0.005 on every seed
+    assert full["t"] > 1e6 and full["significant"] is True
+    static = rows["static"]["vs_reference"]["paired"]
+    assert static["significant"] is False and static["mean"] == pytest.approx(0, abs=1e-12)
+    assert rows["scan"]["vs_reference"] is None               # the reference itself
+    assert rows["ill"]["vs_reference"] is None                # no runs
+    line = next(l for l in text.splitlines() if l.startswith("| random"))
+    assert "-0.0050 (within)" in line and "t -8.7 (p<.05, n 3)" in line
