@@ -2,6 +2,9 @@
 
 - <suite>-headline.png: the headline accuracy per cell, mean with a +-std bar over seeds;
 - <suite>-accuracy-vs-pruned.png: the headline against the counted pruned share of visits;
+- <suite>-paired.png (suites with a reference row, >= 2 common seeds): each row's per-seed
+  difference to the reference (SCAN in the same regime), mean with a 95% t interval; a bar
+  clear of zero is the paired t-test's "p<.05";
 - quality-per-preparation.png (suite 5): recall and precision of the planted noise per
   preparation epoch.
 figures.json beside them holds the plotted numbers.
@@ -15,7 +18,7 @@ from typing import Any
 
 from reference_trainers.experiments.report import pyplot
 from reference_trainers.experiments.suites import SUITES
-from reference_trainers.experiments.tables import LABELS, suite_table
+from reference_trainers.experiments.tables import LABELS, T_CRIT_05, suite_table
 
 
 def _label(cell: dict[str, str]) -> str:
@@ -57,10 +60,39 @@ def suite_figures(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bo
         plt.close(fig)
         drawn["accuracy_vs_pruned"] = {"file": f"{name}-accuracy-vs-pruned.png",
                                        "labels": labels, "shares": shares, "means": means}
+        paired = _paired(plt, name, suite, rows, out)
+        if paired:
+            drawn["paired"] = paired
     if numbers.get("quality"):
         drawn["quality"] = _quality(plt, numbers["quality"], out)
     (out / "figures.json").write_text(json.dumps(drawn, indent=1) + "\n")
     return drawn
+
+
+def _paired(plt, name: str, suite: Any, rows: list[dict[str, Any]], out: Path
+            ) -> dict[str, Any] | None:
+    """Per-seed differences to the reference row: mean and 95% t half-width per row."""
+    rows = [r for r in rows if r.get("vs_reference") and r["vs_reference"]["paired"]["n"] >= 2]
+    if not rows:
+        return None
+    labels, means, halves = [], [], []
+    for r in rows:
+        p = r["vs_reference"]["paired"]
+        labels.append(_label(r["cell"]))
+        means.append(p["mean"])
+        halves.append(T_CRIT_05[min(p["n"] - 1, 10) - 1] * p["std"] / p["n"] ** 0.5)
+    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.3 * len(rows) + 1.5)))
+    ax.errorbar(means, range(len(rows)), xerr=halves, fmt="o", capsize=3)
+    ax.axvline(0.0, color="grey", lw=1)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"{LABELS[suite.metric]}: row - {suite.reference[1]}, same seed "
+                  "(mean, 95% t interval)", title=suite.title)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}-paired.png", dpi=90)
+    plt.close(fig)
+    return {"file": f"{name}-paired.png", "labels": labels, "means": means,
+            "half_widths_95": halves}
 
 
 def _quality(plt, qrows: list[dict[str, Any]], out: Path) -> dict[str, Any]:

@@ -521,3 +521,20 @@ def test_table_pairs_rows_with_the_reference_by_seed(tmp_path):
     assert rows["ill"]["vs_reference"] is None                # no runs
     line = next(l for l in text.splitlines() if l.startswith("| random"))
     assert "-0.0050 (within)" in line and "t -8.7 (p<.05, n 3)" in line
+
+
+def test_paired_figure_plots_the_per_seed_differences(tmp_path):
+    from reference_trainers.experiments.figures import suite_figures
+    scan = [0.80, 0.81, 0.82]
+    _fake_results(tmp_path, {"scan": scan, "random": [0.795, 0.805, 0.813],
+                             "full": [0.81, 0.82, 0.83]})
+    drawn = suite_figures("clip-table", tmp_path)
+    paired = drawn["paired"]
+    _valid_png(tmp_path / "figures" / "clip-table" / paired["file"])
+    by_label = dict(zip(paired["labels"], zip(paired["means"], paired["half_widths_95"])))
+    assert set(by_label) == {"random", "full"}                # not SCAN against itself
+    deltas = [-0.005, -0.005, -0.007]
+    mean, half = by_label["random"]
+    assert mean == pytest.approx(np.mean(deltas))
+    assert half == pytest.approx(4.303 * np.std(deltas, ddof=1) / 3 ** 0.5)
+    assert by_label["full"][0] == pytest.approx(0.01)
