@@ -158,8 +158,8 @@ def _draw(name: str, data: dict[str, Any], path: Path) -> None:
                    title="Jaccard " + ", ".join("-" if j is None else f"{j:.2f}"
                                                 for j in data["jaccard"]))
         elif name == "curves":
-            ax.plot(data["epochs"], data["train_loss"], "k-", label="train loss")
-            ax.set(xlabel="epoch", ylabel="train loss")
+            ax.plot(data["epochs"], data["train_loss"], "k-", label="train loss (kept samples)")
+            ax.set(xlabel="epoch", ylabel="train loss, mean over the kept samples")
             twin = ax.twinx()
             for key in ACCURACIES:
                 if key in data:
