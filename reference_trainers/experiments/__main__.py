@@ -5,6 +5,7 @@
         [--seeds 0 1 2] [--workers K] [--threads T] [--miniature] [--data-dir DIR]
         [--where KEY=VALUE ...]
     python -m reference_trainers.experiments table clip-table [--out ...] [--seeds ...]
+        [--where KEY=VALUE ...] [--figures]
     python -m reference_trainers.experiments report RUN_DIR [--out DIR]
 
 `run` runs the suite's grid (skipping finished runs, resuming stopped ones), then writes its
@@ -30,6 +31,11 @@ def _grid_args(parser: argparse.ArgumentParser) -> None:
                         help="seeds (default 0 1 2; a miniature: 0)")
     parser.add_argument("--miniature", action="store_true",
                         help="2-epoch runs on a few hundred samples (CI)")
+    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                        help="only the cells with this value (repeatable; e.g. --where "
+                             "'regime=target 70%%' --where rule=scan). run: the sources of "
+                             "derived runs come along, and the table written after covers the "
+                             "whole suite; table: only these rows")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,10 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
                           "workers use cores / K)")
     run.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder for every run")
     run.add_argument("--retry-failed", action="store_true", help="re-run failed runs")
-    run.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                     help="run only the cells with this value (repeatable; e.g. "
-                          "--where 'regime=target 70%%' --where rule=scan); sources of "
-                          "derived runs come along; the table still covers the whole suite")
     table = sub.add_parser("table", help="print (and write) a suite's table")
     _grid_args(table)
     table.add_argument("--figures", action="store_true", help="draw the figures too")
@@ -105,8 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("stopped: run the same command again to resume", file=sys.stderr)
             return 130
+    where = args.where if args.command == "table" else None
     for name in _suites(args.suite):
-        path, text = write_table(name, args.out, seeds, miniature=args.miniature)
+        try:
+            path, text = write_table(name, args.out, seeds, miniature=args.miniature,
+                                     where=where)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         print(text)
         print(f"(written to {path})")
         if args.command == "run" or args.figures:

@@ -248,10 +248,10 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
 )}
 
 
-def select_cells(specs: list[RunSpec], where: list[str]) -> list[RunSpec]:
+def match_cells(specs: list[RunSpec], where: list[str]) -> list[RunSpec]:
     """The runs whose cell matches every `KEY=VALUE` of `where` (a key given twice matches
-    either value), plus the first-stage runs those need (an InfoBatch or coreset run's
-    sources). A key no cell has, or a value no cell holds, is a ValueError naming the choices."""
+    either value). A key no cell has, or a value no cell holds, is a ValueError naming the
+    choices."""
     wanted: dict[str, set[str]] = {}
     for item in where:
         key, sep, value = item.partition("=")
@@ -267,7 +267,13 @@ def select_cells(specs: list[RunSpec], where: list[str]) -> list[RunSpec]:
         if unknown:
             raise ValueError(f"--where {key}: no cell holds {', '.join(map(repr, unknown))}; "
                              f"values: {', '.join(map(repr, held))}")
-    chosen = [s for s in specs if all(s.cell.get(k) in v for k, v in wanted.items())]
+    return [s for s in specs if all(s.cell.get(k) in v for k, v in wanted.items())]
+
+
+def select_cells(specs: list[RunSpec], where: list[str]) -> list[RunSpec]:
+    """`match_cells`, plus the first-stage runs the chosen ones need (an InfoBatch or coreset
+    run's sources): what `run --where` trains."""
+    chosen = match_cells(specs, where)
     needed = {src for s in chosen for src in s.sources}
     by_id = {s.run_id: s for s in specs}
     return chosen + [by_id[i] for i in sorted(needed - {s.run_id for s in chosen})]

@@ -24,7 +24,7 @@ from typing import Any
 
 from reference_trainers.experiments.quality import preparation_rows
 from reference_trainers.experiments.runner import results_of
-from reference_trainers.experiments.suites import SUITES, Suite, suite_runs
+from reference_trainers.experiments.suites import SUITES, Suite, match_cells, suite_runs
 
 LABELS = {"zero_shot_top1": "zero-shot top-1", "linear_probe_top1": "linear probe top-1",
           "knn_top1": "kNN top-1", "realised_pruned_share": "pruned (visits)",
@@ -152,11 +152,13 @@ def _paired(p: dict[str, Any]) -> str:
             f"({'p<.05' if p['significant'] else 'n.s.'}, n {p['n']})")
 
 
-def suite_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool = False
-                ) -> tuple[str, dict[str, Any]]:
-    """(markdown, numbers) of suite `name` from the result JSONs under `root`."""
+def suite_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool = False,
+                where: list[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """(markdown, numbers) of suite `name` from the result JSONs under `root`; `where`
+    (KEY=VALUE items, suites.match_cells) keeps only the matching cells."""
     suite = SUITES[name]
-    pairs = results_of(suite_runs(name, tuple(seeds), miniature=miniature), root)
+    specs = suite_runs(name, tuple(seeds), miniature=miniature)
+    pairs = results_of(match_cells(specs, where) if where else specs, root)
     rows = cells(suite, pairs)
     compare(suite, rows)
     coords = list(dict.fromkeys(k for r in rows for k in r["cell"]))
@@ -178,7 +180,7 @@ def suite_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool
         body.append(line)
     text = f"### {suite.title}\n\n" + _markdown(headers, body)
     numbers: dict[str, Any] = {"suite": name, "seeds": list(seeds), "miniature": miniature,
-                               "rows": rows}
+                               "where": list(where or []), "rows": rows}
     if name == "quality":
         qrows = quality_rows(pairs)
         numbers["quality"] = qrows
@@ -191,13 +193,14 @@ def suite_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool
     return text, numbers
 
 
-def write_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool = False
-                ) -> tuple[Path, str]:
-    """tables/<suite>[-mini].md and .json under root; returns (markdown path, markdown)."""
-    text, numbers = suite_table(name, root, seeds, miniature=miniature)
+def write_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool = False,
+                where: list[str] | None = None) -> tuple[Path, str]:
+    """tables/<suite>[-mini][-where].md and .json under root; returns (markdown path,
+    markdown). A `where` selection gets its own files, so the whole suite's stay."""
+    text, numbers = suite_table(name, root, seeds, miniature=miniature, where=where)
     folder = Path(root) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = name + ("-mini" if miniature else "")
+    stem = name + ("-mini" if miniature else "") + ("-where" if where else "")
     (folder / f"{stem}.md").write_text(text)
     (folder / f"{stem}.json").write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
     return folder / f"{stem}.md", text

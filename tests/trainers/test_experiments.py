@@ -538,3 +538,16 @@ def test_paired_figure_plots_the_per_seed_differences(tmp_path):
     assert mean == pytest.approx(np.mean(deltas))
     assert half == pytest.approx(4.303 * np.std(deltas, ddof=1) / 3 ** 0.5)
     assert by_label["full"][0] == pytest.approx(0.01)
+
+
+def test_table_where_keeps_only_the_matching_rows(tmp_path, capsys):
+    _fake_results(tmp_path, {"scan": [0.80, 0.81, 0.82], "random": [0.79, 0.80, 0.81],
+                             "full": [0.81, 0.82, 0.83]})
+    text, numbers = suite_table("clip-table", tmp_path, where=["rule=scan", "rule=random"])
+    assert sorted(r["cell"]["rule"] for r in numbers["rows"]) == ["random", "scan"]
+    assert numbers["where"] == ["rule=scan", "rule=random"]
+    assert cli(["table", "clip-table", "--out", str(tmp_path), "--where", "rule=full"]) == 0
+    assert (tmp_path / "tables" / "clip-table-where.md").exists()
+    assert not (tmp_path / "tables" / "clip-table.md").exists()
+    assert cli(["table", "clip-table", "--out", str(tmp_path), "--where", "noise=9%"]) == 2
+    assert "no cell has the key 'noise'" in capsys.readouterr().err
