@@ -174,8 +174,13 @@ print(json.dumps({"torch": sorted(m for m in sys.modules if m.split(".")[0] == "
 @pytest.mark.distributed
 def test_two_devices_train_as_one_does_and_torch_is_never_imported(full_run, tmp_path):
     """`python -m reference_trainers.moco --framework jax` on 2 simulated CPU devices, stopped
-    after 3 of 5 epochs: the plans of the one-device run and its losses to float summation
-    order (BatchNorm statistics span the whole batch under GSPMD, as on one device)."""
+    after 3 of 5 epochs: the one-device run's losses up to float summation order and what it
+    grows into over later steps (BatchNorm statistics span the whole batch under GSPMD, as on
+    one device), its plans exactly while
+    they do not depend on losses (warm-up, preparation), and the mutation epoch's plan up to
+    the samples whose loss sits on a cut-off: D' is ranked from losses that differ in float
+    summation order, and MoCo's D' is the union of two views' candidates, so a sample at a
+    cut can flip and |D'| move by one (seen: 644 vs 645 kept of 768 on one machine)."""
     out = tmp_path / "two"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "PYTHONPATH": str(ROOT)}
@@ -187,12 +192,18 @@ def test_two_devices_train_as_one_does_and_torch_is_never_imported(full_run, tmp
     assert seen == {"torch": [], "devices": 2}
     a, b = _rows(full_run)[:3], _rows(out)
     assert [r["phase"] for r in b] == ["warmup", "prepare", "mutate"]
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a[:2], b[:2]):
         assert (ra["phase"], ra["num_kept"], ra["steps"], ra["samples"]) == \
             (rb["phase"], rb["num_kept"], rb["steps"], rb["samples"])
-    for ra, rb in zip(a[:2], b[:2]):  # the same samples in the same batches
-        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4)
-    assert b[2]["train_loss"] == pytest.approx(a[2]["train_loss"], rel=1e-2)
+    assert a[2]["phase"] == b[2]["phase"] == "mutate"
+    assert a[2]["num_kept"] < 768 and abs(a[2]["num_kept"] - b[2]["num_kept"]) <= 768 // 100
+    assert b[2]["samples"] == b[2]["num_kept"]
+    # Epoch 0: the same samples in the same batches from the same weights (seen: 1e-6 apart).
+    # Later epochs: summation-order differences have grown through every LARS step since
+    # (seen: 1.4e-3 apart at epoch 1 on one machine, under 1e-4 on another).
+    assert b[0]["train_loss"] == pytest.approx(a[0]["train_loss"], rel=1e-4)
+    for ra, rb in zip(a[1:], b[1:]):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-2)
 
 
 def test_optax_lars_takes_the_torch_lars_first_step():
