@@ -94,7 +94,8 @@ def cpu_fmnist() -> TrainConfig:
         python -m reference_trainers.clip --preset cpu-fmnist --out runs/clip-fmnist
 
     About 12 s per full epoch on 2 cores (torch 2.13 CPU); 12 epochs with SCAN about 2.5
-    minutes, evaluation included.
+    minutes, evaluation included. Machines of the same kind differ: another measured 41 s
+    per full epoch with 2 threads (docs/results.md, "The machine").
     """
     return TrainConfig(preset="cpu-fmnist")
 
