@@ -18,7 +18,7 @@ from typing import Any
 
 from reference_trainers.experiments.report import pyplot
 from reference_trainers.experiments.suites import SUITES
-from reference_trainers.experiments.tables import LABELS, T_CRIT_05, suite_table
+from reference_trainers.experiments.tables import LABELS, suite_table
 
 
 def _label(cell: dict[str, str]) -> str:
@@ -80,7 +80,7 @@ def _paired(plt, name: str, suite: Any, rows: list[dict[str, Any]], out: Path
         p = r["vs_reference"]["paired"]
         labels.append(_label(r["cell"]))
         means.append(p["mean"])
-        halves.append(T_CRIT_05[min(p["n"] - 1, 10) - 1] * p["std"] / p["n"] ** 0.5)
+        halves.append(p["half_width_95"])
     fig, ax = plt.subplots(figsize=(6, max(2.5, 0.3 * len(rows) + 1.5)))
     ax.errorbar(means, range(len(rows)), xerr=halves, fmt="o", capsize=3)
     ax.axvline(0.0, color="grey", lw=1)

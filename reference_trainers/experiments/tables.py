@@ -9,6 +9,8 @@ same regime), two ways:
   order, so the per-seed differences row - reference remove what the two runs share. Their
   mean, std and a two-sided paired t-test at 5% ("p<.05" when |t| exceeds Student's critical
   value for n - 1 degrees of freedom, "n.s." otherwise; needs >= 2 common seeds).
+The same paired test is run on the suite's secondary metric (the linear probe for CLIP, kNN
+for MoCo), its own column: one significant test among several is a lead, not a finding.
 Failed runs are counted and
 their first error shown, never averaged in. Wall-clock is the trainer's training time
 (evaluation excluded), summed over resumes; the pruned share is summary.json's counted
@@ -41,17 +43,20 @@ T_CRIT_05 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.2
 
 
 def paired(deltas: list[float]) -> dict[str, Any]:
-    """Mean, std, t and the 5% two-sided verdict of per-seed differences (None below n = 2;
-    beyond 10 degrees of freedom the 10-df value is used, which only makes it stricter)."""
+    """Mean, std, t, the 95% t half-width of the mean and the 5% two-sided verdict of per-seed
+    differences (None below n = 2; beyond 10 degrees of freedom the 10-df value is used, which
+    only makes it stricter)."""
     stat = mean_std(deltas)
     n, std = stat["n"], stat["std"]
     if n < 2:
-        return {**stat, "t": None, "significant": None}
+        return {**stat, "t": None, "half_width_95": None, "significant": None}
+    crit = T_CRIT_05[min(n - 1, 10) - 1]
     if std == 0:
         t = 0.0 if stat["mean"] == 0 else float("inf")
     else:
         t = stat["mean"] / (std / n ** 0.5)
-    return {**stat, "t": t, "significant": abs(t) > T_CRIT_05[min(n - 1, 10) - 1]}
+    return {**stat, "t": t, "half_width_95": crit * std / n ** 0.5,
+            "significant": abs(t) > crit}
 
 
 def mean_std(values: list[float]) -> dict[str, Any]:
@@ -80,15 +85,14 @@ def cells(suite: Suite, pairs: list) -> list[dict[str, Any]]:
         grouped.setdefault(tuple(spec.cell.items()), []).append((spec, result))
     out = []
     for key, members in grouped.items():
-        ok = [r for _, r in members if r and r.get("status") == "ok"]
+        ok = [(s, r) for s, r in members if r and r.get("status") == "ok"]
         failed = [r for _, r in members if r and r.get("status") != "ok"]
-        stats = {col: mean_std([float(r["summary"][col]) for r in ok
-                                if r["summary"].get(col) is not None])
-                 for col in suite.columns}
-        by_seed = {s.seed: float(r["summary"][suite.metric]) for s, r in members
-                   if r and r.get("status") == "ok" and r["summary"].get(suite.metric) is not None}
+        by_seed = {col: {s.seed: float(r["summary"][col]) for s, r in ok
+                         if r["summary"].get(col) is not None}
+                   for col in dict.fromkeys((suite.metric, *suite.columns))}
+        stats = {col: mean_std(list(by_seed[col].values())) for col in suite.columns}
         out.append({"cell": dict(key), "seeds": sorted(s.seed for s, _ in members),
-                    "metric_by_seed": by_seed,
+                    "by_seed": by_seed,
                     "ok": len(ok), "failed": len(failed),
                     "missing": sum(1 for _, r in members if r is None),
                     "error": failed[0].get("error") if failed else None, "stats": stats})
@@ -96,7 +100,8 @@ def cells(suite: Suite, pairs: list) -> list[dict[str, Any]]:
 
 
 def compare(suite: Suite, rows: list[dict[str, Any]]) -> None:
-    """Add 'vs_reference' to each row: headline difference to the reference row."""
+    """Add 'vs_reference' to each row: headline difference to the reference row, paired by
+    seed on the headline ('paired') and on the secondary metric ('secondary')."""
     if suite.reference is None:
         return
     key, value = suite.reference
@@ -110,10 +115,17 @@ def compare(suite: Suite, rows: list[dict[str, Any]]) -> None:
         b = ref["stats"][suite.metric]
         delta = a["mean"] - b["mean"]
         beyond = None if a["std"] is None or b["std"] is None else abs(delta) > a["std"] + b["std"]
-        mine, theirs = row["metric_by_seed"], ref["metric_by_seed"]
-        common = sorted(set(mine) & set(theirs))
-        row["vs_reference"] = {"delta": delta, "beyond": beyond, "seeds": common,
-                               "paired": paired([mine[i] - theirs[i] for i in common])}
+        row["vs_reference"] = {"delta": delta, "beyond": beyond,
+                               "seeds": sorted(set(row["by_seed"][suite.metric])
+                                               & set(ref["by_seed"][suite.metric])),
+                               "paired": _paired_by_seed(row, ref, suite.metric)}
+        if suite.secondary:
+            row["vs_reference"]["secondary"] = _paired_by_seed(row, ref, suite.secondary)
+
+
+def _paired_by_seed(row: dict[str, Any], ref: dict[str, Any], col: str) -> dict[str, Any]:
+    mine, theirs = row["by_seed"][col], ref["by_seed"][col]
+    return paired([mine[i] - theirs[i] for i in sorted(set(mine) & set(theirs))])
 
 
 def quality_rows(pairs: list) -> list[dict[str, Any]]:
@@ -166,6 +178,8 @@ def suite_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool
     if suite.reference:
         headers += [f"{LABELS[suite.metric]} vs {suite.reference[1]}",
                     "paired by seed (t-test)"]
+        if suite.secondary:
+            headers.append(f"{LABELS[suite.secondary]}, paired by seed")
     body = []
     for r in rows:
         line = [r["cell"].get(c, "") for c in coords]
@@ -177,6 +191,8 @@ def suite_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool
         if suite.reference:
             vs = r.get("vs_reference")
             line += ["-", "-"] if vs is None else [_unpaired(vs), _paired(vs["paired"])]
+            if suite.secondary:
+                line.append("-" if vs is None else _paired(vs["secondary"]))
         body.append(line)
     text = f"### {suite.title}\n\n" + _markdown(headers, body)
     numbers: dict[str, Any] = {"suite": name, "seeds": list(seeds), "miniature": miniature,

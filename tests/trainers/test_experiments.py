@@ -487,14 +487,16 @@ def test_t_table_holds_students_two_sided_five_percent_points():
         assert 1 - inside == pytest.approx(0.05, abs=2e-4), df
 
 
-def _fake_results(root, values_by_rule):
-    """Result JSONs for suite 1's cells with the given zero-shot top-1 per rule and seed."""
+def _fake_results(root, values_by_rule, probe_by_rule=None):
+    """Result JSONs for suite 1's cells with the given zero-shot top-1 per rule and seed (and
+    linear-probe top-1: the same values unless given)."""
     (root / "results").mkdir(parents=True, exist_ok=True)
     for spec in suite_runs("clip-table", (0, 1, 2)):
         value = values_by_rule.get(spec.rule, [None] * 3)[spec.seed]
         if value is None:
             continue
-        summary = {"zero_shot_top1": value, "linear_probe_top1": value,
+        probe = (probe_by_rule or values_by_rule)[spec.rule][spec.seed]
+        summary = {"zero_shot_top1": value, "linear_probe_top1": probe,
                    "realised_pruned_share": 0.2, "wall_seconds": 100.0}
         (root / "results" / f"{spec.run_id}.json").write_text(json.dumps(
             {"run_id": spec.run_id, "status": "ok", "summary": summary, "metrics": []}))
@@ -521,6 +523,42 @@ def test_table_pairs_rows_with_the_reference_by_seed(tmp_path):
     assert rows["ill"]["vs_reference"] is None                # no runs
     line = next(l for l in text.splitlines() if l.startswith("| random"))
     assert "-0.0050 (within)" in line and "t -8.7 (p<.05, n 3)" in line
+
+
+def test_table_pairs_the_secondary_metric_in_its_own_column(tmp_path):
+    scan = [0.80, 0.81, 0.82]
+    _fake_results(tmp_path, {"scan": scan, "random": scan},           # zero-shot: identical
+                  {"scan": [0.85, 0.86, 0.87], "random": [0.853, 0.862, 0.874]})
+    text, numbers = suite_table("clip-table", tmp_path)
+    vs = next(r for r in numbers["rows"] if r["cell"]["rule"] == "random")["vs_reference"]
+    assert vs["paired"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    probe = vs["secondary"]
+    deltas = [0.003, 0.002, 0.004]
+    assert probe["mean"] == pytest.approx(np.mean(deltas))
+    assert probe["t"] == pytest.approx(np.mean(deltas) / (np.std(deltas, ddof=1) / 3 ** 0.5))
+    assert probe["significant"] is True and probe["n"] == 3
+    assert probe["half_width_95"] == pytest.approx(4.303 * np.std(deltas, ddof=1) / 3 ** 0.5)
+    header, _, *body = text.strip().splitlines()[2:]
+    assert header.rstrip(" |").endswith("linear probe top-1, paired by seed")
+    line = next(l for l in body if l.startswith("| random"))
+    assert line.rstrip(" |").endswith("+0.0030 ± 0.0010, t +5.2 (p<.05, n 3)")
+
+
+def test_each_target_rate_has_a_full_data_run_of_as_many_fewer_epochs():
+    specs = [s for s in suite_runs("regimes", (0,)) if s.cell["regime"].startswith("target")]
+    shorter = {s.cell["regime"]: s for s in specs if s.rule == "full"}
+    assert {k: v.overrides["epochs"] for k, v in shorter.items()} == {
+        "target 30%": 8, "target 50%": 6, "target 70%": 4}
+    for regime, spec in shorter.items():
+        rate = int(regime.split()[1].rstrip("%")) / 100
+        saved = 1 - spec.overrides["epochs"] / 12
+        assert abs(saved - rate) <= 1 / 24 + 1e-12          # the nearest whole epoch count
+        assert spec.cell["rule"] == f"full, {spec.overrides['epochs']} of 12 ep"
+        assert "target_rate" not in spec.overrides          # plain full-data training
+        scan = next(s for s in specs if s.cell == {"regime": regime, "rule": "scan"})
+        assert {k: v for k, v in spec.overrides.items() if k not in ("epochs", "pruning")} == \
+            {k: v for k, v in scan.overrides.items()
+             if k not in ("pruning", "target_rate", "t_cos", "scan_warmup_epochs", "epochs")}
 
 
 def test_paired_figure_plots_the_per_seed_differences(tmp_path):
