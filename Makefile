@@ -34,8 +34,8 @@ JAX_TESTS := tests/adapters/jax tests/jax_trainers
 NO_JAX := $(foreach d,$(JAX_TESTS),--ignore=$(d))
 
 test: $(STAMP) data
-	$(PY) -m pytest -m "not slow" -q $(NO_JAX)
-	$(PY) -m pytest -m "not slow" -q $(JAX_TESTS)
+	$(PY) -m pytest -m "not slow" -q --durations=8 $(NO_JAX)
+	$(PY) -m pytest -m "not slow" -q --durations=8 $(JAX_TESTS)
 
 test-all: $(STAMP) data
 	$(PY) -m pytest -q $(NO_JAX)
