@@ -106,21 +106,23 @@ class Suite:
 
 
 def make_run(trainer: str, seed: int, cell: dict[str, str], *, miniature: bool,
-             derive: dict[str, Any] | None = None, **overrides: Any) -> RunSpec:
-    """A run with the suite's overrides; the miniature swaps in the tiny preset and shrinks it."""
+             derive: dict[str, Any] | None = None, mini_epochs: int | None = None,
+             **overrides: Any) -> RunSpec:
+    """A run with the suite's overrides; the miniature swaps in the tiny preset and shrinks it
+    (to `mini_epochs` epochs where the run must stay shorter than its suite's others)."""
     overrides = {"loss_history": LOSS_HISTORY, **overrides, "seed": seed}
     if overrides.get("pruning", "scan") == "full":
         overrides = {k: v for k, v in overrides.items() if k not in SCAN_ONLY}
     preset = PRESETS[trainer]
     if miniature:
-        preset, overrides = MINI_PRESETS[trainer], shrink(overrides)
+        preset, overrides = MINI_PRESETS[trainer], shrink(overrides, mini_epochs or MINI_EPOCHS)
     return RunSpec(trainer, preset, overrides, cell, derive)
 
 
 MINI_EPOCHS = 2
 
 
-def shrink(overrides: dict[str, Any]) -> dict[str, Any]:
+def shrink(overrides: dict[str, Any], epochs: int = MINI_EPOCHS) -> dict[str, Any]:
     """A miniature of a run: a few hundred samples, one preparation epoch then one mutation
     epoch (warm-up fixed at 0 epochs; one epoch alone would prune nothing), no evaluation
     before the end. Rates, rules and variants are kept, so the miniature exercises each
@@ -128,7 +130,7 @@ def shrink(overrides: dict[str, Any]) -> dict[str, Any]:
     out = dict(overrides)
     num_train = out.get("num_train")
     out.update(num_train=256 if num_train is None else max(128, min(256, num_train // 60)),
-               num_test=200, batch_size=64, epochs=MINI_EPOCHS, eval_every=0, probe_every=0)
+               num_test=200, batch_size=64, epochs=epochs, eval_every=0, probe_every=0)
     if out.get("pruning", "scan") != "full":
         out["scan_warmup_epochs"] = 0
     if out.get("full_tail_epochs"):
@@ -190,7 +192,7 @@ def regimes(seeds, miniature) -> list[RunSpec]:
             epochs = round(CLIP_BASE["epochs"] * (1 - rate))
             runs.append(make_run("clip", seed, {"regime": f"target {rate:.0%}",
                                                 "rule": f"full, {epochs} of 12 ep"},
-                                 miniature=miniature, pruning="full",
+                                 miniature=miniature, pruning="full", mini_epochs=1,
                                  **{**CLIP_BASE, "epochs": epochs}))
     return runs
 

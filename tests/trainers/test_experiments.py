@@ -561,6 +561,17 @@ def test_each_target_rate_has_a_full_data_run_of_as_many_fewer_epochs():
              if k not in ("pruning", "target_rate", "t_cos", "scan_warmup_epochs", "epochs")}
 
 
+def test_the_miniature_keeps_the_train_shorter_runs_shorter_than_full_data():
+    # Shrunk to the same epoch count they would be the rates' full-data run under other names.
+    specs = suite_runs("regimes", (0,), miniature=True)
+    full = next(s for s in specs if s.cell == {"regime": "rates", "rule": "full"})
+    shorter = [s for s in specs if s.rule == "full" and s.cell["rule"] != "full"]
+    assert len(shorter) == 3
+    for spec in shorter:
+        assert spec.overrides["epochs"] < full.overrides["epochs"]
+        assert spec.run_id != full.run_id
+
+
 def test_paired_figure_plots_the_per_seed_differences(tmp_path):
     from reference_trainers.experiments.figures import suite_figures
     scan = [0.80, 0.81, 0.82]
