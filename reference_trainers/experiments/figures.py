@@ -86,7 +86,7 @@ def _paired(plt, name: str, suite: Any, rows: list[dict[str, Any]], out: Path
     ax.axvline(0.0, color="grey", lw=1)
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set(xlabel=f"{LABELS[suite.metric]}: row - {suite.reference[1]}, same seed "
+    ax.set(xlabel=f"{LABELS[suite.metric]}: row - {suite.reference[1]}, same seed\n"
                   "(mean, 95% t interval)", title=suite.title)
     fig.tight_layout()
     fig.savefig(out / f"{name}-paired.png", dpi=90)
@@ -95,22 +95,34 @@ def _paired(plt, name: str, suite: Any, rows: list[dict[str, Any]], out: Path
             "half_widths_95": halves}
 
 
+QUALITY_KEYS = ("ill_recall", "ill_precision", "redundant_recall", "redundant_precision")
+
+
 def _quality(plt, qrows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
-    series: dict[str, dict[str, list]] = {}
+    """One panel per measure (ill / redundant x recall / precision), one line per cell, mean
+    with a +-std bar over seeds, against the k-th preparation epoch."""
+    series: dict[str, dict[str, dict[str, list]]] = {key: {} for key in QUALITY_KEYS}
     for r in qrows:
-        for key in ("ill_recall", "ill_precision", "redundant_recall", "redundant_precision"):
+        for key in QUALITY_KEYS:
             stat = r["stats"][key]
             if stat["mean"] is None:
                 continue
-            s = series.setdefault(f"{_label(r['cell'])}: {LABELS[key]}", {"k": [], "mean": []})
+            s = series[key].setdefault(_label(r["cell"]), {"k": [], "mean": [], "std": []})
             s["k"].append(r["preparation"])
             s["mean"].append(stat["mean"])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for label, s in series.items():
-        ax.plot(s["k"], s["mean"], "o-", label=label)
-    ax.set(xlabel="preparation epoch (k-th of the run)", ylabel="share", ylim=(0, 1.02))
-    if series:
-        ax.legend(fontsize=6)
+            s["std"].append(stat["std"] or 0.0)
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
+    for ax, key in zip(axes.flat, QUALITY_KEYS):
+        for label, s in series[key].items():
+            ax.errorbar(s["k"], s["mean"], yerr=s["std"], fmt="o-", capsize=3, label=label)
+        ks = sorted({k for s in series[key].values() for k in s["k"]})
+        ax.set_xticks(ks or [1])
+        ax.set(title=LABELS[key], ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("preparation epoch (k-th of the run)")
+    if any(series.values()):
+        axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "quality-per-preparation.png", dpi=90)
     plt.close(fig)
