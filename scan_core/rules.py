@@ -3,7 +3,8 @@
 - scan: drop floor(rho_cur * |D'|) of D', uniformly, fresh each mutation epoch (SPEC.md).
 - static: the same, but D' is frozen after the first preparation epoch.
 - random: drop as many as SCAN would (floor(rho_cur * |D'|), |D'| counted by SCAN's own
-  selection on the same loss stream), drawn uniformly from all N: SCAN's budget, no ranking.
+  selection on the same loss stream; with ill_every_mutation, every ill-matched candidate's
+  worth plus rho_cur of the rest), drawn uniformly from all N: SCAN's budget, no ranking.
 - full: never drop.
 - infobatch: InfoBatch's rule (arXiv 2303.04947): drop floor(r * |W|) of the samples W whose
   last loss is below the mean of all last losses, weight the rest of W by 1 / (1 - r), and
@@ -54,7 +55,11 @@ def scan_family_drop(config: ScanConfig, epoch: int, rho: float, num_samples: in
     drop = bitset.new_bits(num_samples)
     key = stream_key(config.seed, epoch, SALT_DROP)
     if config.rule == "random":
-        draw_subset(None, num_samples, int(rho * num_candidates), key, drop)
+        count = int(rho * num_candidates)
+        if config.ill_every_mutation:  # the variant's budget: every ill one, rho of the rest
+            count = (bitset.popcount(ill_bits)
+                     + int(rho * bitset.popcount(red_bits & ~ill_bits)))
+        draw_subset(None, num_samples, count, key, drop)
     elif config.ill_every_mutation:
         # Variant: every ill-matched candidate goes; the redundant ones follow the schedule.
         red_only = red_bits & ~ill_bits

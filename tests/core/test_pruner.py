@@ -221,6 +221,19 @@ def test_random_drops_scans_count_but_from_all_samples():
     assert rnd_recs[-1].summary.realised_saving == scan_recs[-1].summary.realised_saving
 
 
+def test_random_matches_the_ill_every_mutation_budget():
+    """With the variant's flag, random drops what SCAN-with-the-flag drops (all ill-matched
+    candidates plus rho_cur of the redundant-only ones), counted on the same loss stream."""
+    flag, flag_recs = scan_run(ScanConfig(seed=23, ill_every_mutation=True))
+    paper, paper_recs = scan_run(ScanConfig(seed=23))
+    rnd, rnd_recs = scan_run(ScanConfig(rule="random", seed=23, ill_every_mutation=True))
+    for f, p, r in zip(flag_recs, paper_recs, rnd_recs):
+        assert (f.phase, f.num_kept) == (r.phase, r.num_kept), f.epoch
+        np.testing.assert_array_equal(f.candidates_after, r.candidates_after)
+    assert any(f.num_kept < p.num_kept for f, p in zip(flag_recs, paper_recs))
+    assert rnd_recs[-1].summary.realised_saving == flag_recs[-1].summary.realised_saving
+
+
 def test_static_freezes_dprime_after_the_first_preparation_while_scan_rebuilds_it():
     scan, scan_recs = scan_run(ScanConfig(seed=31), epochs=16)
     static, static_recs = scan_run(ScanConfig(rule="static", seed=31), epochs=16)

@@ -107,6 +107,35 @@ def test_run_ids_are_stable_and_shared_between_cells():
     assert len({s.run_id for s in suite_runs("clip-table", (0, 1, 2))}) == 21
 
 
+def test_variants_cells_and_shared_runs():
+    specs = suite_runs("variants", (0,))
+    by_noise: dict[str, set[str]] = {}
+    for s in specs:
+        by_noise.setdefault(s.cell["noise"], set()).add(s.cell["variant"])
+    every = {"full data", "random", "scan (paper)", "scope global", "ill every mutation",
+             "full-data tail 2 ep", "random, ill-every budget"}
+    assert by_noise == {"20%": every, "40%": every,
+                        "60%": every - {"scope global", "full-data tail 2 ep"}}
+    regimes = {(s.cell["regime"], s.cell["rule"]): s.run_id for s in suite_runs("regimes", (0,))}
+    names = {"full data": "full", "random": "random", "scan (paper)": "scan"}
+    for s in specs:   # full, random and paper SCAN at each noise are suite 3's runs
+        if s.cell["variant"] in names:
+            assert s.run_id == regimes[(f"noise {s.cell['noise']}", names[s.cell["variant"]])]
+    budget = [s for s in specs if s.cell["variant"] == "random, ill-every budget"]
+    assert all(s.rule == "random" and s.overrides["ill_every_mutation"] is True for s in budget)
+
+
+def test_random_at_the_ill_every_budget_drops_as_many_as_its_scan_run(mini_grid):
+    specs = {(s.cell["noise"], s.cell["variant"]): s
+             for s in suite_runs("variants", (0,), miniature=True)}
+    for noise in ("20%", "40%", "60%"):
+        flag = _result(mini_grid, specs[(noise, "ill every mutation")])["metrics"]
+        rnd = _result(mini_grid, specs[(noise, "random, ill-every budget")])["metrics"]
+        paper = _result(mini_grid, specs[(noise, "scan (paper)")])["metrics"]
+        assert [r["num_kept"] for r in rnd] == [r["num_kept"] for r in flag], noise
+        assert sum(r["num_kept"] for r in flag) < sum(r["num_kept"] for r in paper), noise
+
+
 def test_infobatch_prune_ratio_is_set_from_scans_measured_share(mini_grid):
     specs = suite_runs("clip-table", (0,), miniature=True)
     scan = _result(mini_grid, next(s for s in specs if s.rule == "scan"))
