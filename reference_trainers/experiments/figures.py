@@ -18,7 +18,7 @@ from typing import Any
 
 from reference_trainers.experiments.report import pyplot
 from reference_trainers.experiments.suites import SUITES
-from reference_trainers.experiments.tables import LABELS, suite_table
+from reference_trainers.experiments.tables import CANDIDATE_MEASURES, LABELS, suite_table
 
 
 def _label(cell: dict[str, str]) -> str:
@@ -95,15 +95,12 @@ def _paired(plt, name: str, suite: Any, rows: list[dict[str, Any]], out: Path
             "half_widths_95": halves}
 
 
-QUALITY_KEYS = ("ill_recall", "ill_precision", "redundant_recall", "redundant_precision")
-
-
 def _quality(plt, qrows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     """One panel per measure (ill / redundant x recall / precision), one line per cell, mean
     with a +-std bar over seeds, against the k-th preparation epoch."""
-    series: dict[str, dict[str, dict[str, list]]] = {key: {} for key in QUALITY_KEYS}
+    series: dict[str, dict[str, dict[str, list]]] = {key: {} for key in CANDIDATE_MEASURES}
     for r in qrows:
-        for key in QUALITY_KEYS:
+        for key in CANDIDATE_MEASURES:
             stat = r["stats"][key]
             if stat["mean"] is None:
                 continue
@@ -112,7 +109,7 @@ def _quality(plt, qrows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
             s["mean"].append(stat["mean"])
             s["std"].append(stat["std"] or 0.0)
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
-    for ax, key in zip(axes.flat, QUALITY_KEYS):
+    for ax, key in zip(axes.flat, CANDIDATE_MEASURES):
         for label, s in series[key].items():
             ax.errorbar(s["k"], s["mean"], yerr=s["std"], fmt="o-", capsize=3, label=label)
         ks = sorted({k for s in series[key].values() for k in s["k"]})

@@ -34,8 +34,9 @@ LABELS = {"zero_shot_top1": "zero-shot top-1", "linear_probe_top1": "linear prob
           "ill_recall": "ill recall", "ill_precision": "ill precision",
           "redundant_recall": "redundant recall", "redundant_precision": "redundant precision",
           "churn_jaccard": "D' Jaccard vs previous", "epoch": "epoch"}
-QUALITY_COLUMNS = ("epoch", "ill_recall", "ill_precision", "redundant_recall",
-                   "redundant_precision", "churn_jaccard")
+# Recall and precision of the planted mismatches / near-copies among each end's candidates.
+CANDIDATE_MEASURES = ("ill_recall", "ill_precision", "redundant_recall", "redundant_precision")
+QUALITY_COLUMNS = ("epoch", *CANDIDATE_MEASURES, "churn_jaccard")
 
 
 # Student's t, two-sided 5%: the critical |t| for 1..10 degrees of freedom (any t table).

@@ -439,6 +439,15 @@ def test_suite_figures_are_valid_pngs(mini_grid):
     for fig in drawn.values():
         _valid_png(folder / fig["file"])
     assert cli(["list"]) == 0
+    # the quality panels plot each run's own preparation-epoch numbers (one seed: mean = value)
+    plotted = json.loads((folder / "figures.json").read_text())["quality"]["series"]
+    for spec in suite_runs("quality", (0,), miniature=True):
+        preps = [r for r in _result(mini_grid, spec)["metrics"] if r["phase"] == "prepare"]
+        assert preps
+        for key in ("ill_recall", "ill_precision", "redundant_recall", "redundant_precision"):
+            line = plotted[key][" / ".join(spec.cell.values())]
+            assert line["k"] == list(range(1, len(preps) + 1)), key
+            assert line["mean"] == pytest.approx([r[key] for r in preps]), key
 
 
 def test_the_cli_run_skips_finished_runs_and_writes_table_and_figures(mini_grid, fmnist_dir,
