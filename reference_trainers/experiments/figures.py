@@ -50,11 +50,16 @@ def suite_figures(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bo
         drawn["headline"] = {"file": f"{name}-headline.png", "labels": labels, "means": means,
                              "stds": stds}
         shares = [r["stats"]["realised_pruned_share"]["mean"] for r in rows]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, x, y, s in zip(labels, shares, means, stds):
-            ax.errorbar(x, y, yerr=s, fmt="o", capsize=3)
-            ax.annotate(label, (x, y), fontsize=6)
-        ax.set(xlabel="pruned share of sample-visits (counted)", ylabel=LABELS[suite.metric])
+        # One marker per row, named in a legend beside the axes: rows that share a budget sit
+        # on one x, where labels written at the points would overlap.
+        fig, ax = plt.subplots(figsize=(9, max(4, 0.18 * len(rows) + 1)))
+        for i, (label, x, y, s) in enumerate(zip(labels, shares, means, stds)):
+            ax.errorbar(x, y, yerr=s, fmt="osD^v<>"[i // 10 % 7], color=f"C{i % 10}",
+                        capsize=3, label=label)
+        ax.set(xlabel="pruned share of sample-visits (counted)", ylabel=LABELS[suite.metric],
+               title=suite.title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         fig.tight_layout()
         fig.savefig(out / f"{name}-accuracy-vs-pruned.png", dpi=90)
         plt.close(fig)
