@@ -49,14 +49,18 @@ def suite_figures(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bo
         plt.close(fig)
         drawn["headline"] = {"file": f"{name}-headline.png", "labels": labels, "means": means,
                              "stds": stds}
-        shares = [r["stats"]["realised_pruned_share"]["mean"] for r in rows]
+        share_key = ("visits_saved_vs_full_set" if "visits_saved_vs_full_set" in suite.columns
+                     else "realised_pruned_share")
+        shares = [r["stats"][share_key]["mean"] for r in rows]
         # One marker per row, named in a legend beside the axes: rows that share a budget sit
         # on one x, where labels written at the points would overlap.
         fig, ax = plt.subplots(figsize=(9, max(4, 0.18 * len(rows) + 1)))
         for i, (label, x, y, s) in enumerate(zip(labels, shares, means, stds)):
             ax.errorbar(x, y, yerr=s, fmt="osD^v<>"[i // 10 % 7], color=f"C{i % 10}",
                         capsize=3, label=label)
-        ax.set(xlabel="pruned share of sample-visits (counted)", ylabel=LABELS[suite.metric],
+        ax.set(xlabel=("share of the full set's sample-visits saved (counted)"
+                       if share_key == "visits_saved_vs_full_set"
+                       else "pruned share of sample-visits (counted)"), ylabel=LABELS[suite.metric],
                title=suite.title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)

@@ -270,7 +270,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("quality", "5. Candidate quality per preparation epoch", quality, "zero_shot_top1",
           CLIP_COLUMNS, None),
     Suite("coreset", "6. The coreset, retrained from scratch", coreset, "zero_shot_top1",
-          CLIP_COLUMNS + ("num_samples",), ("subset", "scan subset")),
+          ("zero_shot_top1", "linear_probe_top1", "visits_saved_vs_full_set", "wall_seconds",
+           "num_samples"), ("subset", "scan subset")),
 )}
 
 

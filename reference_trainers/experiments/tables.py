@@ -33,7 +33,8 @@ LABELS = {"zero_shot_top1": "zero-shot top-1", "linear_probe_top1": "linear prob
           "wall_seconds": "train s", "num_samples": "train samples",
           "ill_recall": "ill recall", "ill_precision": "ill precision",
           "redundant_recall": "redundant recall", "redundant_precision": "redundant precision",
-          "churn_jaccard": "D' Jaccard vs previous", "epoch": "epoch"}
+          "churn_jaccard": "D' Jaccard vs previous", "epoch": "epoch",
+          "visits_saved_vs_full_set": "visits saved vs full set"}
 # Recall and precision of the planted mismatches / near-copies among each end's candidates.
 CANDIDATE_MEASURES = ("ill_recall", "ill_precision", "redundant_recall", "redundant_precision")
 QUALITY_COLUMNS = ("epoch", *CANDIDATE_MEASURES, "churn_jaccard")
@@ -70,13 +71,26 @@ def fmt_stat(stat: dict[str, Any], key: str) -> str:
     mean, std = stat["mean"], stat["std"]
     if mean is None:
         return "-"
-    if key == "realised_pruned_share":
+    if key in ("realised_pruned_share", "visits_saved_vs_full_set"):
         text, tail = f"{mean:.1%}", (f" ± {std * 100:.1f}" if std is not None else "")
     elif key in ("wall_seconds", "num_samples", "epoch"):
         text, tail = f"{mean:.0f}", (f" ± {std:.0f}" if std is not None else "")
     else:
         text, tail = f"{mean:.4f}", (f" ± {std:.4f}" if std is not None else "")
     return text + tail
+
+
+def column_value(result: dict[str, Any], col: str) -> float | None:
+    """A run's number for a table column: a summary key, or "visits_saved_vs_full_set", the
+    share of the full training set's sample-visits (same epochs) the run did not make: its
+    pruned share where it trained on the full set, and for a run on a subset (the coreset
+    retraining) 1 - (1 - pruned) * subset size / full size."""
+    summary = result["summary"]
+    if col != "visits_saved_vs_full_set":
+        return None if summary.get(col) is None else float(summary[col])
+    full = (result.get("derived") or {}).get("num_source_samples", summary["num_samples"])
+    trained = (1.0 - float(summary["realised_pruned_share"])) * summary["num_samples"]
+    return 1.0 - trained / full
 
 
 def cells(suite: Suite, pairs: list) -> list[dict[str, Any]]:
@@ -88,8 +102,8 @@ def cells(suite: Suite, pairs: list) -> list[dict[str, Any]]:
     for key, members in grouped.items():
         ok = [(s, r) for s, r in members if r and r.get("status") == "ok"]
         failed = [r for _, r in members if r and r.get("status") != "ok"]
-        by_seed = {col: {s.seed: float(r["summary"][col]) for s, r in ok
-                         if r["summary"].get(col) is not None}
+        by_seed = {col: {s.seed: value for s, r in ok
+                         if (value := column_value(r, col)) is not None}
                    for col in dict.fromkeys((suite.metric, *suite.columns))}
         stats = {col: mean_std(list(by_seed[col].values())) for col in suite.columns}
         out.append({"cell": dict(key), "seeds": sorted(s.seed for s, _ in members),

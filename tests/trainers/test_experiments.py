@@ -168,6 +168,16 @@ def test_coreset_runs_train_on_subsets_of_the_coreset_size(mini_grid):
         subsets[name] = ids
     np.testing.assert_array_equal(subsets["scan"], coreset)
     assert not np.array_equal(subsets["random"], coreset)
+    # the table counts a subset's saving against the full set it was cut from
+    source = _result(mini_grid, by_cell["source: scan"])
+    _, numbers = suite_table("coreset", mini_grid, (0,), miniature=True)
+    saved = {r["cell"]["subset"]: r["stats"]["visits_saved_vs_full_set"]["mean"]
+             for r in numbers["rows"]}
+    full = source["summary"]["num_samples"]
+    assert len(coreset) < full
+    for name in ("scan", "random", "static"):
+        assert saved[f"{name} subset"] == pytest.approx(1 - len(coreset) / full)
+    assert saved["source: scan"] == pytest.approx(source["summary"]["realised_pruned_share"])
 
 
 # -- resume and failures ----------------------------------------------------------------------
