@@ -54,16 +54,16 @@ def scan_family_drop(config: ScanConfig, epoch: int, rho: float, num_samples: in
     num_candidates = bitset.popcount(candidates)
     drop = bitset.new_bits(num_samples)
     key = stream_key(config.seed, epoch, SALT_DROP)
-    if config.rule == "random":
-        count = int(rho * num_candidates)
-        if config.ill_every_mutation:  # the variant's budget: every ill one, rho of the rest
-            count = (bitset.popcount(ill_bits)
-                     + int(rho * bitset.popcount(red_bits & ~ill_bits)))
-        draw_subset(None, num_samples, count, key, drop)
-    elif config.ill_every_mutation:
+    if config.ill_every_mutation:
         # Variant: every ill-matched candidate goes; the redundant ones follow the schedule.
         red_only = red_bits & ~ill_bits
-        draw_subset(red_only, num_samples, int(rho * bitset.popcount(red_only)), key, drop)
+        num_red = int(rho * bitset.popcount(red_only))
+    if config.rule == "random":  # the same budget, drawn from all N
+        count = (bitset.popcount(ill_bits) + num_red if config.ill_every_mutation
+                 else int(rho * num_candidates))
+        draw_subset(None, num_samples, count, key, drop)
+    elif config.ill_every_mutation:
+        draw_subset(red_only, num_samples, num_red, key, drop)
         drop |= ill_bits
     else:
         draw_subset(candidates, num_samples, int(rho * num_candidates), key, drop)
