@@ -9,10 +9,12 @@ STAMP := $(VENV)/.installed
 # Fashion-MNIST (real data for the reference trainers) from Debian's dataset-fashion-mnist.
 DATA_DIR := /usr/share/datasets/fashion-mnist
 
-$(STAMP): pyproject.toml Makefile
+# constraints.txt pins what these machines install (torch 2.13.0 is the CPU build on local disk);
+# pyproject.toml's extras are ranges, so a user's own torch or JAX is left alone.
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,torch,jax,plot]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,torch,jax,plot]"
 	touch $(STAMP)
 
 data:

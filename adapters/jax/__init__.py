@@ -10,11 +10,15 @@ package patches nothing global and draws every random number from a generator it
 (the shuffle) or from scan_core's counter-based hashes.
 """
 
-from adapters.jax.batching import num_batches, plan_batches, plan_permutation
-from adapters.jax.distributed import JaxCommunicator
-from adapters.jax.losses import ContrastiveLoss, clip_loss, moco_loss
-from adapters.jax.placement import DATA_AXIS, data_mesh, local_rows, shard_batch, to_numpy
-from adapters.jax.recording import AsyncRecorder
+from adapters._require import require_framework
+
+require_framework("jax", extra="jax")
+
+from adapters.jax.batching import num_batches, plan_batches, plan_permutation  # noqa: E402
+from adapters.jax.distributed import JaxCommunicator  # noqa: E402
+from adapters.jax.losses import ContrastiveLoss, clip_loss, moco_loss  # noqa: E402
+from adapters.jax.placement import DATA_AXIS, data_mesh, local_rows, shard_batch, to_numpy  # noqa: E402
+from adapters.jax.recording import AsyncRecorder  # noqa: E402
 
 __all__ = ["DATA_AXIS", "AsyncRecorder", "ContrastiveLoss", "JaxCommunicator", "clip_loss",
            "data_mesh", "local_rows", "moco_loss", "num_batches", "plan_batches",

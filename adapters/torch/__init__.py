@@ -7,9 +7,13 @@ No global patching of PyTorch and no reseeding of global RNGs: every random draw
 generator this package creates (the shuffle) or from scan_core's counter-based hashes.
 """
 
-from adapters.torch.distributed import TorchCommunicator, gather_features, record, to_numpy
-from adapters.torch.losses import ContrastiveLoss, clip_loss, moco_loss
-from adapters.torch.sampler import ScanSampler
+from adapters._require import require_framework
+
+require_framework("torch", extra="torch")
+
+from adapters.torch.distributed import TorchCommunicator, gather_features, record, to_numpy  # noqa: E402
+from adapters.torch.losses import ContrastiveLoss, clip_loss, moco_loss  # noqa: E402
+from adapters.torch.sampler import ScanSampler  # noqa: E402
 
 __all__ = ["ContrastiveLoss", "ScanSampler", "TorchCommunicator", "clip_loss", "gather_features",
            "moco_loss", "record", "to_numpy"]
