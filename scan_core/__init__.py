@@ -13,9 +13,11 @@ warm-up. This package imports numpy, numba and zarr only; adapters/ hold the fra
 
 from scan_core.comm import Communicator, SingleProcess, ThreadGroup, run_ranks
 from scan_core.config import RULE_NAMES, ScanConfig
-from scan_core.errors import (ScanConfigError, ScanDistributedError, ScanError, ScanInputError,
-                              ScanResumeError, ScanStateError, ScanStoreCorruptError,
-                              ScanStoreError, ScanStoreMismatchError, ScanTargetUnreachableError)
+from scan_core.errors import (ScanConfigError, ScanCoverageError, ScanCoverageWarning,
+                              ScanDistributedError, ScanError, ScanInputError, ScanResumeError,
+                              ScanStateError, ScanStoreCorruptError, ScanStoreError,
+                              ScanStoreLockedError, ScanStoreMismatchError,
+                              ScanTargetUnreachableError)
 from scan_core.plan import EpochPlan
 from scan_core.pruner import ScanPruner
 from scan_core.schedule import expected_saving, rho_cur
@@ -24,10 +26,11 @@ from scan_core.summary import EpochSummary
 
 __all__ = [
     "RULE_NAMES", "Communicator", "EpochPlan", "EpochSummary", "LossStore", "ScanConfig",
-    "ScanConfigError", "ScanDistributedError", "ScanError", "ScanInputError", "ScanPruner",
-    "ScanResumeError", "ScanStateError", "ScanStoreCorruptError", "ScanStoreError",
-    "ScanStoreMismatchError", "ScanTargetUnreachableError", "SingleProcess", "ThreadGroup",
-    "expected_saving", "rho_cur", "run_ranks",
+    "ScanConfigError", "ScanCoverageError", "ScanCoverageWarning", "ScanDistributedError",
+    "ScanError", "ScanInputError", "ScanPruner", "ScanResumeError", "ScanStateError",
+    "ScanStoreCorruptError", "ScanStoreError", "ScanStoreLockedError", "ScanStoreMismatchError",
+    "ScanTargetUnreachableError", "SingleProcess", "ThreadGroup", "expected_saving", "rho_cur",
+    "run_ranks",
 ]
 
 __version__ = "0.1.0"

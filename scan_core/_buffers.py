@@ -30,9 +30,12 @@ class EpochLosses:
         np.add.at(self.sum, (slice(None), ids), losses.astype(np.float32))
         np.add.at(self.count, ids, 1)
 
-    def all_reduce(self, comm: Communicator) -> None:
-        self.sum = comm.all_reduce(self.sum, "sum")
-        self.count = comm.all_reduce(self.count, "sum")
+    def all_reduced(self, comm: Communicator) -> "EpochLosses":
+        """A new buffer holding the sums over all ranks (this one is left as it was)."""
+        out = EpochLosses.__new__(EpochLosses)
+        out.sum = comm.all_reduce(self.sum, "sum")
+        out.count = comm.all_reduce(self.count, "sum")
+        return out
 
     def mean(self) -> np.ndarray:
         """(num_views, N) float32 mean loss per sample and view; NaN where never recorded."""
@@ -41,10 +44,13 @@ class EpochLosses:
         out[:, seen] = self.sum[:, seen] / self.count[seen]
         return out
 
-    def update_scores(self, scores: np.ndarray) -> None:
-        """InfoBatch: a sample's score becomes its latest mean-over-views loss."""
+    def updated_scores(self, scores: np.ndarray) -> np.ndarray:
+        """InfoBatch: a copy of `scores` where each seen sample's score is its latest
+        mean-over-views loss."""
+        out = scores.copy()
         seen = self.count > 0
-        scores[seen] = self.sum[:, seen].mean(axis=0) / self.count[seen]
+        out[seen] = self.sum[:, seen].mean(axis=0) / self.count[seen]
+        return out
 
 
 def global_candidates(losses: EpochLosses, ema: np.ndarray | None, config: ScanConfig,

@@ -45,3 +45,15 @@ class ScanTargetUnreachableError(ScanConfigError):
 
 class ScanDistributedError(ScanError, RuntimeError):
     """Ranks disagree on something they must share (epoch, plan, resumed state)."""
+
+
+class ScanCoverageError(ScanError, RuntimeError):
+    """An epoch's records do not cover its kept ids once each (ids lost or recorded twice)."""
+
+
+class ScanCoverageWarning(UserWarning):
+    """The warning form of ScanCoverageError (ScanPruner's default, coverage="warn")."""
+
+
+class ScanStoreLockedError(ScanStoreError):
+    """Another live process holds the store's write lock."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -26,17 +27,19 @@ from scan_core import bitset, rules
 from scan_core._buffers import EpochLosses, global_candidates
 from scan_core.comm import Communicator, SingleProcess, all_or_none
 from scan_core.config import ScanConfig
-from scan_core.errors import ScanConfigError, ScanDistributedError, ScanStateError
+from scan_core.errors import (ScanConfigError, ScanCoverageError, ScanCoverageWarning,
+                              ScanDistributedError, ScanStateError)
 from scan_core.inputs import as_ids, as_losses, raise_bad_batch
 from scan_core.plan import EpochPlan
 from scan_core.select import SALT_HIGH, SALT_LOW, k_of, record_batch, stream_key
-from scan_core.state import STATE_SCHEMA, check_state
+from scan_core.state import STATE_SCHEMA, check_state, parse_state
 from scan_core.store import LossStore
 from scan_core.summary import EpochSummary
 from scan_core.target import check_reachable, floor_after_preparation, solve_at_warmup_end
 from scan_core.warmup import WarmupState, earliest_e0, end_of_epoch, initial_warmup
 
 HISTORY_DTYPES = ("float16", "float32")
+COVERAGE_POLICIES = ("warn", "error", "off")
 
 
 class ScanPruner:
@@ -53,12 +56,16 @@ class ScanPruner:
         the store (for analysis; costs num_views * N * itemsize per preparation epoch).
       resume_epoch: resume from the store's snapshot of exactly this epoch (the one a model
         checkpoint matches) instead of its newest; -1 starts afresh over the store.
+      coverage: what `end_epoch` does when the epoch's records do not cover its kept ids once
+        each (beyond DistributedSampler's padding and drop_last): "warn" (a
+        ScanCoverageWarning with the counts), "error" (ScanCoverageError, the epoch stays
+        open) or "off". Checked in every epoch that recorded anything.
     """
 
     def __init__(self, num_samples: int, num_views: int = 2, config: ScanConfig | None = None,
                  store: str | os.PathLike[str] | None = None, *,
                  communicator: Communicator | None = None, loss_history: str | None = None,
-                 resume_epoch: int | None = None) -> None:
+                 resume_epoch: int | None = None, coverage: str = "warn") -> None:
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
                 or num_samples < 1:
             raise ScanConfigError(f"num_samples must be an int >= 1, got {num_samples!r}.")
@@ -70,12 +77,16 @@ class ScanPruner:
         if loss_history is not None and loss_history not in HISTORY_DTYPES:
             raise ScanConfigError(
                 f"loss_history must be None or one of {HISTORY_DTYPES}, got {loss_history!r}.")
+        if coverage not in COVERAGE_POLICIES:
+            raise ScanConfigError(
+                f"coverage must be one of {COVERAGE_POLICIES}, got {coverage!r}.")
         if loss_history is not None and store is None:
             raise ScanConfigError("loss_history needs a store to write the losses to.")
         self.num_samples = int(num_samples)
         self.num_views = int(num_views)
         self.config = config if config is not None else ScanConfig()
         self.loss_history = loss_history
+        self.coverage = coverage
         self._comm: Communicator = communicator if communicator is not None else SingleProcess()
         self.rank, self.world_size = int(self._comm.rank), int(self._comm.world_size)
         cfg = self.config
@@ -119,7 +130,12 @@ class ScanPruner:
 
     def plan_epoch(self, epoch: int) -> EpochPlan:
         """The plan of `epoch`, which must be `next_epoch`. Calling it again for the open epoch
-        returns the same plan."""
+        returns the same plan. A refused call (a ScanError) leaves the pruner as it was."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
+            raise ScanConfigError(
+                f"plan_epoch(epoch): epoch must be an int, got {epoch!r} "
+                f"({type(epoch).__name__}); pass pruner.next_epoch.")
+        epoch = int(epoch)
         if self._plan is not None:
             if epoch == self._plan.epoch:
                 return self._plan
@@ -130,6 +146,8 @@ class ScanPruner:
             raise ScanStateError(
                 f"plan_epoch({epoch}): the next epoch of this run is {self._next_epoch} "
                 "(epochs are planned in order; a resumed run starts at pruner.next_epoch).")
+        # Everything is built in locals first and committed at the end, where nothing can
+        # raise: a call that fails half-way must not leave a half-open epoch behind.
         cfg, n = self.config, self.num_samples
         phase, rho = rules.phase_and_rho(cfg, epoch, self._warmup.e0, self._floor)
         drop = weight_bits = None
@@ -139,21 +157,25 @@ class ScanPruner:
                 cfg, epoch, n, self._scores)
         elif phase == "mutate":
             drop, num_candidates = rules.scan_family_drop(cfg, epoch, rho, n, self._red, self._ill)
-        self._collecting = rules.collects_candidates(cfg, phase, self._num_preparations)
-        if self._collecting and cfg.scope == "batch":
+        collecting = rules.collects_candidates(cfg, phase, self._num_preparations)
+        num_kept = n - (bitset.popcount(drop) if drop is not None else 0)
+        plan = EpochPlan(epoch=epoch, phase=phase, rho_cur=rho, num_samples=n,
+                         num_candidates=num_candidates, num_kept=num_kept, seed=cfg.seed,
+                         drop_bits=drop, weight_bits=weight_bits, weight=weight)
+        want_losses = (collecting and (cfg.scope == "global" or self.loss_history)) \
+            or cfg.rule == "infobatch"
+        epoch_losses = EpochLosses(self.num_views, n) if want_losses else None
+        keys = (stream_key(cfg.seed, epoch, SALT_LOW), stream_key(cfg.seed, epoch, SALT_HIGH))
+        seen = bitset.new_bits(n)
+        # -- commit -------------------------------------------------------------------------
+        if collecting and cfg.scope == "batch":
             self._red[:] = 0
             self._ill[:] = 0
-        num_kept = n - (bitset.popcount(drop) if drop is not None else 0)
-        self._plan = EpochPlan(epoch=epoch, phase=phase, rho_cur=rho, num_samples=n,
-                               num_candidates=num_candidates, num_kept=num_kept, seed=cfg.seed,
-                               drop_bits=drop, weight_bits=weight_bits, weight=weight)
-        self._loss_sum, self._loss_count = 0.0, 0
-        want_losses = (self._collecting and (cfg.scope == "global" or self.loss_history)) \
-            or cfg.rule == "infobatch"
-        self._epoch_losses = EpochLosses(self.num_views, n) if want_losses else None
-        self._keys = (stream_key(cfg.seed, epoch, SALT_LOW), stream_key(cfg.seed, epoch, SALT_HIGH))
+        self._collecting, self._plan, self._epoch_losses = collecting, plan, epoch_losses
+        self._keys, self._seen = keys, seen
+        self._loss_sum, self._loss_count, self._repeats, self._max_batch = 0.0, 0, 0, 0
         self._k_cache: dict[int, tuple[int, int]] = {}
-        return self._plan
+        return plan
 
     def record(self, ids: np.ndarray, losses: np.ndarray) -> None:
         """Show the pruner one batch: ids (B,) integers, losses (num_views, B) per-sample
@@ -166,13 +188,15 @@ class ScanPruner:
         collect = self._collecting and self.config.scope == "batch"
         batch = ids.shape[0]
         k_low, k_high = self._ks(batch) if collect else (0, 0)
-        code, pos, total = record_batch(ids, losses, self.num_samples, plan.drop_bits, collect,
-                                        k_low, k_high, self._keys[0], self._keys[1],
-                                        self._red, self._ill)
+        code, pos, total, repeats = record_batch(
+            ids, losses, self.num_samples, plan.drop_bits, collect, k_low, k_high,
+            self._keys[0], self._keys[1], self._red, self._ill, self._seen)
         if code:
             raise_bad_batch(code, pos, ids, losses, self.num_samples, plan.epoch)
         self._loss_sum += total
         self._loss_count += batch
+        self._repeats += repeats
+        self._max_batch = max(self._max_batch, batch)
         if self._epoch_losses is not None:
             self._epoch_losses.add(ids, losses, normalize=self.config.global_normalization == "batch"
                                    and self.config.scope == "global")
@@ -185,27 +209,50 @@ class ScanPruner:
         return ks
 
     def end_epoch(self) -> EpochSummary:
-        """Close the open epoch: combine ranks, update warm-up and candidates, persist."""
+        """Close the open epoch: combine ranks, check coverage, update warm-up and candidates,
+        persist. All or nothing: if any step fails (a refused coverage check, ranks that
+        disagree, a store that cannot be written), the pruner is left exactly as before the
+        call, its epoch still open, so it never runs ahead of its store."""
         if self._plan is None:
             raise ScanStateError(
                 "end_epoch() without an open epoch (called twice, or before plan_epoch()).")
-        plan, cfg = self._plan, self.config
-        stats = self._comm.all_reduce(np.array([self._loss_sum, self._loss_count], np.float64), "sum")
+        saved = {name: getattr(self, name) for name in self._EPOCH_STATE}
+        try:
+            return self._end_epoch(self._plan)
+        except BaseException:
+            for name, value in saved.items():
+                setattr(self, name, value)
+            raise
+
+    # Every attribute end_epoch may replace; none of them is changed in place by it, so
+    # putting the old references back restores the pruner exactly.
+    _EPOCH_STATE = ("_plan", "_epoch_losses", "_collecting", "_next_epoch", "_warmup", "_scale",
+                    "_floor", "_num_preparations", "_visits_kept", "_visits_full", "_log",
+                    "_red", "_ill", "_ema", "_scores")
+
+    def _end_epoch(self, plan: EpochPlan) -> EpochSummary:
+        cfg = self.config
+        stats = self._comm.all_reduce(
+            np.array([self._loss_sum, self._loss_count, self._repeats], np.float64), "sum")
         count = int(stats[1])
         mean_loss = float(stats[0] / count) if count else None
         if mean_loss is None and plan.phase in ("warmup", "prepare"):
             raise ScanStateError(
                 f"end_epoch(): no losses were recorded in {plan.phase} epoch {plan.epoch} on any "
                 "rank; SCAN needs record(ids, losses) for every batch of such an epoch.")
-        if self._epoch_losses is not None and self.world_size > 1:
-            self._epoch_losses.all_reduce(self._comm)
+        unrecorded, repeated = self._check_coverage(plan, count) if count else (0, 0)
+        epoch_losses = self._epoch_losses
+        if epoch_losses is not None and self.world_size > 1:
+            epoch_losses = epoch_losses.all_reduced(self._comm)
         if self._collecting:
-            self._finish_preparation(plan.epoch)
-        if cfg.rule == "infobatch" and self._epoch_losses is not None:
-            self._epoch_losses.update_scores(self._scores)
+            self._finish_preparation(plan.epoch, epoch_losses)
+        if cfg.rule == "infobatch" and epoch_losses is not None:
+            self._scores = epoch_losses.updated_scores(self._scores)
         if mean_loss is not None and self._warmup.e0 is None:
             self._end_warmup_step(plan.epoch, mean_loss)
-        self._visits_kept += plan.num_kept
+        # Sample-visits are counted as served (recorded, padding repeats included, drop_last
+        # cuts excluded); an epoch that recorded nothing counts its plan.
+        self._visits_kept += count if count else plan.num_kept
         self._visits_full += self.num_samples
         summary = EpochSummary(
             epoch=plan.epoch, phase=plan.phase, rho_cur=plan.rho_cur, mean_loss=mean_loss,
@@ -214,8 +261,8 @@ class ScanPruner:
             pruned_share=plan.pruned_share,
             realised_saving=1.0 - self._visits_kept / self._visits_full,
             rho_low=self.rho_low, rho_high=self.rho_high,
-            schedule_floor=self._floor)
-        self._log.append(summary.as_dict())
+            schedule_floor=self._floor, num_unrecorded=unrecorded, num_repeated=repeated)
+        self._log = self._log + [summary.as_dict()]
         if plan.phase == "prepare" and cfg.target_rate is not None:
             self._retarget(plan.epoch)
         self._plan, self._epoch_losses = None, None
@@ -223,8 +270,42 @@ class ScanPruner:
         if self.world_size > 1:
             self._check_agreement(f"end of epoch {plan.epoch}", plan.fingerprint)
         if self._store is not None:
-            self._store.write_snapshot(plan.epoch, self.state_dict())
+            store, state = self._store, self.state_dict()
+            all_or_none(self._comm, lambda: store.write_snapshot(plan.epoch, state),
+                        f"writing the snapshot of epoch {plan.epoch} to {store.path!r}")
         return summary
+
+    def _check_coverage(self, plan: EpochPlan, count: int) -> tuple[int, int]:
+        """(kept ids never recorded, records beyond an id's first) over all ranks; warn or
+        raise (config `coverage`) when they exceed what padding and drop_last explain."""
+        seen = self._seen
+        max_batch = self._max_batch
+        if self.world_size > 1:
+            seen = self._comm.all_reduce(seen, "bor")
+            max_batch = int(self._comm.all_reduce(np.array([max_batch], np.int64), "max")[0])
+        distinct = bitset.popcount(seen)
+        unrecorded, repeated = plan.num_kept - distinct, count - distinct
+        world = self.world_size
+        # DistributedSampler pads fewer than world_size ids; drop_last cuts fewer than
+        # world_size from the shard and fewer than a batch from each rank's last batch.
+        pad_allowed = world - 1
+        cut_allowed = world - 1 + world * max(0, max_batch - 1)
+        problems = []
+        if repeated > pad_allowed:
+            problems.append(f"{repeated} records repeat an id already recorded this epoch "
+                            f"(padding explains at most {pad_allowed})")
+        if unrecorded > cut_allowed:
+            problems.append(f"{unrecorded} of the {plan.num_kept} kept ids were never recorded "
+                            f"(drop_last explains at most {cut_allowed})")
+        if problems and self.coverage != "off":
+            message = (f"epoch {plan.epoch} ({plan.phase}): {'; '.join(problems)}; "
+                       f"{count} records of {distinct} distinct ids over {world} rank(s). "
+                       "Every kept id should be recorded once per epoch: serve the plan's shard "
+                       "once, record each batch once, on every rank.")
+            if self.coverage == "error":
+                raise ScanCoverageError(message)
+            warnings.warn(message, ScanCoverageWarning, stacklevel=4)
+        return unrecorded, repeated
 
     # -- results ------------------------------------------------------------------------------
     @property
@@ -275,24 +356,16 @@ class ScanPruner:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state from `state_dict()` (of the same config, N, views and world size)."""
+        """Restore a state from `state_dict()` (of the same config, N, views and world size).
+        A refused state (ScanResumeError naming the field) leaves the pruner as it was."""
         if self._plan is not None:
             raise ScanStateError("load_state_dict() while an epoch is open.")
         check_state(state, config=self.config.to_dict(), num_samples=self.num_samples,
                     num_views=self.num_views, world_size=self.world_size)
-        self._next_epoch = int(state["next_epoch"])
-        self._warmup = WarmupState(prev_loss=state["warmup_prev_loss"], e0=state["warmup_e0"])
-        self._scale = float(state["scale"])
-        self._floor = float(state.get("schedule_floor", 0.0))  # absent in older stores
-        self._num_preparations = int(state["num_preparations"])
-        self._visits_kept, self._visits_full = int(state["visits_kept"]), int(state["visits_full"])
-        self._log = [dict(e) for e in state["log"]]
-        self._red = np.array(state["red_bits"], dtype=np.uint8, copy=True)
-        self._ill = np.array(state["ill_bits"], dtype=np.uint8, copy=True)
-        if self._ema is not None:
-            self._ema = np.array(state["ema_losses"], dtype=np.float32, copy=True)
-        if self._scores is not None:
-            self._scores = np.array(state["scores"], dtype=np.float32, copy=True)
+        values = parse_state(state, num_views=self.num_views, num_samples=self.num_samples,
+                             with_ema=self._ema is not None, with_scores=self._scores is not None)
+        for name, value in values.items():  # nothing below can raise: all or nothing
+            setattr(self, name, value)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], *, communicator: Communicator | None = None,
@@ -322,7 +395,10 @@ class ScanPruner:
         self._plan: EpochPlan | None = None
         self._collecting = False
         self._epoch_losses: EpochLosses | None = None
-        self._loss_sum, self._loss_count = 0.0, 0
+        self._loss_sum, self._loss_count, self._repeats, self._max_batch = 0.0, 0, 0, 0
+        self._seen = bitset.new_bits(0)
+        self._keys = (np.uint64(0), np.uint64(0))
+        self._k_cache = {}
 
     def _meta(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "num_samples": self.num_samples,
@@ -362,18 +438,18 @@ class ScanPruner:
         self._floor = floor_after_preparation(cfg, epoch, e0, self._visits_full - self._visits_kept,
                                               self.num_samples, self.num_candidates)
 
-    def _finish_preparation(self, epoch: int) -> None:
+    def _finish_preparation(self, epoch: int, epoch_losses: EpochLosses | None) -> None:
         cfg = self.config
         if cfg.scope == "batch":
             if self.world_size > 1:
                 self._red = self._comm.all_reduce(self._red, "bor")
                 self._ill = self._comm.all_reduce(self._ill, "bor")
         else:
-            assert self._epoch_losses is not None
+            assert epoch_losses is not None
             self._red, self._ill, self._ema = global_candidates(
-                self._epoch_losses, self._ema, cfg, epoch, self.rho_low, self.rho_high)
-        if self.loss_history and self._store is not None and self._epoch_losses is not None:
-            self._store.write_history(epoch, self._epoch_losses.mean(), self.loss_history)
+                epoch_losses, self._ema, cfg, epoch, self.rho_low, self.rho_high)
+        if self.loss_history and self._store is not None and epoch_losses is not None:
+            self._store.write_history(epoch, epoch_losses.mean(), self.loss_history)
         self._num_preparations += 1
         self._collecting = False
 

@@ -270,30 +270,45 @@ def loss_stats(losses):
 
 
 @numba.njit(cache=True, nogil=True)
+def _mark_seen(ids, seen_bits):
+    """Set each id's bit in the epoch's seen bitmap; return how many were already set (ids
+    recorded earlier in the epoch: padding repeats, or a batch recorded twice)."""
+    repeats = 0
+    for i in range(ids.shape[0]):
+        j = ids[i]
+        byte = seen_bits[j >> 3]
+        bit = np.uint8(1 << (j & 7))
+        repeats += (byte & bit) != 0
+        seen_bits[j >> 3] = byte | bit
+    return repeats
+
+
+@numba.njit(cache=True, nogil=True)
 def _record_batch(ids, losses, num_samples, drop_bits, check_drop, collect,
-                  k_low, k_high, key_low, key_high, red_bits, ill_bits):
+                  k_low, k_high, key_low, key_high, red_bits, ill_bits, seen_bits):
     code, pos = _check_batch_ids(ids, num_samples, drop_bits, check_drop)
     if code != 0:
-        return code, pos, 0.0
+        return code, pos, 0.0, 0
     total, bad = loss_stats(losses)
     if bad >= 0:
-        return 4, bad, 0.0
+        return 4, bad, 0.0, 0
     if collect:
         _select_batch(ids, losses, k_low, k_high, key_low, key_high, red_bits, ill_bits)
-    return 0, -1, total
+    return 0, -1, total, _mark_seen(ids, seen_bits)
 
 
 def record_batch(ids: np.ndarray, losses: np.ndarray, num_samples: int,
                  drop_bits: np.ndarray | None, collect: bool, k_low: int, k_high: int,
                  key_low: np.uint64, key_high: np.uint64, red_bits: np.ndarray,
-                 ill_bits: np.ndarray) -> tuple[int, int, float]:
+                 ill_bits: np.ndarray, seen_bits: np.ndarray) -> tuple[int, int, float, int]:
     """The whole per-batch work of `ScanPruner.record` in one kernel call: validate ids (codes
     1 out of range, 2 repeated, 3 pruned this epoch), check losses are finite (code 4), sum
-    the per-sample view means, and with `collect` mark the batch's candidates.
-    ids: (B,) int64 contiguous; losses: (V, B) float32 or float64 contiguous.
-    Returns (code, position, sum of per-sample mean losses)."""
+    the per-sample view means, with `collect` mark the batch's candidates, and mark the ids
+    in the epoch's `seen_bits` (the coverage check of `end_epoch`). Nothing is marked when a
+    check fails. ids: (B,) int64 contiguous; losses: (V, B) float32 or float64 contiguous.
+    Returns (code, position, sum of per-sample mean losses, ids already seen this epoch)."""
     check_drop = drop_bits is not None
     with errstate():
         return _record_batch(ids, losses, num_samples,
                              drop_bits if check_drop else _EMPTY, check_drop, collect,
-                             k_low, k_high, key_low, key_high, red_bits, ill_bits)
+                             k_low, k_high, key_low, key_high, red_bits, ill_bits, seen_bits)

@@ -13,6 +13,7 @@ import numpy as np
 
 from scan_core import bitset
 from scan_core.errors import ScanResumeError
+from scan_core.warmup import WarmupState
 
 STATE_SCHEMA = 1
 
@@ -38,3 +39,68 @@ def check_state(state: dict[str, Any], *, config: dict[str, Any], num_samples: i
         if np.asarray(state[key]).shape != (nbytes,):
             raise ScanResumeError(f"state[{key!r}] has shape {np.shape(state[key])}, "
                                   f"expected ({nbytes},).")
+
+
+def parse_state(state: dict[str, Any], *, num_views: int, num_samples: int, with_ema: bool,
+                with_scores: bool) -> dict[str, Any]:
+    """The pruner attributes a checked `state` restores, as {attribute name: value}, built
+    without touching any pruner; ScanResumeError naming the field when one is missing, of the
+    wrong type, or inconsistent with the others (an edited state)."""
+    def field(key: str, kind: type, default: Any = ...) -> Any:
+        if key not in state:
+            if default is not ...:
+                return default
+            raise ScanResumeError(f"state has no {key!r}; it was not written by state_dict().")
+        value = state[key]
+        if kind is int and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                            or value < 0):
+            raise ScanResumeError(f"state[{key!r}] must be an int >= 0, got {value!r}.")
+        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ScanResumeError(f"state[{key!r}] must be a number, got {value!r}.")
+        return kind(value)
+
+    prev_loss, e0 = state.get("warmup_prev_loss"), state.get("warmup_e0")
+    if prev_loss is not None and (isinstance(prev_loss, bool)
+                                  or not isinstance(prev_loss, (int, float))):
+        raise ScanResumeError(f"state['warmup_prev_loss'] must be a number or None, "
+                              f"got {prev_loss!r}.")
+    if e0 is not None and (isinstance(e0, bool) or not isinstance(e0, (int, np.integer)) or e0 < 0):
+        raise ScanResumeError(f"state['warmup_e0'] must be an int >= 0 or None, got {e0!r}.")
+    log = state.get("log")
+    if not isinstance(log, (list, tuple)) or not all(isinstance(e, dict) for e in log):
+        raise ScanResumeError("state['log'] must be a list of dicts, one per completed epoch.")
+    values = {
+        "_next_epoch": field("next_epoch", int),
+        "_warmup": WarmupState(prev_loss=None if prev_loss is None else float(prev_loss),
+                               e0=None if e0 is None else int(e0)),
+        "_scale": field("scale", float),
+        "_floor": field("schedule_floor", float, 0.0),  # absent in stores of schema 1
+        "_num_preparations": field("num_preparations", int),
+        "_visits_kept": field("visits_kept", int),
+        "_visits_full": field("visits_full", int),
+        "_log": [dict(e) for e in log],
+        "_red": np.array(state["red_bits"], dtype=np.uint8, copy=True),
+        "_ill": np.array(state["ill_bits"], dtype=np.uint8, copy=True),
+    }
+    epochs = values["_next_epoch"]
+    if len(log) != epochs or values["_visits_full"] != epochs * num_samples \
+            or values["_num_preparations"] > epochs:
+        raise ScanResumeError(
+            f"state is inconsistent: next_epoch {epochs}, {len(log)} log rows, visits_full "
+            f"{values['_visits_full']} (expected {epochs} * {num_samples}), num_preparations "
+            f"{values['_num_preparations']}; it was edited or damaged. Resume from an intact "
+            "snapshot or start afresh.")
+    if with_ema:
+        values["_ema"] = _array(state, "ema_losses", np.float32, (num_views, num_samples))
+    if with_scores:
+        values["_scores"] = _array(state, "scores", np.float32, (num_samples,))
+    return values
+
+
+def _array(state: dict[str, Any], key: str, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
+    if key not in state:
+        raise ScanResumeError(f"state has no {key!r}, which this config needs.")
+    value = np.array(state[key], dtype=dtype, copy=True)
+    if value.shape != shape:
+        raise ScanResumeError(f"state[{key!r}] has shape {value.shape}, expected {shape}.")
+    return value

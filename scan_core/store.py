@@ -42,6 +42,18 @@ def _crc(array: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(array).view(np.uint8).reshape(-1)) & 0xFFFFFFFF
 
 
+def _plain(value: Any) -> Any:
+    """JSON fallback for numpy scalars in a state record."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"state value {value!r} of type {type(value).__name__} is not JSON-able")
+
+
+def _json_crc(value: Any) -> int:
+    """crc32 of the canonical JSON of a state record (sorted keys)."""
+    return zlib.crc32(json.dumps(value, sort_keys=True).encode("utf-8")) & 0xFFFFFFFF
+
+
 def _chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     if not shape:
         return ()
@@ -109,7 +121,10 @@ class LossStore:
         if not self.writable:
             return
         arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
-        scalars = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
+        # The scalars go through JSON once here, so that what is checksummed is exactly what
+        # a reader will load back.
+        scalars = json.loads(json.dumps(
+            {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}, default=_plain))
         snaps = self._group.require_group("snapshots")
         name = f"epoch_{epoch:08d}"
         shutil.rmtree(os.path.join(self.path, "snapshots", name), ignore_errors=True)
@@ -121,7 +136,8 @@ class LossStore:
             if value.size:
                 arr[...] = value
             checksums[key] = _crc(value)
-        node.attrs.update({"state": scalars, "checksums": checksums, "complete": True})
+        node.attrs.update({"state": scalars, "state_checksum": _json_crc(scalars),
+                           "checksums": checksums, "complete": True})
         self._prune_old()
 
     def load_latest(self) -> dict[str, Any] | None:
@@ -185,6 +201,19 @@ class LossStore:
         return attrs if attrs.get("complete") is True else None
 
     def _read_snapshot(self, name: str, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "state_checksum" not in attrs:
+            warnings.warn(f"SCAN store {self.path!r}: snapshot {name} was written before state "
+                          "records were checksummed (scan_core < 0.2); its scalars are not "
+                          "verified.", stacklevel=4)
+        elif _json_crc(attrs.get("state")) != attrs["state_checksum"]:
+            raise ScanStoreCorruptError(
+                f"SCAN store {self.path!r}: the state record of {name} (next_epoch, visits, "
+                "warm-up, log...) fails its checksum; it was edited or damaged after it was "
+                "written. Restore the store from a copy, resume from an older snapshot "
+                "(resume_epoch), or start afresh.")
+        if not isinstance(attrs.get("state"), dict) or not isinstance(attrs.get("checksums"), dict):
+            raise ScanStoreCorruptError(
+                f"SCAN store {self.path!r}: snapshot {name} has no readable state record.")
         state = dict(attrs["state"])
         for key, crc in attrs["checksums"].items():
             try:

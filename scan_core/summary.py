@@ -18,6 +18,10 @@ class EpochSummary:
       realised_saving: share of all sample-visits so far that were pruned (counted).
       rho_low, rho_high: the per-end shares in use (scaled when a target rate is set).
       schedule_floor: beta of a target rate beyond the cosine cycle's reach (0: the paper's).
+      num_unrecorded: kept ids no rank recorded this epoch (drop_last cuts, or lost data);
+        0 when nothing was recorded (then coverage is not checked).
+      num_repeated: records of an id already recorded this epoch, over all ranks (padding,
+        or a batch recorded twice).
     """
 
     epoch: int
@@ -33,6 +37,8 @@ class EpochSummary:
     rho_low: float
     rho_high: float
     schedule_floor: float = 0.0
+    num_unrecorded: int = 0
+    num_repeated: int = 0
 
     @property
     def warmup_active(self) -> bool:
