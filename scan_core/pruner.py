@@ -307,6 +307,12 @@ class ScanPruner:
             warnings.warn(message, ScanCoverageWarning, stacklevel=4)
         return unrecorded, repeated
 
+    def close(self) -> None:
+        """Release the store's writer lock (rank 0), so another process may write the store.
+        The pruner keeps its state but persists nothing more. Also done at interpreter exit."""
+        if self._store is not None:
+            self._store.close()
+
     # -- results ------------------------------------------------------------------------------
     @property
     def num_candidates(self) -> int:

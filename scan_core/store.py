@@ -21,17 +21,23 @@ snapshots are kept.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
+import uuid
 import warnings
+import weakref
 import zlib
 from typing import Any
 
 import numpy as np
 import zarr
 
-from scan_core.errors import ScanResumeError, ScanStoreCorruptError, ScanStoreMismatchError
+from scan_core import lock as lock_module
+from scan_core.errors import (ScanResumeError, ScanStoreCorruptError, ScanStoreError,
+                              ScanStoreMismatchError)
 
 STORE_SCHEMA = 1
 KEEP_SNAPSHOTS = 2
@@ -71,6 +77,8 @@ class LossStore:
         self._group = group
         self.meta = meta
         self.writable = writable
+        self._lock: str | None = None
+        self._finalizer: weakref.finalize | None = None
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -79,20 +87,54 @@ class LossStore:
         """Create the store at `path`, or open an existing one written with the same `meta`.
 
         meta: {"config": dict, "num_samples": int, "num_views": int, "world_size": int}.
+        writable: take the store's writer lock (one writing process per store) and check that
+          it can be written; False opens it to read (the other ranks, analysis).
+        A new store appears complete or not at all (built beside `path`, then renamed into
+        place); a directory left by a creation cut short (no root zarr.json, no completed
+        snapshot, nothing but the store's own folders) is created afresh with a warning.
         """
         path = os.fspath(path)
-        root_json = os.path.join(path, "zarr.json")
-        if os.path.exists(path) and os.listdir(path):
-            stored = cls.read_meta(path)
-            _compare_meta(path, stored, meta)
-            group = zarr.open_group(path, mode="a" if writable else "r", zarr_format=3)
-            return cls(path, group, stored, writable)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ScanStoreError(
+                f"SCAN store path {path!r} is a file, not a directory; point `store` at a "
+                "directory (it is created if missing), e.g. 'run/scan.zarr'.")
+        if os.path.isdir(path) and os.listdir(path) and not _abandoned_creation(path):
+            return cls._open_existing(path, meta, writable)
         if not writable:
             raise ScanStoreCorruptError(
-                f"no SCAN store at {path!r} (expected {root_json}); the writing rank creates it.")
-        group = zarr.open_group(path, mode="w", zarr_format=3)
-        group.attrs.update({"scan_store": STORE_SCHEMA, "meta": meta})
-        return cls(path, group, meta, writable)
+                f"no SCAN store at {path!r} (expected {os.path.join(path, 'zarr.json')}); the "
+                "writing rank creates it.")
+        if os.path.isdir(path) and os.listdir(path):
+            warnings.warn(f"SCAN store {path!r} has no root zarr.json and no completed "
+                          "snapshot (its creation was cut short); creating it afresh.",
+                          stacklevel=3)
+            _clear_abandoned(path)
+        _create(path, meta)  # or another process created it first: open theirs alike
+        return cls._open_existing(path, meta, writable)
+
+    @classmethod
+    def _open_existing(cls, path: str, meta: dict[str, Any], writable: bool) -> "LossStore":
+        stored = cls.read_meta(path)
+        _compare_meta(path, stored, meta)
+        lock = lock_module.acquire(path) if writable else None
+        try:
+            group = zarr.open_group(path, mode="a" if writable else "r", zarr_format=3)
+        except Exception:
+            if lock is not None:
+                lock_module.release(lock)
+            raise
+        store = cls(path, group, stored, writable)
+        store._lock = lock
+        if lock is not None:
+            store._finalizer = weakref.finalize(store, lock_module.release, lock)
+        return store
+
+    def close(self) -> None:
+        """Release the writer lock (writable stores); the store can no longer be written."""
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer()
+        self.writable = False
 
     @staticmethod
     def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -120,6 +162,17 @@ class LossStore:
         """Persist the pruner state after `epoch`; the complete flag is written last."""
         if not self.writable:
             return
+        try:
+            self._write_snapshot(epoch, state)
+        except OSError as exc:
+            raise ScanStoreError(
+                f"SCAN store {self.path!r}: writing the snapshot of epoch {epoch} failed "
+                f"({type(exc).__name__}: {exc.strerror or exc})"
+                f"{'; the disk is full' if exc.errno == errno.ENOSPC else ''}. The pruner is "
+                "left where the store is (its epoch still open): fix the cause and call "
+                "end_epoch() again, or resume later from the last completed snapshot.") from exc
+
+    def _write_snapshot(self, epoch: int, state: dict[str, Any]) -> None:
         arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
         # The scalars go through JSON once here, so that what is checksummed is exactly what
         # a reader will load back.
@@ -256,6 +309,61 @@ class LossStore:
 
     def read_history(self, epoch: int) -> np.ndarray:
         return np.asarray(self._group[f"history/epoch_{epoch:08d}/losses"][...])
+
+
+_STORE_ENTRIES = {"snapshots", "history", lock_module.LOCK_NAME}
+
+
+def _abandoned_creation(path: str) -> bool:
+    """A directory holding only the store's own folders, no root zarr.json and no completed
+    snapshot: what a kill during creation by scan_core <= 0.1 left (item 8 of issue 15)."""
+    entries = set(os.listdir(path))
+    if "zarr.json" in entries or not entries <= _STORE_ENTRIES:
+        return False
+    snaps = os.path.join(path, "snapshots")
+    names = os.listdir(snaps) if os.path.isdir(snaps) else []
+    for name in names:
+        try:
+            with open(os.path.join(snaps, name, "zarr.json"), encoding="utf-8") as fh:
+                if json.load(fh).get("attributes", {}).get("complete") is True:
+                    return False
+        except (OSError, ValueError, AttributeError):
+            continue
+    return True
+
+
+def _clear_abandoned(path: str) -> None:
+    # A lock here is stale too: locks are taken only after the root exists.
+    for name in ("snapshots", "history"):
+        shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(path, lock_module.LOCK_NAME))
+
+
+def _create(path: str, meta: dict[str, Any]) -> bool:
+    """Build a new store beside `path` and rename it into place (an empty directory at
+    `path` is replaced). False when another process created `path` first."""
+    parent = os.path.dirname(os.path.abspath(path))
+    temp = os.path.join(parent, f".{os.path.basename(path)}.creating-{uuid.uuid4().hex[:12]}")
+    try:
+        os.makedirs(parent, exist_ok=True)
+        group = zarr.open_group(temp, mode="w", zarr_format=3)
+        group.attrs.update({"scan_store": STORE_SCHEMA, "meta": meta})
+        try:
+            os.rename(temp, path)
+        except OSError:
+            if os.path.isdir(path) and os.listdir(path):
+                return False  # created meanwhile by another process: open theirs
+            raise
+        return True
+    except OSError as exc:
+        raise ScanStoreError(
+            f"cannot create the SCAN store {path!r} ({type(exc).__name__}: "
+            f"{exc.strerror or exc}): its parent must be a directory this process can write "
+            f"{'(the disk is full)' if exc.errno == errno.ENOSPC else ''}. Fix the path or the "
+            "permissions, or point `store` elsewhere.") from exc
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _compare_meta(path: str, stored: dict[str, Any], wanted: dict[str, Any]) -> None:
