@@ -307,6 +307,7 @@ def test_full_tail_epochs_train_on_full_data_at_the_end():
 
 # -- scope="global" ----------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::scan_core.ScanCoverageWarning")  # skips samples on purpose
 def test_global_scope_ranks_all_seen_samples_at_once():
     stream = LossStream(seed=17, identical_views=True)  # intersection is exact: no top-up
     cfg = ScanConfig(seed=2, scope="global", rho_low=0.25, rho_high=0.15)
