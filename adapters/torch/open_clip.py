@@ -131,9 +131,10 @@ class ClipLossWithParts(nn.Module):
         rows = torch.stack([F.cross_entropy(per_image, labels, reduction="none"),
                             F.cross_entropy(per_text, labels, reduction="none")])
         # The scalar is the mean over the rows this rank computes (all ranks' rows without
-        # local_loss, as ClipLoss); the parts are this rank's own samples only.
+        # local_loss), summed in ClipLoss's order (mean per direction, then their mean) so it
+        # equals ClipLoss to the last float32 bit; the parts are this rank's own samples only.
         own = rows if rows.shape[1] == batch else rows[:, self.rank * batch:(self.rank + 1) * batch]
-        return ContrastiveLoss(rows.mean(), own)
+        return ContrastiveLoss((rows[0].mean() + rows[1].mean()) / 2, own)
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
                 logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None,
