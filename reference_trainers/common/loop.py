@@ -34,7 +34,8 @@ def epoch_loop(cfg: Any, pruner: Any, sampler: Any, run_dir: RunDir, *, rank: in
                extra_stats: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
     """The epochs of a run, the same for every trainer: plan (sampler.set_epoch), train, close
     the epoch in the pruner, evaluate when due (cfg.eval_every / cfg.probe_every, and at the
-    end; `evaluate(probe)`), log a metrics row, print its line and checkpoint (rank 0).
+    end; `evaluate(probe)`), log a metrics row and print its line (rank 0), and checkpoint
+    (`checkpoint` is called on every rank, as it may gather; rank 0 writes the file).
     Returns the last row ({} when nothing was left to run)."""
     row: dict[str, Any] = {}
     stop = cfg.epochs if stop_after is None else min(cfg.epochs, pruner.next_epoch + stop_after)
@@ -57,7 +58,7 @@ def epoch_loop(cfg: Any, pruner: Any, sampler: Any, run_dir: RunDir, *, rank: in
         if rank == 0:
             run_dir.append_metrics(row)
             print(line(row), flush=True)
-            checkpoint(epoch, wall)
+        checkpoint(epoch, wall)  # every rank: each saves what is its own (rank 0 writes)
     return row
 
 

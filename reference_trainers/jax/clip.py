@@ -193,8 +193,8 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
         stop_after=stop_after, train_epoch=train_epoch,
         evaluate=lambda probe: evaluate(encode, host_local(box["state"]), train, test,
                                         tokenizer, cfg, probe=probe),
-        checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, host_local(box["state"]),
-                                                       rng, wall),
+        checkpoint=lambda epoch, wall: rank == 0 and save_checkpoint(
+            run_dir, epoch, host_local(box["state"]), rng, wall),
         line=epoch_line, extra_stats=planted_stats)
     barrier("epochs done")  # process 0 has written every metrics row that finish() reads
     return loop.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)

@@ -197,8 +197,8 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
         stop_after=stop_after, train_epoch=train_epoch,
         evaluate=lambda probe: evaluate(model, host_local(box["state"]), train, test, cfg,
                                         probe=probe),
-        checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, host_local(box["state"]),
-                                                       rng, wall),
+        checkpoint=lambda epoch, wall: rank == 0 and save_checkpoint(
+            run_dir, epoch, host_local(box["state"]), rng, wall),
         line=lambda row: epoch_line(row, accuracy=("knn_top1", "kNN")),
         extra_stats=planted_stats)
     barrier("epochs done")  # process 0 has written every metrics row that finish() reads

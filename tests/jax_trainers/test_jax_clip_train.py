@@ -169,11 +169,13 @@ def test_a_checkpoint_of_another_model_or_framework_is_refused_by_name(tmp_path)
     from reference_trainers.common.errors import TrainerError
     from reference_trainers.common.rundir import RunDir
     from reference_trainers.jax.checkpoint import load_checkpoint, save_checkpoint
+    from tests.trainers.runfiles import snapshot
 
     run = RunDir(tmp_path / "run")
     rng = np.random.default_rng(3)
     state = {"dense": {"kernel": np.ones((4, 2), np.float32), "bias": np.zeros(2, np.float32)}}
     save_checkpoint(run, 0, state, rng, wall=1.5)
+    snapshot(run, 0)  # resume needs the store's snapshot of the checkpoint's epoch
     draws = rng.random(3)
     restored, epoch, wall = load_checkpoint(run, state, rng := np.random.default_rng(99))
     assert (epoch, wall) == (0, 1.5)

@@ -6,6 +6,7 @@ import torch
 
 from reference_trainers.common.lifecycle import load_checkpoint, save_checkpoint
 from reference_trainers.common.rundir import RunDir
+from tests.trainers.runfiles import snapshot
 
 
 def _parts(seed: int):
@@ -25,6 +26,7 @@ def test_the_fp16_grad_scaler_resumes_from_its_loss_scale(tmp_path):
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
     scaler.load_state_dict({**scaler.state_dict(), "scale": 512.0, "_growth_tracker": 7})
     save_checkpoint(run, 3, model, optimizer, generator, 12.5, scaler=scaler)
+    snapshot(run, 3)
 
     model2, optimizer2, generator2 = _parts(1)
     scaler2 = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
@@ -40,6 +42,7 @@ def test_a_run_without_a_scaler_saves_and_loads_without_one(tmp_path):
     run = RunDir(tmp_path / "run")
     model, optimizer, generator = _parts(0)
     save_checkpoint(run, 0, model, optimizer, generator, 1.0)
+    snapshot(run, 0)
     model2, optimizer2, generator2 = _parts(1)
     assert load_checkpoint(run, model2, optimizer2, generator2,
                            scaler=torch.amp.GradScaler("cpu")) == (0, 1.0)
