@@ -44,12 +44,14 @@ PARTS: tuple[PartSpec, ...] = (
              "5. CLIP trainer run on shards: epoch time vs kept share"),
     PartSpec("moco", "benchmarks.gpu_check.part_moco:run", 35, 45,
              "6. MoCo v3 ViT-S/16 throughput and memory"),
-    PartSpec("jax", "benchmarks.gpu_check.part_jax:run", 60, 60,
+    PartSpec("jax", "benchmarks.gpu_check.part_jax:run", 60, 120,
              "7a. JAX CLIP step with and without the recorder; JAX losses"),
     PartSpec("jax_vs_torch", "benchmarks.gpu_check.part_jax_vs_torch:run", 20, 45,
              "7b. JAX losses vs the torch adapter's"),
 )
 
-#: The whole GPU run's time box (issue 19: at most 8 minutes), and the dry run's.
+#: The whole GPU run's time box (issue 19: at most 8 minutes), and the dry run's. The dry
+#: budgets are a safety net for a shared 2-core CI box (under a load of 11 there, JAX alone
+#: took 6 s to import, 10 s to initialise and 31 s to compile the step), not a target.
 BUDGET_S = 480.0
-DRY_BUDGET_S = 480.0
+DRY_BUDGET_S = 600.0

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=".gpu-stage",
                         help="staged folder (benchmarks/stage_gpu_check.py): fashion-mnist/ "
                              "IDX files for the trainer run; generated data when absent")
+    parser.add_argument("--work", default=None,
+                        help="scratch folder for shards, run directories, stores (default "
+                             "OUT/work; device.sh puts it outside the folder brought back)")
     args = parser.parse_args(argv)
     budget = args.budget_s if args.budget_s is not None else (
         DRY_BUDGET_S if args.dry_run else BUDGET_S)
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--budget-s must be > 0, got {budget}")
     parts = [p for p in PARTS if p.name in args.parts]
     doc = run_check(parts, args.out, dry_run=args.dry_run, budget_s=budget,
-                    data_dir=args.data,
+                    data_dir=args.data, work_dir=args.work,
                     command="python -m benchmarks.gpu_check " + shlex.join(argv))
     print(open(f"{args.out}/results.md", encoding="utf-8").read())
     failed = [p["name"] for p in doc["parts"] if p["status"] != "ok"]

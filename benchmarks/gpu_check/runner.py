@@ -87,12 +87,14 @@ def _plain(value: Any) -> Any:
 # -- parent ---------------------------------------------------------------------------------
 def run_check(parts: Sequence[PartSpec], out_dir: str | os.PathLike, *, dry_run: bool,
               budget_s: float, data_dir: str | os.PathLike, command: str = "",
-              env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run `parts` in order; return (and write to out_dir) the results document."""
+              env: dict[str, str] | None = None,
+              work_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Run `parts` in order; return (and write to out_dir) the results document.
+    work_dir: the parts' scratch folder (default out_dir/work)."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    work = out / "work"
-    work.mkdir(exist_ok=True)
+    work = pathlib.Path(work_dir) if work_dir is not None else out / "work"
+    work.mkdir(parents=True, exist_ok=True)
     log_path = out / "gpu_check.log"
     log_path.write_text("")
     start = time.monotonic()
