@@ -18,6 +18,13 @@ def run(ctx: PartContext) -> None:
     ctx.emit("python", f"{platform.python_version()} at {sys.executable}")
     ctx.emit("cpu cores", os.cpu_count())
     _nvidia_smi(ctx)
+    # The staged wheels first: zarr and the store work before torch is ever imported.
+    for name in ("numpy", "numba", "zarr", "numcodecs", "donfig", "google_crc32c",
+                 "typing_extensions", "yaml", "PIL"):
+        ctx.emit(f"import {name}", _version(name))
+    ctx.emit("import scan_core", "ok", note=os.path.relpath(
+        importlib.import_module("scan_core").__file__))
+    _store_round_trip(ctx)
     import torch
 
     ctx.emit("torch", f"{torch.__version__} from {os.path.dirname(torch.__file__)}")
@@ -29,19 +36,17 @@ def run(ctx: PartContext) -> None:
                  f"{props.multi_processor_count} SMs")
         ctx.emit("gpu memory", round(props.total_memory / 2**30, 1), "GiB")
         ctx.emit("bf16 supported", torch.cuda.is_bf16_supported())
-        ctx.emit("nccl", ".".join(map(str, torch.cuda.nccl.version())))
+        version = torch.cuda.nccl.version()
+        ctx.emit("nccl", ".".join(map(str, version)) if isinstance(version, tuple) else version)
         ctx.emit("cudnn", torch.backends.cudnn.version())
     elif not ctx.dry_run:
         raise RuntimeError("torch sees no CUDA device; the GPU parts would measure the CPU. "
                            "Run with --dry-run on a machine without a GPU.")
-    for name in ("numpy", "numba", "zarr", "numcodecs", "donfig", "google_crc32c", "msgspec",
-                 "typing_extensions", "PIL", "torchvision"):
-        ctx.emit(f"import {name}", _version(name))
-    for name in ("scan_core", "adapters.torch", "reference_trainers.clip.train",
+    ctx.emit("import torchvision", _version("torchvision"), note="not needed; reported only")
+    for name in ("adapters.torch", "reference_trainers.clip.train",
                  "reference_trainers.moco.train", "reference_trainers.models"):
         module = importlib.import_module(name)
         ctx.emit(f"import {name}", "ok", note=os.path.relpath(module.__file__))
-    _store_round_trip(ctx)
 
 
 def _version(name: str) -> str:

@@ -201,3 +201,24 @@ def test_dry_run_runs_every_part_on_the_cpu(tmp_path):
     assert len(gaps) == 2 and max(gaps) <= 1e-5
     table = (tmp_path / "results.md").read_text()
     assert all(f"| **{p.name}** |" in table for p in PARTS)
+
+
+def test_the_lease_command_in_the_docs_names_what_exists():
+    """docs/benchmarks.md and docs/gpu-presets.md give the device tool's call; its script, its
+    carried folder (git-ignored, the staging script's and the check's default) must be real."""
+    import re
+
+    from benchmarks.gpu_check.__main__ import main  # noqa: F401 (the module the script runs)
+
+    call = 'run(command="bash benchmarks/gpu_check/device.sh", carry=[".gpu-stage"], timeout_s=560)'
+    for doc in ("docs/benchmarks.md", "docs/gpu-presets.md"):
+        assert call in (ROOT / doc).read_text(), doc
+    script = (ROOT / "benchmarks/gpu_check/device.sh").read_text()
+    assert "STAGE=${GPU_CHECK_STAGE:-.gpu-stage}" in script
+    assert re.search(r'--dest", default="\.gpu-stage"',
+                     (ROOT / "benchmarks/stage_gpu_check.py").read_text())
+    assert '"--data", default=".gpu-stage"' in (ROOT / "benchmarks/gpu_check/__main__.py").read_text()
+    timeout = int(re.search(r"timeout_s=(\d+)", call).group(1))
+    from benchmarks.gpu_check import BUDGET_S
+
+    assert BUDGET_S + 30 <= timeout <= 600  # the check, its installs, and the tool's limit
