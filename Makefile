@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo simulate test test-all test-integration bench clean data
+.PHONY: demo simulate test test-all test-integration bench clean data gpu-stage gpu-check gpu-check-dry
 
 # Fashion-MNIST (real data for the reference trainers) from Debian's dataset-fashion-mnist.
 DATA_DIR := /usr/share/datasets/fashion-mnist
@@ -59,6 +59,18 @@ test-integration: $(OC_VENV)/.installed data
 bench: $(STAMP)
 	$(PY) benchmarks/bench_bookkeeping.py --sizes 100000 1000000 10000000
 	$(PY) benchmarks/bench_billion.py
+
+# GPU acceptance check (issue 19; docs/benchmarks.md, "GPU check"). gpu-stage: where pip has a
+# network, the wheels and data the device lacks into .gpu-stage/ (git-ignored; name it in the
+# device tool's carry). gpu-check: on the GPU machine. gpu-check-dry: the same on this CPU.
+gpu-stage: $(STAMP) data
+	$(PY) benchmarks/stage_gpu_check.py --dest .gpu-stage
+
+gpu-check:
+	bash benchmarks/gpu_check/device.sh
+
+gpu-check-dry: $(STAMP)
+	$(PY) -m benchmarks.gpu_check --dry-run --out runs/gpu-check-dry
 
 clean:
 	rm -rf $(VENV) $(OC_VENV) .pytest_cache .hypothesis

@@ -1,0 +1,57 @@
+"""GPU acceptance check (issue 19): one prepared command that proves the CUDA paths of this
+project and measures its speed and SCAN's cost on the device, time-boxed part by part.
+
+    python -m benchmarks.gpu_check --out DIR              # on a GPU machine (about 8 minutes)
+    python -m benchmarks.gpu_check --dry-run --out DIR    # the same parts at tiny shapes, CPU
+
+Each part runs in its own Python process (a hung CUDA kernel or a slow compile can be killed
+without losing the rest, and the JAX part never shares a process with torch's DataLoader),
+under its own time box. A part appends its measured rows to a JSON-lines file as it goes, so a
+part stopped at its time box still reports what it measured. A failing part is reported and the
+rest go on. DIR receives results.json, results.md and gpu_check.log (every part's output).
+
+The parts, in order (PARTS): env, clip, scan_cost, nccl, trainer, moco, jax, jax_vs_torch.
+docs/benchmarks.md ("GPU check") says how to run it on a leased GPU with the staged wheels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class PartSpec:
+    """One part: `target` is "module:function" (the function takes a PartContext), `budget_s`
+    its share of the GPU run's time box, `dry_budget_s` its share in a --dry-run."""
+
+    name: str
+    target: str
+    budget_s: float
+    dry_budget_s: float
+    title: str
+
+
+PARTS: tuple[PartSpec, ...] = (
+    PartSpec("env", "benchmarks.gpu_check.part_env:run", 30, 60,
+             "1. environment and imports"),
+    PartSpec("clip", "benchmarks.gpu_check.part_clip:run", 170, 90,
+             "2. CLIP RN50 / ViT-B-32 throughput and memory"),
+    PartSpec("scan_cost", "benchmarks.gpu_check.part_scan_cost:run", 45, 60,
+             "3. SCAN's per-step cost in a preparation epoch"),
+    PartSpec("nccl", "benchmarks.gpu_check.part_nccl:run", 20, 45,
+             "4. TorchCommunicator on NCCL vs gloo"),
+    PartSpec("trainer", "benchmarks.gpu_check.part_trainer:run", 100, 90,
+             "5. CLIP trainer run on shards: epoch time vs kept share"),
+    PartSpec("moco", "benchmarks.gpu_check.part_moco:run", 30, 45,
+             "6. MoCo v3 ViT-S/16 throughput and memory"),
+    PartSpec("jax", "benchmarks.gpu_check.part_jax:run", 60, 120,
+             "7a. JAX CLIP step with and without the recorder; JAX losses"),
+    PartSpec("jax_vs_torch", "benchmarks.gpu_check.part_jax_vs_torch:run", 15, 45,
+             "7b. JAX losses vs the torch adapter's"),
+)
+
+#: The whole GPU run's time box (issue 19: at most 8 minutes), and the dry run's. The dry
+#: budgets are a safety net for a shared 2-core CI box (under a load of 11 there, JAX alone
+#: took 6 s to import, 10 s to initialise and 31 s to compile the step), not a target.
+BUDGET_S = 480.0
+DRY_BUDGET_S = 600.0
