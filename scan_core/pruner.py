@@ -59,7 +59,9 @@ class ScanPruner:
       coverage: what `end_epoch` does when the epoch's records do not cover its kept ids once
         each (beyond DistributedSampler's padding and drop_last): "warn" (a
         ScanCoverageWarning with the counts), "error" (ScanCoverageError, the epoch stays
-        open) or "off". Checked in every epoch that recorded anything.
+        open) or "off" (no seen bitmap is kept: record() saves one random bit write per id,
+        and the summary's num_unrecorded / num_repeated read 0). Checked in every epoch that
+        recorded anything. Every rank must use the same policy.
     """
 
     def __init__(self, num_samples: int, num_views: int = 2, config: ScanConfig | None = None,
@@ -166,14 +168,15 @@ class ScanPruner:
             or cfg.rule == "infobatch"
         epoch_losses = EpochLosses(self.num_views, n) if want_losses else None
         keys = (stream_key(cfg.seed, epoch, SALT_LOW), stream_key(cfg.seed, epoch, SALT_HIGH))
-        seen = bitset.new_bits(n)
+        seen = bitset.new_bits(n) if self.coverage != "off" else None
         # -- commit -------------------------------------------------------------------------
         if collecting and cfg.scope == "batch":
             self._red[:] = 0
             self._ill[:] = 0
         self._collecting, self._plan, self._epoch_losses = collecting, plan, epoch_losses
+        self._collect_batch = collecting and cfg.scope == "batch"
         self._keys, self._seen = keys, seen
-        self._loss_sum, self._loss_count, self._repeats, self._max_batch = 0.0, 0, 0, 0
+        self._loss_sum, self._loss_count, self._max_batch = 0.0, 0, 0
         self._k_cache: dict[int, tuple[int, int]] = {}
         return plan
 
@@ -185,18 +188,18 @@ class ScanPruner:
             raise ScanStateError("record() outside an epoch: call plan_epoch(epoch) first.")
         ids = as_ids(ids)
         losses = as_losses(losses, self.num_views, ids.shape[0])
-        collect = self._collecting and self.config.scope == "batch"
+        collect = self._collect_batch
         batch = ids.shape[0]
         k_low, k_high = self._ks(batch) if collect else (0, 0)
-        code, pos, total, repeats = record_batch(
+        code, pos, total = record_batch(
             ids, losses, self.num_samples, plan.drop_bits, collect, k_low, k_high,
             self._keys[0], self._keys[1], self._red, self._ill, self._seen)
         if code:
             raise_bad_batch(code, pos, ids, losses, self.num_samples, plan.epoch)
         self._loss_sum += total
         self._loss_count += batch
-        self._repeats += repeats
-        self._max_batch = max(self._max_batch, batch)
+        if batch > self._max_batch:
+            self._max_batch = batch
         if self._epoch_losses is not None:
             self._epoch_losses.add(ids, losses, normalize=self.config.global_normalization == "batch"
                                    and self.config.scope == "global")
@@ -233,14 +236,15 @@ class ScanPruner:
     def _end_epoch(self, plan: EpochPlan) -> EpochSummary:
         cfg = self.config
         stats = self._comm.all_reduce(
-            np.array([self._loss_sum, self._loss_count, self._repeats], np.float64), "sum")
+            np.array([self._loss_sum, self._loss_count], np.float64), "sum")
         count = int(stats[1])
         mean_loss = float(stats[0] / count) if count else None
         if mean_loss is None and plan.phase in ("warmup", "prepare"):
             raise ScanStateError(
                 f"end_epoch(): no losses were recorded in {plan.phase} epoch {plan.epoch} on any "
                 "rank; SCAN needs record(ids, losses) for every batch of such an epoch.")
-        unrecorded, repeated = self._check_coverage(plan, count) if count else (0, 0)
+        unrecorded, repeated = (self._check_coverage(plan, count)
+                                if count and self._seen is not None else (0, 0))
         epoch_losses = self._epoch_losses
         if epoch_losses is not None and self.world_size > 1:
             epoch_losses = epoch_losses.all_reduced(self._comm)
@@ -297,7 +301,7 @@ class ScanPruner:
         if unrecorded > cut_allowed:
             problems.append(f"{unrecorded} of the {plan.num_kept} kept ids were never recorded "
                             f"(drop_last explains at most {cut_allowed})")
-        if problems and self.coverage != "off":
+        if problems:
             message = (f"epoch {plan.epoch} ({plan.phase}): {'; '.join(problems)}; "
                        f"{count} records of {distinct} distinct ids over {world} rank(s). "
                        "Every kept id should be recorded once per epoch: serve the plan's shard "
@@ -399,10 +403,10 @@ class ScanPruner:
         self._ema = np.full((self.num_views, n), np.nan, np.float32) if use_ema else None
         self._scores = np.full(n, np.inf, np.float32) if cfg.rule == "infobatch" else None
         self._plan: EpochPlan | None = None
-        self._collecting = False
+        self._collecting = self._collect_batch = False
         self._epoch_losses: EpochLosses | None = None
-        self._loss_sum, self._loss_count, self._repeats, self._max_batch = 0.0, 0, 0, 0
-        self._seen = bitset.new_bits(0)
+        self._loss_sum, self._loss_count, self._max_batch = 0.0, 0, 0
+        self._seen: np.ndarray | None = None
         self._keys = (np.uint64(0), np.uint64(0))
         self._k_cache = {}
 
