@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from scan_core import bitset, rules
-from scan_core._buffers import EpochLosses, global_candidates
+from scan_core.epoch_losses import EpochLosses, global_candidates
 from scan_core.comm import Communicator, SingleProcess, all_or_none
 from scan_core.config import ScanConfig
 from scan_core.errors import (ScanConfigError, ScanCoverageError, ScanCoverageWarning,
