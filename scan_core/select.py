@@ -269,9 +269,58 @@ def loss_stats(losses):
     return total, -1
 
 
+def _prefetch_python(bits, index):
+    """Under NUMBA_DISABLE_JIT a prefetch is nothing."""
+
+
+if _NO_JIT:
+    prefetch = _prefetch_python
+else:
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def prefetch(typingctx, bits, index):
+        """Hint the CPU to fetch bits[index]'s cache line for writing (LLVM's llvm.prefetch:
+        never faults, changes nothing)."""
+        sig = types.void(bits, index)
+
+        def codegen(context, builder, signature, args):
+            array = context.make_array(signature.args[0])(context, builder, args[0])
+            ptr = cgutils.get_item_pointer(context, builder, signature.args[0], array,
+                                           [args[1]], wraparound=False)
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                "llvm.prefetch.p0")
+            builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 1),
+                              ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def _prefetch_ids(ids, num_samples, bits):
+    for i in range(ids.shape[0]):
+        j = ids[i]
+        if j >= 0 and j < num_samples:
+            prefetch(bits, j >> 3)
+
+
 @numba.njit(cache=True, nogil=True)
 def _record_batch(ids, losses, num_samples, drop_bits, check_drop, collect,
                   k_low, k_high, key_low, key_high, red_bits, ill_bits, seen_bits, mark_seen):
+    # From N = 1e7 on the bitmaps miss the cache at random places. Asking for every line this
+    # batch will write (seen bits, and the candidate bits in a preparation epoch) before the
+    # checks and the ranking lets the misses overlap that work instead of following it: it
+    # paid for the seen bitmap's extra misses (docs/benchmarks.md, issue 15).
+    if mark_seen:
+        _prefetch_ids(ids, num_samples, seen_bits)
+    if collect:
+        _prefetch_ids(ids, num_samples, red_bits)
+        _prefetch_ids(ids, num_samples, ill_bits)
     code, pos = _check_batch_ids(ids, num_samples, drop_bits, check_drop)
     if code != 0:
         return code, pos, 0.0
