@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from typing import Any
 
 import numpy as np
@@ -27,8 +26,9 @@ from scan_core import bitset, rules
 from scan_core.epoch_losses import EpochLosses, global_candidates
 from scan_core.comm import Communicator, SingleProcess, all_or_none
 from scan_core.config import ScanConfig
-from scan_core.errors import (ScanConfigError, ScanCoverageError, ScanCoverageWarning,
-                              ScanDistributedError, ScanStateError)
+from scan_core.coverage import POLICIES as COVERAGE_POLICIES
+from scan_core.coverage import check_coverage
+from scan_core.errors import ScanConfigError, ScanDistributedError, ScanStateError
 from scan_core.inputs import as_ids, as_losses, raise_bad_batch
 from scan_core.plan import EpochPlan
 from scan_core.select import SALT_HIGH, SALT_LOW, k_of, record_batch, stream_key
@@ -39,7 +39,6 @@ from scan_core.target import check_reachable, floor_after_preparation, solve_at_
 from scan_core.warmup import WarmupState, earliest_e0, end_of_epoch, initial_warmup
 
 HISTORY_DTYPES = ("float16", "float32")
-COVERAGE_POLICIES = ("warn", "error", "off")
 
 
 class ScanPruner:
@@ -243,8 +242,8 @@ class ScanPruner:
             raise ScanStateError(
                 f"end_epoch(): no losses were recorded in {plan.phase} epoch {plan.epoch} on any "
                 "rank; SCAN needs record(ids, losses) for every batch of such an epoch.")
-        unrecorded, repeated = (self._check_coverage(plan, count)
-                                if count and self._seen is not None else (0, 0))
+        unrecorded, repeated = (0, 0) if not count or self._seen is None else check_coverage(
+            plan, self._seen, count, self._max_batch, self._comm, self.coverage)
         epoch_losses = self._epoch_losses
         if epoch_losses is not None and self.world_size > 1:
             epoch_losses = epoch_losses.all_reduced(self._comm)
@@ -278,38 +277,6 @@ class ScanPruner:
             all_or_none(self._comm, lambda: store.write_snapshot(plan.epoch, state),
                         f"writing the snapshot of epoch {plan.epoch} to {store.path!r}")
         return summary
-
-    def _check_coverage(self, plan: EpochPlan, count: int) -> tuple[int, int]:
-        """(kept ids never recorded, records beyond an id's first) over all ranks; warn or
-        raise (config `coverage`) when they exceed what padding and drop_last explain."""
-        seen = self._seen
-        max_batch = self._max_batch
-        if self.world_size > 1:
-            seen = self._comm.all_reduce(seen, "bor")
-            max_batch = int(self._comm.all_reduce(np.array([max_batch], np.int64), "max")[0])
-        distinct = bitset.popcount(seen)
-        unrecorded, repeated = plan.num_kept - distinct, count - distinct
-        world = self.world_size
-        # DistributedSampler pads fewer than world_size ids; drop_last cuts fewer than
-        # world_size from the shard and fewer than a batch from each rank's last batch.
-        pad_allowed = world - 1
-        cut_allowed = world - 1 + world * max(0, max_batch - 1)
-        problems = []
-        if repeated > pad_allowed:
-            problems.append(f"{repeated} records repeat an id already recorded this epoch "
-                            f"(padding explains at most {pad_allowed})")
-        if unrecorded > cut_allowed:
-            problems.append(f"{unrecorded} of the {plan.num_kept} kept ids were never recorded "
-                            f"(drop_last explains at most {cut_allowed})")
-        if problems:
-            message = (f"epoch {plan.epoch} ({plan.phase}): {'; '.join(problems)}; "
-                       f"{count} records of {distinct} distinct ids over {world} rank(s). "
-                       "Every kept id should be recorded once per epoch: serve the plan's shard "
-                       "once, record each batch once, on every rank.")
-            if self.coverage == "error":
-                raise ScanCoverageError(message)
-            warnings.warn(message, ScanCoverageWarning, stacklevel=4)
-        return unrecorded, repeated
 
     def close(self) -> None:
         """Release the store's writer lock (rank 0), so another process may write the store.
@@ -379,9 +346,11 @@ class ScanPruner:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], *, communicator: Communicator | None = None,
-                        store: str | os.PathLike[str] | None = None) -> "ScanPruner":
+                        store: str | os.PathLike[str] | None = None,
+                        coverage: str = "warn") -> "ScanPruner":
         pruner = cls(int(state["num_samples"]), int(state["num_views"]),
-                     ScanConfig.from_dict(dict(state["config"])), communicator=communicator)
+                     ScanConfig.from_dict(dict(state["config"])), communicator=communicator,
+                     coverage=coverage)
         pruner.load_state_dict(state)
         if store is not None:
             pruner._store = LossStore.open(store, pruner._meta(), writable=pruner.rank == 0)
