@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's scan_core
 from bench_bookkeeping import (loss_pool, machine, proc_status_kib, reset_peak_rss,  # noqa: E402
                                warm_up_numba, write_docs)
 
@@ -109,6 +110,7 @@ def run(num_samples: int, batch_size: int, pool_size: int, seed: int, iterate_ke
         assert count == plan.num_kept
         out["peak_with_iteration"] = grown()
     out["bitmaps_bytes"] = 3 * ((num_samples + 7) // 8)
+    out["seen_bytes"] = (num_samples + 7) // 8  # the coverage check's seen bitmap (issue 15)
     return out
 
 
@@ -137,6 +139,8 @@ def report(r: dict, command: str, info: dict[str, str]) -> str:
         f"| **peak RSS growth after plan_epoch(1)** | **{r['peak_state'] / mib:.0f} MiB "
         f"({r['peak_state'] / r['n']:.3f} bytes/sample)** |",
         f"| RSS growth held after plan_epoch(1) | {r['rss_end_state'] / mib:.0f} MiB |",
+        f"| the coverage check's seen bitmap, one of them (N / 8 bytes) | "
+        f"{r['seen_bytes'] / mib:.0f} MiB |",
         f"| three N-bit bitmaps (red, ill, drop), for scale | "
         f"{r['bitmaps_bytes'] / mib:.0f} MiB |",
     ]

@@ -18,17 +18,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from typing import Any
 
 import numpy as np
 
 from scan_core import bitset, rules
-from scan_core._buffers import EpochLosses, global_candidates
+from scan_core.epoch_losses import EpochLosses, global_candidates
 from scan_core.comm import Communicator, SingleProcess, all_or_none
 from scan_core.config import ScanConfig
-from scan_core.errors import (ScanConfigError, ScanCoverageError, ScanCoverageWarning,
-                              ScanDistributedError, ScanStateError)
+from scan_core.coverage import POLICIES as COVERAGE_POLICIES
+from scan_core.coverage import check_coverage
+from scan_core.errors import ScanConfigError, ScanDistributedError, ScanStateError
 from scan_core.inputs import as_ids, as_losses, raise_bad_batch
 from scan_core.plan import EpochPlan
 from scan_core.select import SALT_HIGH, SALT_LOW, k_of, record_batch, stream_key
@@ -39,7 +39,6 @@ from scan_core.target import check_reachable, floor_after_preparation, solve_at_
 from scan_core.warmup import WarmupState, earliest_e0, end_of_epoch, initial_warmup
 
 HISTORY_DTYPES = ("float16", "float32")
-COVERAGE_POLICIES = ("warn", "error", "off")
 
 
 class ScanPruner:
@@ -59,7 +58,9 @@ class ScanPruner:
       coverage: what `end_epoch` does when the epoch's records do not cover its kept ids once
         each (beyond DistributedSampler's padding and drop_last): "warn" (a
         ScanCoverageWarning with the counts), "error" (ScanCoverageError, the epoch stays
-        open) or "off". Checked in every epoch that recorded anything.
+        open) or "off" (no seen bitmap is kept: record() saves one random bit write per id,
+        and the summary's num_unrecorded / num_repeated read 0). Checked in every epoch that
+        recorded anything. Every rank must use the same policy.
     """
 
     def __init__(self, num_samples: int, num_views: int = 2, config: ScanConfig | None = None,
@@ -166,14 +167,15 @@ class ScanPruner:
             or cfg.rule == "infobatch"
         epoch_losses = EpochLosses(self.num_views, n) if want_losses else None
         keys = (stream_key(cfg.seed, epoch, SALT_LOW), stream_key(cfg.seed, epoch, SALT_HIGH))
-        seen = bitset.new_bits(n)
+        seen = bitset.new_bits(n) if self.coverage != "off" else None
         # -- commit -------------------------------------------------------------------------
         if collecting and cfg.scope == "batch":
             self._red[:] = 0
             self._ill[:] = 0
         self._collecting, self._plan, self._epoch_losses = collecting, plan, epoch_losses
+        self._collect_batch = collecting and cfg.scope == "batch"
         self._keys, self._seen = keys, seen
-        self._loss_sum, self._loss_count, self._repeats, self._max_batch = 0.0, 0, 0, 0
+        self._loss_sum, self._loss_count, self._max_batch = 0.0, 0, 0
         self._k_cache: dict[int, tuple[int, int]] = {}
         return plan
 
@@ -185,18 +187,18 @@ class ScanPruner:
             raise ScanStateError("record() outside an epoch: call plan_epoch(epoch) first.")
         ids = as_ids(ids)
         losses = as_losses(losses, self.num_views, ids.shape[0])
-        collect = self._collecting and self.config.scope == "batch"
+        collect = self._collect_batch
         batch = ids.shape[0]
         k_low, k_high = self._ks(batch) if collect else (0, 0)
-        code, pos, total, repeats = record_batch(
+        code, pos, total = record_batch(
             ids, losses, self.num_samples, plan.drop_bits, collect, k_low, k_high,
             self._keys[0], self._keys[1], self._red, self._ill, self._seen)
         if code:
             raise_bad_batch(code, pos, ids, losses, self.num_samples, plan.epoch)
         self._loss_sum += total
         self._loss_count += batch
-        self._repeats += repeats
-        self._max_batch = max(self._max_batch, batch)
+        if batch > self._max_batch:
+            self._max_batch = batch
         if self._epoch_losses is not None:
             self._epoch_losses.add(ids, losses, normalize=self.config.global_normalization == "batch"
                                    and self.config.scope == "global")
@@ -233,14 +235,15 @@ class ScanPruner:
     def _end_epoch(self, plan: EpochPlan) -> EpochSummary:
         cfg = self.config
         stats = self._comm.all_reduce(
-            np.array([self._loss_sum, self._loss_count, self._repeats], np.float64), "sum")
+            np.array([self._loss_sum, self._loss_count], np.float64), "sum")
         count = int(stats[1])
         mean_loss = float(stats[0] / count) if count else None
         if mean_loss is None and plan.phase in ("warmup", "prepare"):
             raise ScanStateError(
                 f"end_epoch(): no losses were recorded in {plan.phase} epoch {plan.epoch} on any "
                 "rank; SCAN needs record(ids, losses) for every batch of such an epoch.")
-        unrecorded, repeated = self._check_coverage(plan, count) if count else (0, 0)
+        unrecorded, repeated = (0, 0) if not count or self._seen is None else check_coverage(
+            plan, self._seen, count, self._max_batch, self._comm, self.coverage)
         epoch_losses = self._epoch_losses
         if epoch_losses is not None and self.world_size > 1:
             epoch_losses = epoch_losses.all_reduced(self._comm)
@@ -274,38 +277,6 @@ class ScanPruner:
             all_or_none(self._comm, lambda: store.write_snapshot(plan.epoch, state),
                         f"writing the snapshot of epoch {plan.epoch} to {store.path!r}")
         return summary
-
-    def _check_coverage(self, plan: EpochPlan, count: int) -> tuple[int, int]:
-        """(kept ids never recorded, records beyond an id's first) over all ranks; warn or
-        raise (config `coverage`) when they exceed what padding and drop_last explain."""
-        seen = self._seen
-        max_batch = self._max_batch
-        if self.world_size > 1:
-            seen = self._comm.all_reduce(seen, "bor")
-            max_batch = int(self._comm.all_reduce(np.array([max_batch], np.int64), "max")[0])
-        distinct = bitset.popcount(seen)
-        unrecorded, repeated = plan.num_kept - distinct, count - distinct
-        world = self.world_size
-        # DistributedSampler pads fewer than world_size ids; drop_last cuts fewer than
-        # world_size from the shard and fewer than a batch from each rank's last batch.
-        pad_allowed = world - 1
-        cut_allowed = world - 1 + world * max(0, max_batch - 1)
-        problems = []
-        if repeated > pad_allowed:
-            problems.append(f"{repeated} records repeat an id already recorded this epoch "
-                            f"(padding explains at most {pad_allowed})")
-        if unrecorded > cut_allowed:
-            problems.append(f"{unrecorded} of the {plan.num_kept} kept ids were never recorded "
-                            f"(drop_last explains at most {cut_allowed})")
-        if problems and self.coverage != "off":
-            message = (f"epoch {plan.epoch} ({plan.phase}): {'; '.join(problems)}; "
-                       f"{count} records of {distinct} distinct ids over {world} rank(s). "
-                       "Every kept id should be recorded once per epoch: serve the plan's shard "
-                       "once, record each batch once, on every rank.")
-            if self.coverage == "error":
-                raise ScanCoverageError(message)
-            warnings.warn(message, ScanCoverageWarning, stacklevel=4)
-        return unrecorded, repeated
 
     def close(self) -> None:
         """Release the store's writer lock (rank 0), so another process may write the store.
@@ -375,9 +346,11 @@ class ScanPruner:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], *, communicator: Communicator | None = None,
-                        store: str | os.PathLike[str] | None = None) -> "ScanPruner":
+                        store: str | os.PathLike[str] | None = None,
+                        coverage: str = "warn") -> "ScanPruner":
         pruner = cls(int(state["num_samples"]), int(state["num_views"]),
-                     ScanConfig.from_dict(dict(state["config"])), communicator=communicator)
+                     ScanConfig.from_dict(dict(state["config"])), communicator=communicator,
+                     coverage=coverage)
         pruner.load_state_dict(state)
         if store is not None:
             pruner._store = LossStore.open(store, pruner._meta(), writable=pruner.rank == 0)
@@ -399,10 +372,10 @@ class ScanPruner:
         self._ema = np.full((self.num_views, n), np.nan, np.float32) if use_ema else None
         self._scores = np.full(n, np.inf, np.float32) if cfg.rule == "infobatch" else None
         self._plan: EpochPlan | None = None
-        self._collecting = False
+        self._collecting = self._collect_batch = False
         self._epoch_losses: EpochLosses | None = None
-        self._loss_sum, self._loss_count, self._repeats, self._max_batch = 0.0, 0, 0, 0
-        self._seen = bitset.new_bits(0)
+        self._loss_sum, self._loss_count, self._max_batch = 0.0, 0, 0
+        self._seen: np.ndarray | None = None
         self._keys = (np.uint64(0), np.uint64(0))
         self._k_cache = {}
 

@@ -269,46 +269,90 @@ def loss_stats(losses):
     return total, -1
 
 
+def _prefetch_python(bits, index):
+    """Under NUMBA_DISABLE_JIT a prefetch is nothing."""
+
+
+if _NO_JIT:
+    prefetch = _prefetch_python
+else:
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def prefetch(typingctx, bits, index):
+        """Hint the CPU to fetch bits[index]'s cache line for writing (LLVM's llvm.prefetch:
+        never faults, changes nothing)."""
+        sig = types.void(bits, index)
+
+        def codegen(context, builder, signature, args):
+            array = context.make_array(signature.args[0])(context, builder, args[0])
+            ptr = cgutils.get_item_pointer(context, builder, signature.args[0], array,
+                                           [args[1]], wraparound=False)
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                "llvm.prefetch.p0")
+            builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 1),
+                              ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+
 @numba.njit(cache=True, nogil=True)
-def _mark_seen(ids, seen_bits):
-    """Set each id's bit in the epoch's seen bitmap; return how many were already set (ids
-    recorded earlier in the epoch: padding repeats, or a batch recorded twice)."""
-    repeats = 0
+def _prefetch_ids(ids, num_samples, bits):
     for i in range(ids.shape[0]):
         j = ids[i]
-        byte = seen_bits[j >> 3]
-        bit = np.uint8(1 << (j & 7))
-        repeats += (byte & bit) != 0
-        seen_bits[j >> 3] = byte | bit
-    return repeats
+        if j >= 0 and j < num_samples:
+            prefetch(bits, j >> 3)
 
 
 @numba.njit(cache=True, nogil=True)
 def _record_batch(ids, losses, num_samples, drop_bits, check_drop, collect,
-                  k_low, k_high, key_low, key_high, red_bits, ill_bits, seen_bits):
+                  k_low, k_high, key_low, key_high, red_bits, ill_bits, seen_bits, mark_seen):
+    # From N = 1e7 on the bitmaps miss the cache at random places. Asking for every line this
+    # batch will write (seen bits, and the candidate bits in a preparation epoch) before the
+    # checks and the ranking lets the misses overlap that work instead of following it: it
+    # paid for the seen bitmap's extra misses (docs/benchmarks.md, issue 15).
+    if mark_seen:
+        _prefetch_ids(ids, num_samples, seen_bits)
+    if collect:
+        _prefetch_ids(ids, num_samples, red_bits)
+        _prefetch_ids(ids, num_samples, ill_bits)
     code, pos = _check_batch_ids(ids, num_samples, drop_bits, check_drop)
     if code != 0:
-        return code, pos, 0.0, 0
+        return code, pos, 0.0
     total, bad = loss_stats(losses)
     if bad >= 0:
-        return 4, bad, 0.0, 0
+        return 4, bad, 0.0
     if collect:
         _select_batch(ids, losses, k_low, k_high, key_low, key_high, red_bits, ill_bits)
-    return 0, -1, total, _mark_seen(ids, seen_bits)
+    if mark_seen:  # repeats are counted at end_epoch: records - distinct ids seen
+        for i in range(ids.shape[0]):
+            j = ids[i]
+            seen_bits[j >> 3] |= np.uint8(1 << (j & 7))
+    return 0, -1, total
 
 
 def record_batch(ids: np.ndarray, losses: np.ndarray, num_samples: int,
                  drop_bits: np.ndarray | None, collect: bool, k_low: int, k_high: int,
                  key_low: np.uint64, key_high: np.uint64, red_bits: np.ndarray,
-                 ill_bits: np.ndarray, seen_bits: np.ndarray) -> tuple[int, int, float, int]:
+                 ill_bits: np.ndarray, seen_bits: np.ndarray | None) -> tuple[int, int, float]:
     """The whole per-batch work of `ScanPruner.record` in one kernel call: validate ids (codes
     1 out of range, 2 repeated, 3 pruned this epoch), check losses are finite (code 4), sum
-    the per-sample view means, with `collect` mark the batch's candidates, and mark the ids
-    in the epoch's `seen_bits` (the coverage check of `end_epoch`). Nothing is marked when a
-    check fails. ids: (B,) int64 contiguous; losses: (V, B) float32 or float64 contiguous.
-    Returns (code, position, sum of per-sample mean losses, ids already seen this epoch)."""
-    check_drop = drop_bits is not None
-    with errstate():
-        return _record_batch(ids, losses, num_samples,
-                             drop_bits if check_drop else _EMPTY, check_drop, collect,
-                             k_low, k_high, key_low, key_high, red_bits, ill_bits, seen_bits)
+    the per-sample view means, with `collect` mark the batch's candidates, and set the ids in
+    the epoch's `seen_bits` unless it is None (the coverage check of `end_epoch`). Nothing is
+    changed when a check fails. ids: (B,) int64 contiguous; losses: (V, B) float32 or float64
+    contiguous. Returns (code, position, sum of per-sample mean losses)."""
+    check_drop, mark_seen = drop_bits is not None, seen_bits is not None
+    drop_bits = drop_bits if check_drop else _EMPTY
+    seen_bits = seen_bits if mark_seen else _EMPTY
+    if _NO_JIT:
+        with errstate():
+            return _record_batch(ids, losses, num_samples, drop_bits, check_drop, collect, k_low,
+                                 k_high, key_low, key_high, red_bits, ill_bits, seen_bits,
+                                 mark_seen)
+    return _record_batch(ids, losses, num_samples, drop_bits, check_drop, collect, k_low, k_high,
+                         key_low, key_high, red_bits, ill_bits, seen_bits, mark_seen)

@@ -15,15 +15,18 @@ from scan_core import bitset
 from scan_core.errors import ScanResumeError
 from scan_core.warmup import WarmupState
 
-STATE_SCHEMA = 1
+STATE_SCHEMA = 2
+# Versions this code resumes. 1: before schedule_floor (a target rate's beta; 0 then).
+READABLE_SCHEMAS = (1, 2)
 
 
 def check_state(state: dict[str, Any], *, config: dict[str, Any], num_samples: int,
                 num_views: int, world_size: int) -> None:
     """Raise ScanResumeError naming what differs between `state` and the resuming pruner."""
-    if state.get("schema_version") != STATE_SCHEMA:
+    if state.get("schema_version") not in READABLE_SCHEMAS:
         raise ScanResumeError(
-            f"state schema_version {state.get('schema_version')!r} is not {STATE_SCHEMA}.")
+            f"state schema_version {state.get('schema_version')!r} is not one this scan_core "
+            f"reads {READABLE_SCHEMAS}; it was written by a newer scan_core. Upgrade to resume.")
     mine = {"config": config, "num_samples": num_samples, "num_views": num_views}
     diffs = [f"{k}: state has {state.get(k)!r}, this pruner has {v!r}"
              for k, v in mine.items() if state.get(k) != v]
@@ -74,7 +77,8 @@ def parse_state(state: dict[str, Any], *, num_views: int, num_samples: int, with
         "_warmup": WarmupState(prev_loss=None if prev_loss is None else float(prev_loss),
                                e0=None if e0 is None else int(e0)),
         "_scale": field("scale", float),
-        "_floor": field("schedule_floor", float, 0.0),  # absent in stores of schema 1
+        "_floor": (field("schedule_floor", float) if state["schema_version"] >= 2
+                   else field("schedule_floor", float, 0.0)),  # absent in schema 1
         "_num_preparations": field("num_preparations", int),
         "_visits_kept": field("visits_kept", int),
         "_visits_full": field("visits_full", int),

@@ -13,7 +13,7 @@ require_framework("torch", extra="torch")
 
 from adapters.torch.distributed import TorchCommunicator, gather_features, record, to_numpy  # noqa: E402
 from adapters.torch.losses import ContrastiveLoss, clip_loss, moco_loss  # noqa: E402
-from adapters.torch.sampler import ScanSampler  # noqa: E402
+from adapters.torch.sampler import PlanBatchSampler, ScanSampler  # noqa: E402
 
-__all__ = ["ContrastiveLoss", "ScanSampler", "TorchCommunicator", "clip_loss", "gather_features",
+__all__ = ["ContrastiveLoss", "PlanBatchSampler", "ScanSampler", "TorchCommunicator", "clip_loss", "gather_features",
            "moco_loss", "record", "to_numpy"]

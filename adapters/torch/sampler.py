@@ -42,11 +42,14 @@ class ScanSampler(Sampler[int]):
         if not 0 <= self.rank < self.num_replicas:
             raise ScanConfigError(
                 f"rank must lie in [0, {self.num_replicas}), got {self.rank}.")
-        if pruner.world_size not in (1, self.num_replicas):
+        if (pruner.world_size, pruner.rank) != (self.num_replicas, self.rank):
+            # A pruner that believes it is alone would keep its own D' on each rank while the
+            # sampler splits the data: ranks diverge, ids are served twice or never.
             raise ScanConfigError(
-                f"the pruner's communicator has world_size={pruner.world_size} but the sampler "
-                f"shards over num_replicas={self.num_replicas}; give the pruner the "
-                "communicator of the same process group (adapters.torch.TorchCommunicator()).")
+                f"the pruner's communicator has rank {pruner.rank} of world_size "
+                f"{pruner.world_size} but the sampler serves rank {self.rank} of num_replicas="
+                f"{self.num_replicas}; give the pruner the communicator of the same process "
+                "group (ScanPruner(..., communicator=adapters.torch.TorchCommunicator())).")
         self.pruner = pruner
         self.shuffle = shuffle
         self.seed = pruner.config.seed if seed is None else int(seed)
@@ -71,12 +74,15 @@ class ScanSampler(Sampler[int]):
         return plan.shard(self.rank, self.num_replicas, shuffle=self.shuffle,
                           drop_last=self.drop_last, permutation=self._permutation)
 
-    def batches(self, batch_size: int, *, drop_last: bool = False) -> Iterator[np.ndarray]:
-        """This rank's ids in batches (int64 arrays), for loaders that fetch a batch at once."""
-        ids = self.indices()
-        stop = len(ids) - len(ids) % batch_size if drop_last else len(ids)
-        for start in range(0, stop, batch_size):
-            yield ids[start:start + batch_size]
+    def batches(self, batch_size: int, *, drop_last: bool = False) -> "PlanBatchSampler":
+        """This rank's ids in batches (int64 arrays): a batch sampler for
+        `DataLoader(dataset, batch_sampler=sampler.batches(B))`. It follows the sampler, so
+        every pass serves the epoch of the latest `set_epoch`, and `len()` is its batch count.
+        drop_last: drop the last partial batch."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ScanConfigError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+        return PlanBatchSampler(self, int(batch_size), bool(drop_last))
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
@@ -88,3 +94,22 @@ class ScanSampler(Sampler[int]):
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.plan.epoch)
         return torch.randperm(n, generator=generator).numpy()
+
+
+class PlanBatchSampler(Sampler[np.ndarray]):
+    """Batches of a ScanSampler's ids; re-iterable (each pass reads the sampler's current
+    epoch) and sized, as DataLoader's `batch_sampler` must be. Build with
+    `ScanSampler.batches(batch_size, drop_last=...)`."""
+
+    def __init__(self, sampler: ScanSampler, batch_size: int, drop_last: bool) -> None:
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        ids = self.sampler.indices()
+        size = self.batch_size
+        for i in range(len(self)):
+            yield ids[i * size:(i + 1) * size]
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)

@@ -176,3 +176,19 @@ class MisuseMachine(RuleBasedStateMachine):
 
 TestMisuseMachine = MisuseMachine.TestCase
 TestMisuseMachine.settings = settings(max_examples=15, stateful_step_count=12, deadline=None)
+
+
+def test_state_schema_2_requires_schedule_floor_and_schema_1_still_loads():
+    """Issue 16: schedule_floor was added to the state without a version bump (read with
+    .get). Schema 2 requires it; a schema-1 state (written before it) still resumes, with 0."""
+    state = reference(6).state_dict()
+    assert state["schema_version"] == 2
+    without = {k: v for k, v in state.items() if k != "schedule_floor"}
+    with pytest.raises(ScanError, match="schedule_floor"):
+        ScanPruner(N, 2, CFG).load_state_dict(without)
+    old = ScanPruner(N, 2, CFG)
+    old.load_state_dict({**without, "schema_version": 1})
+    assert old.schedule_floor == 0.0
+    finish_and_compare(old, 6)
+    with pytest.raises(ScanError, match="newer scan_core"):
+        ScanPruner(N, 2, CFG).load_state_dict({**state, "schema_version": 3})

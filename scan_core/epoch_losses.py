@@ -1,4 +1,5 @@
-"""Per-epoch loss buffers: what scope="global", loss history and InfoBatch need beyond bitmaps.
+"""Per-epoch loss buffers (dense per-sample, per-view sums) and global-scope selection over them:
+what scope="global", loss history and InfoBatch need beyond bitmaps.
 
 scope="batch" keeps none of this (SPEC.md: per batch, at once). The others accumulate every
 recorded per-view loss into a dense (num_views, N) float32 sum and an (N,) count, reduced
