@@ -35,6 +35,7 @@ from reference_trainers.common.lifecycle import (fmt, init_distributed, load_che
 from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.progress import EpochBar, epoch_line
 from reference_trainers.common.rundir import RunDir
+from reference_trainers.common.skipped import SkippedLog
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.tokenizer_choice import TextTokenizer, load_tokenizer
 from reference_trainers.common.torch_data import build_image_text_data, normalise
@@ -246,7 +247,8 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
         evaluate=lambda probe: evaluate(core, train, test, tokenizer, cfg, probe=probe),
         checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, model, optimizer,
                                                        generator, wall, scaler=amp.scaler),
-        line=epoch_line, extra_stats=extra_stats)
+        line=epoch_line, extra_stats=extra_stats,
+        skipped=SkippedLog(run_dir, train, write=rank == 0))
     return finish(run_dir, pruner, cfg, rank, row)
 
 

@@ -31,6 +31,7 @@ from reference_trainers.common.lifecycle import init_distributed, load_checkpoin
 from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.progress import EpochBar, epoch_line
 from reference_trainers.common.rundir import RunDir
+from reference_trainers.common.skipped import SkippedLog
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.moco import data as moco_data
 from reference_trainers.moco.config import FLAGS, PRESETS, MocoConfig
@@ -229,7 +230,8 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
                                                        generator, wall, scaler=amp.scaler),
         line=lambda row: epoch_line(row, accuracy=("knn_top1", "kNN")),
         extra_stats=lambda: {**planted_stats(),  # planted.py
-                             **moco_data.corpus_stats(train, sampler.plan)})
+                             **moco_data.corpus_stats(train, sampler.plan)},
+        skipped=SkippedLog(run_dir, train, write=rank == 0))
     return lifecycle.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
 
 

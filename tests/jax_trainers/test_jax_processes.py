@@ -225,11 +225,16 @@ def test_process_flags_without_a_coordinator_are_refused(tmp_path, capsys):
         assert "--coordinator" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def moco_two_process_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("moco-two-processes")
+    return out, _ok(launch("moco", MOCO + ["--out", str(out)]))
+
+
 @pytest.mark.slow  # one more launch of two processes
 @pytest.mark.distributed
-def test_moco_trains_in_two_processes(tmp_path):
-    out = tmp_path / "moco"
-    logs = _ok(launch("moco", MOCO + ["--out", str(out)]))
+def test_moco_trains_in_two_processes(moco_two_process_run):
+    out, logs = moco_two_process_run
     assert "kNN top-1" in logs[0] and "kNN top-1" not in logs[1]
     rows = _rows(out)
     assert [r["phase"] for r in rows] == ["warmup", "prepare", "mutate"]
@@ -242,3 +247,49 @@ def test_moco_trains_in_two_processes(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["knn_top1"] > 0.2 and summary["linear_probe_top1"] > 0.2
     assert len(list((out / "checkpoints").glob("epoch_*.npz"))) == 2
+
+
+def _stop_at_every_boundary(trainer: str, args: list[str], out: Path, epochs: int) -> None:
+    for epoch in range(epochs):
+        _ok(launch(trainer, args + ["--out", str(out), "--stop-after", "1"]
+                   + (["--resume"] if epoch else [])))
+
+
+def _assert_same_run(full: Path, out: Path, headline: tuple[str, ...]) -> None:
+    """Every metrics row equal but its timing, the store's log and candidate bitmaps, the
+    coreset and the headline accuracies."""
+    timing = {"seconds", "wall_seconds"}
+    a, b = _rows(full), _rows(out)
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k not in timing} == \
+            {k: v for k, v in rb.items() if k not in timing}, f"epoch {ra['epoch']} differs"
+    assert _store(full)[1]["log"] == _store(out)[1]["log"]
+    for key in ("red_bits", "ill_bits"):
+        np.testing.assert_array_equal(_store(full)[1][key], _store(out)[1][key])
+    np.testing.assert_array_equal(np.load(full / "coreset.npy"), np.load(out / "coreset.npy"))
+    sa = json.loads((full / "summary.json").read_text())
+    sb = json.loads((out / "summary.json").read_text())
+    for key in headline:
+        assert sa[key] is not None and sa[key] == sb[key], key
+
+
+@pytest.mark.slow  # five more launches of two processes
+@pytest.mark.distributed
+def test_clip_two_processes_stopped_at_every_epoch_equal_the_uninterrupted_run(
+        two_process_run, tmp_path):
+    """Issue 15's 'done when': stopped and resumed at every epoch boundary, the same run. The
+    processes share one augmentation generator (augment.py's `share`), so process 0's
+    checkpoint holds every process's state."""
+    out = tmp_path / "stepped"
+    _stop_at_every_boundary("clip", TWO, out, epochs=5)
+    _assert_same_run(two_process_run[0], out, ("zero_shot_top1", "linear_probe_top1"))
+
+
+@pytest.mark.slow  # three more launches of two processes
+@pytest.mark.distributed
+def test_moco_two_processes_stopped_at_every_epoch_equal_the_uninterrupted_run(
+        moco_two_process_run, tmp_path):
+    out = tmp_path / "stepped"
+    _stop_at_every_boundary("moco", MOCO, out, epochs=3)
+    _assert_same_run(moco_two_process_run[0], out, ("knn_top1", "linear_probe_top1"))

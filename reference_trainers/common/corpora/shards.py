@@ -75,9 +75,11 @@ class _Sample:
 def _scan_shard(path: pathlib.Path) -> list[_Sample]:
     samples: list[_Sample] = []
     seen: set[str] = set()
+    data_end = 0
     try:
         with tarfile.open(path, mode="r:") as tar:
             for member in tar:
+                data_end = max(data_end, member.offset_data + member.size)
                 parts = split_member_name(member.name) if member.isfile() else None
                 if parts is None:
                     continue
@@ -93,10 +95,24 @@ def _scan_shard(path: pathlib.Path) -> list[_Sample]:
                     sample.text = (member.offset_data, member.size)
                 elif ext in IMAGE_EXTENSIONS and sample.image is None:
                     sample.image = (member.offset_data, member.size, ext)
+            members_end = tar.offset
     except (tarfile.TarError, OSError) as err:
         raise DataError(f"cannot read shard {path} as an uncompressed tar: {err}; rewrite it "
                         "(make_shards) or remove it from the folder") from err
+    _check_complete(path, data_end, members_end)
     return samples
+
+
+def _check_complete(path: pathlib.Path, data_end: int, members_end: int) -> None:
+    """Refuse a shard cut short: tarfile stops silently at a truncated header, so a shard
+    truncated before it was first indexed lost its tail with no word (issue 15, item 16). A
+    complete tar holds every member's data and then its end marker (two 512-byte blocks)."""
+    size = path.stat().st_size
+    if data_end > size or members_end + 1024 > size:
+        raise DataError(f"shard {path} is truncated: {size} bytes, its members and end marker "
+                        f"need at least {max(data_end, members_end + 1024)}; the samples after "
+                        "the cut are lost. Rewrite the shard (make_shards) or remove it from "
+                        "the folder (ids are given per shard in order: decide before training)")
 
 
 def _reason(sample: _Sample) -> str:
