@@ -237,7 +237,7 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
             return {"skipped_samples": len(train.skipped)}
         if hasattr(train, "stats"):  # a shard stream: bad samples and top-up repeats
             return {"skipped_samples": len(train.index.skipped) + len(train.stats.corrupt),
-                    "repeated_samples": train.topup_count(sampler.plan)}
+                    "repeated_samples": train.repeated_samples(sampler.plan)}
         return planted_stats()
 
     row = lifecycle.epoch_loop(

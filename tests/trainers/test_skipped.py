@@ -99,3 +99,34 @@ def test_a_corpus_whose_images_never_decode_ends_the_run_with_a_data_error(tmp_p
     err = capsys.readouterr().err
     assert code == 2 and "DataError: epoch 0 trained on no sample" in err, err
     assert len((tmp_path / "run" / "skipped.jsonl").read_text().splitlines()) == 16
+
+
+@needs_data
+def test_refills_for_a_corrupt_shard_image_count_as_repeated_samples(tmp_path, capsys):
+    """Fails on main: repeated_samples read 0 though every epoch served a repeat in place of
+    the corrupt image (docs/corpora.md counts them). The image's bytes are overwritten inside
+    the tar, which stays a valid tar."""
+    from reference_trainers.clip import train as clip_train
+    from reference_trainers.common.corpora import make_shards
+    from tests.trainers.test_clip_train import ARGS
+
+    shards = tmp_path / "shards"
+    assert make_shards.main(["--from-fashion-mnist", "--num-samples", "128",
+                             "--samples-per-shard", "64", "--out", str(shards)]) == 0
+    index = ShardIndex.open(shards)
+    bad = 70
+    path = shards / index.shard_names[int(index.shard[bad])]
+    data = bytearray(path.read_bytes())
+    offset, size = int(index.image_offset[bad]), int(index.image_size[bad])
+    data[offset:offset + size] = b"\0" * size
+    path.write_bytes(bytes(data))
+    out = tmp_path / "run"
+    assert clip_train.main(ARGS + ["--epochs", "2", "--num-test", "50", "--data",
+                                   f"shards:{shards}", "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:                                   # nothing pruned in warm-up / preparation
+        assert r["num_kept"] == 128 and r["samples"] == 128
+        assert r["repeated_samples"] == 1 and r["skipped_samples"] == 1
+    listed = [json.loads(x) for x in (out / "skipped.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["source"]) for r in listed] == [(bad, str(index.keys[bad]))]
+    assert "epoch 0: 1 samples skipped so far (1 new)" in capsys.readouterr().out

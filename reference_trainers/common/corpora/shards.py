@@ -259,6 +259,8 @@ class StreamStats:
     served: int = 0
     repeats: int = 0
     corrupt: dict[int, str] = dataclasses.field(default_factory=dict)
+    refills: dict[int, int] = dataclasses.field(default_factory=dict)  # epoch -> repeats that
+    # stood in for corrupt images (beyond the split's top-up)
 
 
 class ShardStream:
@@ -319,6 +321,11 @@ class ShardStream:
         """Repeats the split adds this epoch over all ranks (corrupt images add more)."""
         return self.samples_per_worker(plan) * self.num_streams - len(self.served_order(plan))
 
+    def repeated_samples(self, plan: EpochPlan) -> int:
+        """Repeats served in the plan's epoch: the split's top-ups over all ranks plus the
+        refills for corrupt images this process met (other ranks count their own)."""
+        return self.topup_count(plan) + self.stats.refills.get(plan.epoch, 0)
+
     # -- iteration -------------------------------------------------------------------------
     def __call__(self, plan: EpochPlan, worker_id: int, num_workers: int
                  ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
@@ -337,13 +344,13 @@ class ShardStream:
         stop = start + total // streams + (g < total % streams)
         target = math.ceil(total / streams)
         rng = np.random.Generator(np.random.PCG64([self.seed, plan.epoch, g]))
-        served = 0
+        served, split_topups = 0, target - (stop - start)
         for sample_id, data, text in self._shuffled(self._read(order[start:stop]), rng):
             sample = self._decode(sample_id, data, text)
             if sample is not None:
                 served += 1
                 yield sample
-        attempts = 0
+        attempts = topups = 0
         while served < target:  # top up with repeats, from this run's first ids onwards
             if attempts >= total:
                 raise DataError(f"no kept sample of {self.index.directory} decodes: cannot "
@@ -355,6 +362,9 @@ class ShardStream:
                 if sample is not None:
                     served += 1
                     self.stats.repeats += 1
+                    topups += 1
+                    if topups > split_topups:  # beyond the split: stands in for a corrupt one
+                        self.stats.refills[plan.epoch] = self.stats.refills.get(plan.epoch, 0) + 1
                     yield sample
 
     def _read(self, ids: np.ndarray) -> Iterator[tuple[int, bytes, str]]:
