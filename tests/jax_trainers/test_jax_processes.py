@@ -47,7 +47,7 @@ needs_data = pytest.mark.skipif(
 pytestmark = [needs_data]
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT_S = 300
+TIMEOUT_S = 600  # a launch took over 300 s on the 2 shared cores at load average 11
 # The one-process run's batch of 64, as two processes' batches of 32.
 TWO = [a if a != "64" else "32" for a in CLIP_ARGS] + ["--epochs", "5"]
 MOCO = ["--framework", "jax", "--preset", "cpu-tiny-moco", "--num-train", "256", "--num-test",
@@ -274,16 +274,20 @@ def _assert_same_run(full: Path, out: Path, headline: tuple[str, ...]) -> None:
         assert sa[key] is not None and sa[key] == sb[key], key
 
 
-@pytest.mark.slow  # five more launches of two processes
+@pytest.mark.slow  # four launches of two processes
 @pytest.mark.distributed
-def test_clip_two_processes_stopped_at_every_epoch_equal_the_uninterrupted_run(
-        two_process_run, tmp_path):
+def test_clip_two_processes_stopped_at_every_epoch_equal_the_uninterrupted_run(tmp_path):
     """Issue 15's 'done when': stopped and resumed at every epoch boundary, the same run. The
     processes share one augmentation generator (augment.py's `share`), so process 0's
-    checkpoint holds every process's state."""
+    checkpoint holds every process's state. Three epochs (warm-up, preparation, pruning) of
+    384 samples keep it to four launches."""
+    args = [a if a != "768" else "384" for a in TWO[:-2]] + ["--epochs", "3"]
+    full = tmp_path / "full"
+    _ok(launch("clip", args + ["--out", str(full)]))
     out = tmp_path / "stepped"
-    _stop_at_every_boundary("clip", TWO, out, epochs=5)
-    _assert_same_run(two_process_run[0], out, ("zero_shot_top1", "linear_probe_top1"))
+    _stop_at_every_boundary("clip", args, out, epochs=3)
+    assert [r["phase"] for r in _rows(out)] == ["warmup", "prepare", "mutate"]
+    _assert_same_run(full, out, ("zero_shot_top1", "linear_probe_top1"))
 
 
 @pytest.mark.slow  # three more launches of two processes
