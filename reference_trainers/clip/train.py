@@ -16,7 +16,6 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 
 import torch
 import torch.distributed as dist
@@ -33,6 +32,7 @@ from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.lifecycle import (fmt, init_distributed, load_checkpoint,
                                                  save_checkpoint)
 from reference_trainers.common.planted import PreparationStats
+from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.progress import EpochBar, epoch_line
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.skipped import SkippedLog
@@ -163,6 +163,7 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
     bar = EpochBar(epoch, num_batches, phase=plan.phase, kept_share=plan.keep_fraction,
                    enabled=not quiet)
     weighted = plan.weight_bits is not None
+    once = RecordOnce(pruner.num_samples)
     loss_sum, samples, steps, lr = 0.0, 0, 0, 0.0
     for i, (images, tokens, batch_ids) in enumerate(batches):
         if len(batch_ids) == 0:  # every sample of the batch failed to decode (counted there)
@@ -180,9 +181,11 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
                             weights=weights)
         optimizer.zero_grad(set_to_none=True)
         amp.backward_step(out.loss, optimizer)
-        # A stream's top-up may repeat an id inside one batch: record each id once.
-        unique, first = np.unique(batch_ids.numpy(), return_index=True)
-        record(pruner, unique, out.per_sample[:, torch.from_numpy(first)])
+        # A stream's top-ups and refills repeat ids of this or earlier batches: record each
+        # id once per epoch (common/record_once.py).
+        unique, first = once.first_fresh(batch_ids.numpy())
+        if len(unique):
+            record(pruner, unique, out.per_sample[:, torch.from_numpy(first)])
         loss_sum += float(out.loss.detach()) * len(batch_ids)
         samples += len(batch_ids)
         steps += 1

@@ -104,7 +104,8 @@ def test_a_corpus_whose_images_never_decode_ends_the_run_with_a_data_error(tmp_p
 @needs_data
 def test_refills_for_a_corrupt_shard_image_count_as_repeated_samples(tmp_path, capsys):
     """Fails on main: repeated_samples read 0 though every epoch served a repeat in place of
-    the corrupt image (docs/corpora.md counts them). The image's bytes are overwritten inside
+    the corrupt image (docs/corpora.md counts them), and the repeat's id was recorded twice
+    (num_recorded 128 for 127 distinct ids). The image's bytes are overwritten inside
     the tar, which stays a valid tar."""
     from reference_trainers.clip import train as clip_train
     from reference_trainers.common.corpora import make_shards
@@ -127,6 +128,7 @@ def test_refills_for_a_corrupt_shard_image_count_as_repeated_samples(tmp_path, c
     for r in rows:                                   # nothing pruned in warm-up / preparation
         assert r["num_kept"] == 128 and r["samples"] == 128
         assert r["repeated_samples"] == 1 and r["skipped_samples"] == 1
+        assert r["num_recorded"] == 127              # the refill's id once (common/record_once)
     listed = [json.loads(x) for x in (out / "skipped.jsonl").read_text().splitlines()]
     assert [(r["id"], r["source"]) for r in listed] == [(bad, str(index.keys[bad]))]
     assert "epoch 0: 1 samples skipped so far (1 new)" in capsys.readouterr().out
