@@ -16,7 +16,6 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -32,11 +31,11 @@ from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.lifecycle import (fmt, init_distributed, load_checkpoint,
                                                  save_checkpoint)
 from reference_trainers.common.planted import PreparationStats
-from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.progress import EpochBar, epoch_line
+from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.rundir import RunDir
-from reference_trainers.common.skipped import SkippedLog
 from reference_trainers.common.schedule import cosine_lr, progress
+from reference_trainers.common.skipped import SkippedLog
 from reference_trainers.common.tokenizer_choice import TextTokenizer, load_tokenizer
 from reference_trainers.common.torch_data import build_image_text_data, normalise
 from scan_core import ScanPruner

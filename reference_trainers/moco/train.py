@@ -29,11 +29,11 @@ from reference_trainers.common.accel import AmpSetup, maybe_compile, unwrap_comp
 from reference_trainers.common.config import build_parser, config_from_args
 from reference_trainers.common.lifecycle import init_distributed, load_checkpoint, save_checkpoint
 from reference_trainers.common.planted import PreparationStats
-from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.progress import EpochBar, epoch_line
+from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.rundir import RunDir
-from reference_trainers.common.skipped import SkippedLog
 from reference_trainers.common.schedule import cosine_lr, progress
+from reference_trainers.common.skipped import SkippedLog
 from reference_trainers.moco import data as moco_data
 from reference_trainers.moco.config import FLAGS, PRESETS, MocoConfig
 from reference_trainers.moco.data import ImageData, build_data  # noqa: F401 (public before)
