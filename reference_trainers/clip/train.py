@@ -16,8 +16,6 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -34,8 +32,10 @@ from reference_trainers.common.lifecycle import (fmt, init_distributed, load_che
                                                  save_checkpoint)
 from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.progress import EpochBar, epoch_line
+from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import cosine_lr, progress
+from reference_trainers.common.skipped import SkippedLog
 from reference_trainers.common.tokenizer_choice import TextTokenizer, load_tokenizer
 from reference_trainers.common.torch_data import build_image_text_data, normalise
 from scan_core import ScanPruner
@@ -162,6 +162,7 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
     bar = EpochBar(epoch, num_batches, phase=plan.phase, kept_share=plan.keep_fraction,
                    enabled=not quiet)
     weighted = plan.weight_bits is not None
+    once = RecordOnce(pruner.num_samples)
     loss_sum, samples, steps, lr = 0.0, 0, 0, 0.0
     for i, (images, tokens, batch_ids) in enumerate(batches):
         if len(batch_ids) == 0:  # every sample of the batch failed to decode (counted there)
@@ -179,9 +180,11 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
                             weights=weights)
         optimizer.zero_grad(set_to_none=True)
         amp.backward_step(out.loss, optimizer)
-        # A stream's top-up may repeat an id inside one batch: record each id once.
-        unique, first = np.unique(batch_ids.numpy(), return_index=True)
-        record(pruner, unique, out.per_sample[:, torch.from_numpy(first)])
+        # A stream's top-ups and refills repeat ids of this or earlier batches: record each
+        # id once per epoch (common/record_once.py).
+        unique, first = once.first_fresh(batch_ids.numpy())
+        if len(unique):
+            record(pruner, unique, out.per_sample[:, torch.from_numpy(first)])
         loss_sum += float(out.loss.detach()) * len(batch_ids)
         samples += len(batch_ids)
         steps += 1
@@ -236,7 +239,7 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
             return {"skipped_samples": len(train.skipped)}
         if hasattr(train, "stats"):  # a shard stream: bad samples and top-up repeats
             return {"skipped_samples": len(train.index.skipped) + len(train.stats.corrupt),
-                    "repeated_samples": train.topup_count(sampler.plan)}
+                    "repeated_samples": train.repeated_samples(sampler.plan)}
         return planted_stats()
 
     row = lifecycle.epoch_loop(
@@ -246,7 +249,8 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
         evaluate=lambda probe: evaluate(core, train, test, tokenizer, cfg, probe=probe),
         checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, model, optimizer,
                                                        generator, wall, scaler=amp.scaler),
-        line=epoch_line, extra_stats=extra_stats)
+        line=epoch_line, extra_stats=extra_stats,
+        skipped=SkippedLog(run_dir, train, write=rank == 0))
     return finish(run_dir, pruner, cfg, rank, row)
 
 

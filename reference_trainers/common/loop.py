@@ -31,11 +31,14 @@ def epoch_loop(cfg: Any, pruner: Any, sampler: Any, run_dir: RunDir, *, rank: in
                evaluate: Callable[[bool], dict[str, float]],
                checkpoint: Callable[[int, float], None],
                line: Callable[[dict[str, Any]], str],
-               extra_stats: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+               extra_stats: Callable[[], dict[str, Any]] | None = None,
+               skipped: Callable[[int, int], str | None] | None = None) -> dict[str, Any]:
     """The epochs of a run, the same for every trainer: plan (sampler.set_epoch), train, close
     the epoch in the pruner, evaluate when due (cfg.eval_every / cfg.probe_every, and at the
     end; `evaluate(probe)`), log a metrics row and print its line (rank 0), and checkpoint
     (`checkpoint` is called on every rank, as it may gather; rank 0 writes the file).
+    `skipped(epoch, samples)` (common/skipped.SkippedLog): lists the samples that could not be
+    read, raises when none could, and gives a line to print when the list grew.
     Returns the last row ({} when nothing was left to run)."""
     row: dict[str, Any] = {}
     stop = cfg.epochs if stop_after is None else min(cfg.epochs, pruner.next_epoch + stop_after)
@@ -43,6 +46,7 @@ def epoch_loop(cfg: Any, pruner: Any, sampler: Any, run_dir: RunDir, *, rank: in
         start = time.perf_counter()
         sampler.set_epoch(epoch)
         stats = train_epoch(epoch)
+        note = skipped(epoch, stats.get("samples", 1)) if skipped is not None else None
         summary = pruner.end_epoch()
         if extra_stats is not None:
             stats.update(extra_stats())
@@ -58,6 +62,8 @@ def epoch_loop(cfg: Any, pruner: Any, sampler: Any, run_dir: RunDir, *, rank: in
         if rank == 0:
             run_dir.append_metrics(row)
             print(line(row), flush=True)
+            if note:
+                print(note, flush=True)
         checkpoint(epoch, wall)  # every rank: each saves what is its own (rank 0 writes)
     return row
 

@@ -84,6 +84,35 @@ def file_checksum(payload: bytes) -> dict[str, int]:
     return {"bytes": len(payload), "crc32": zlib.crc32(payload) & 0xFFFFFFFF}
 
 
+def read_metrics(run_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The metric rows of the run directory at `run_path` ([] before the first epoch). A torn
+    last line (what a kill during an append leaves) is dropped with a warning; a damaged line
+    before it is a RunDirError naming the line."""
+    target = Path(run_path) / "metrics.jsonl"
+    if not target.exists():
+        return []
+    with guarded(target, "read"):
+        lines = target.read_text(encoding="utf-8", errors="replace").splitlines()
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    rows = []
+    for k, (number, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if k == len(numbered) - 1:
+                warnings.warn(f"{target}: line {number} is cut short ({exc}), as a run killed "
+                              "while writing it leaves it; dropped (the epoch is re-run or its "
+                              "row rewritten on --resume).", stacklevel=3)
+                break
+            raise RunDirError(f"{target}: line {number} is damaged ({exc}); only the last line "
+                              "may be torn by a kill. Delete the damaged line (its epoch's row "
+                              "is lost) and resume.") from exc
+        rows.append(row)
+    return rows
+
+
 class RunDir:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -143,31 +172,7 @@ class RunDir:
                 fh.write(json.dumps(row) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """The metric rows. A torn last line (what a kill during an append leaves) is dropped
-        with a warning; a damaged line before it is a RunDirError naming the line."""
-        target = self.path / "metrics.jsonl"
-        if not target.exists():
-            return []
-        with guarded(target, "read"):
-            lines = target.read_text(encoding="utf-8", errors="replace").splitlines()
-        numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-        rows = []
-        for k, (number, line) in enumerate(numbered):
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                if k == len(numbered) - 1:
-                    warnings.warn(f"{target}: line {number} is cut short ({exc}), as a run "
-                                  "killed while writing it leaves it; dropped (the epoch is "
-                                  "re-run or its row rewritten on --resume).", stacklevel=2)
-                    break
-                raise RunDirError(f"{target}: line {number} is damaged ({exc}); only the last "
-                                  "line may be torn by a kill. Delete the damaged line (its "
-                                  "epoch's row is lost) and resume.") from exc
-            rows.append(row)
-        return rows
+        return read_metrics(self.path)
 
     def truncate_metrics(self, last_epoch: int) -> None:
         """Drop metric rows after `last_epoch` (a resumed run repeats those epochs)."""

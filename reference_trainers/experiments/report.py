@@ -43,8 +43,9 @@ def pyplot():
 
 
 def _read(run_dir: Path) -> tuple[list[dict], dict, dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if line.strip()]
+    from reference_trainers.common.rundir import read_metrics
+
+    rows = read_metrics(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text()) \
         if (run_dir / "summary.json").exists() else {}
     config = json.loads((run_dir / "config.json").read_text())

@@ -227,10 +227,9 @@ def _num_samples(run_dir: Path) -> int | None:
 
 
 def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from reference_trainers.common.rundir import read_metrics
+
+    return read_metrics(run_dir)  # a torn last line (a killed run) is dropped with a warning
 
 
 def write_result(root: Path, result: dict[str, Any]) -> Path:

@@ -207,7 +207,7 @@ def corpus_stats(train: Any, plan: Any) -> dict[str, int]:
                 "repeated_samples": train.corpus.repeats}
     if hasattr(train, "stats"):
         return {"skipped_samples": len(train.index.skipped_for(False))
-                + len(train.stats.corrupt), "repeated_samples": train.topup_count(plan)}
+                + len(train.stats.corrupt), "repeated_samples": train.repeated_samples(plan)}
     return {}
 
 

@@ -30,8 +30,10 @@ from reference_trainers.common.config import build_parser, config_from_args
 from reference_trainers.common.lifecycle import init_distributed, load_checkpoint, save_checkpoint
 from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.progress import EpochBar, epoch_line
+from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import cosine_lr, progress
+from reference_trainers.common.skipped import SkippedLog
 from reference_trainers.moco import data as moco_data
 from reference_trainers.moco.config import FLAGS, PRESETS, MocoConfig
 from reference_trainers.moco.data import ImageData, build_data  # noqa: F401 (public before)
@@ -142,6 +144,7 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
     bar = EpochBar(epoch, num_batches, phase=plan.phase, kept_share=plan.keep_fraction,
                    enabled=not quiet)
     weighted = plan.weight_bits is not None
+    once = RecordOnce(pruner.num_samples)
     loss_sum, samples, steps, lr, momentum = 0.0, 0, 0, 0.0, cfg.momentum
     for i, (x1, x2, ids) in enumerate(batches):
         if len(ids) < 2:  # all failed to decode (counted there), or one BatchNorm cannot take
@@ -160,11 +163,13 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
                             weights=weights)
         optimizer.zero_grad(set_to_none=True)
         amp.backward_step(out.loss, optimizer)
-        unique, first = np.unique(ids, return_index=True)
-        if len(unique) < len(ids):  # a corpus's refill of bad samples repeats ids: record once
-            record(pruner, unique, out.per_sample[:, torch.from_numpy(first).to(device)])
-        else:
+        # Refills of bad samples and a stream's top-ups repeat ids of this or earlier batches:
+        # record each id once per epoch (common/record_once.py).
+        unique, first = once.first_fresh(ids)
+        if len(unique) == len(ids):
             record(pruner, ids, out.per_sample)
+        elif len(unique):
+            record(pruner, unique, out.per_sample[:, torch.from_numpy(first).to(device)])
         loss_sum += float(out.loss.detach()) * len(ids)
         samples += len(ids)
         steps += 1
@@ -229,7 +234,8 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
                                                        generator, wall, scaler=amp.scaler),
         line=lambda row: epoch_line(row, accuracy=("knn_top1", "kNN")),
         extra_stats=lambda: {**planted_stats(),  # planted.py
-                             **moco_data.corpus_stats(train, sampler.plan)})
+                             **moco_data.corpus_stats(train, sampler.plan)},
+        skipped=SkippedLog(run_dir, train, write=rank == 0))
     return lifecycle.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
 
 

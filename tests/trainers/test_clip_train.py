@@ -80,6 +80,34 @@ def test_resume_continues_with_the_same_plans(full_run, tmp_path):
     assert _epochs_from_store(full_run) == _epochs_from_store(out)
 
 
+@pytest.mark.slow  # a second run as long as full_run
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_stops_the_run_with_a_clear_error_and_resume_finishes_it_exactly(
+        full_run, tmp_path, capsys):
+    """Issue 15, item 15, fails on main ('RuntimeError: basic_ios::clear: iostream error'):
+    epoch 2's checkpoint meets a full disk (its temporary file links to /dev/full). The run
+    stops with exit 2 naming the file and the cause; once space is back, --resume ends
+    where the run that never stopped ends."""
+    out = tmp_path / "full-disk"
+    args = ARGS + ["--epochs", "5", "--out", str(out)]
+    (out / "checkpoints").mkdir(parents=True)
+    tmp = out / "checkpoints" / "epoch_00000002.pt.tmp"
+    tmp.symlink_to("/dev/full")
+    assert clip_train.main(args) == 2
+    err = capsys.readouterr().err
+    assert "RunDirError: cannot write the checkpoint" in err and "the disk is full" in err
+    assert "epoch_00000002.pt" in err
+    tmp.unlink()
+    assert clip_train.main(args + ["--resume"]) == 0
+    a, b = _rows(full_run), _rows(out)
+    assert [r["epoch"] for r in b] == list(range(5))
+    for ra, rb in zip(a, b):
+        assert (ra["phase"], ra["num_kept"], ra["num_candidates"]) == \
+            (rb["phase"], rb["num_kept"], rb["num_candidates"])
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5)
+    assert _epochs_from_store(full_run) == _epochs_from_store(out)
+
+
 def _cfg(**changes):
     import dataclasses
     base = cpu_tiny()

@@ -270,6 +270,9 @@ class CsvCorpus(PathCorpus):
         except (OSError, UnicodeDecodeError) as err:
             raise DataError(f"cannot read corpus file {self.path}: {err}") from err
         delimiter = delimiter or _sniff_delimiter(self.path, text[:65536])
+        # A field may be as long as the file (the csv module's default limit is 131,072
+        # characters: a long caption crashed the load, issue 15 item 16).
+        csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
         needed = {image_column} if caption_column is None else {image_column, caption_column}
         missing = needed - set(reader.fieldnames or ())

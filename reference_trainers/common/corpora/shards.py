@@ -75,9 +75,11 @@ class _Sample:
 def _scan_shard(path: pathlib.Path) -> list[_Sample]:
     samples: list[_Sample] = []
     seen: set[str] = set()
+    data_end = 0
     try:
         with tarfile.open(path, mode="r:") as tar:
             for member in tar:
+                data_end = max(data_end, member.offset_data + member.size)
                 parts = split_member_name(member.name) if member.isfile() else None
                 if parts is None:
                     continue
@@ -93,10 +95,24 @@ def _scan_shard(path: pathlib.Path) -> list[_Sample]:
                     sample.text = (member.offset_data, member.size)
                 elif ext in IMAGE_EXTENSIONS and sample.image is None:
                     sample.image = (member.offset_data, member.size, ext)
+            members_end = tar.offset
     except (tarfile.TarError, OSError) as err:
         raise DataError(f"cannot read shard {path} as an uncompressed tar: {err}; rewrite it "
                         "(make_shards) or remove it from the folder") from err
+    _check_complete(path, data_end, members_end)
     return samples
+
+
+def _check_complete(path: pathlib.Path, data_end: int, members_end: int) -> None:
+    """Refuse a shard cut short: tarfile stops silently at a truncated header, so a shard
+    truncated before it was first indexed lost its tail with no word (issue 15, item 16). A
+    complete tar holds every member's data and then its end marker (two 512-byte blocks)."""
+    size = path.stat().st_size
+    if data_end > size or members_end + 1024 > size:
+        raise DataError(f"shard {path} is truncated: {size} bytes, its members and end marker "
+                        f"need at least {max(data_end, members_end + 1024)}; the samples after "
+                        "the cut are lost. Rewrite the shard (make_shards) or remove it from "
+                        "the folder (ids are given per shard in order: decide before training)")
 
 
 def _reason(sample: _Sample) -> str:
@@ -243,6 +259,8 @@ class StreamStats:
     served: int = 0
     repeats: int = 0
     corrupt: dict[int, str] = dataclasses.field(default_factory=dict)
+    refills: dict[int, int] = dataclasses.field(default_factory=dict)  # epoch -> repeats that
+    # stood in for corrupt images (beyond the split's top-up)
 
 
 class ShardStream:
@@ -303,6 +321,11 @@ class ShardStream:
         """Repeats the split adds this epoch over all ranks (corrupt images add more)."""
         return self.samples_per_worker(plan) * self.num_streams - len(self.served_order(plan))
 
+    def repeated_samples(self, plan: EpochPlan) -> int:
+        """Repeats served in the plan's epoch: the split's top-ups over all ranks plus the
+        refills for corrupt images this process met (other ranks count their own)."""
+        return self.topup_count(plan) + self.stats.refills.get(plan.epoch, 0)
+
     # -- iteration -------------------------------------------------------------------------
     def __call__(self, plan: EpochPlan, worker_id: int, num_workers: int
                  ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
@@ -321,13 +344,13 @@ class ShardStream:
         stop = start + total // streams + (g < total % streams)
         target = math.ceil(total / streams)
         rng = np.random.Generator(np.random.PCG64([self.seed, plan.epoch, g]))
-        served = 0
+        served, split_topups = 0, target - (stop - start)
         for sample_id, data, text in self._shuffled(self._read(order[start:stop]), rng):
             sample = self._decode(sample_id, data, text)
             if sample is not None:
                 served += 1
                 yield sample
-        attempts = 0
+        attempts = topups = 0
         while served < target:  # top up with repeats, from this run's first ids onwards
             if attempts >= total:
                 raise DataError(f"no kept sample of {self.index.directory} decodes: cannot "
@@ -339,6 +362,9 @@ class ShardStream:
                 if sample is not None:
                     served += 1
                     self.stats.repeats += 1
+                    topups += 1
+                    if topups > split_topups:  # beyond the split: stands in for a corrupt one
+                        self.stats.refills[plan.epoch] = self.stats.refills.get(plan.epoch, 0) + 1
                     yield sample
 
     def _read(self, ids: np.ndarray) -> Iterator[tuple[int, bytes, str]]:

@@ -1,0 +1,74 @@
+"""The samples a run could not read, as the run directory's `skipped.jsonl` (numpy only).
+
+Every corpus keeps its bad samples by id with a reason (docs/corpora.md, section 3): a CSV or
+folder corpus in `corpus.skipped` (found at load or at decode), a shard stream in
+`index.skipped` (at index time) and `stream.stats.corrupt` (at decode, on this process). After
+each epoch rank 0 rewrites `skipped.jsonl`, one JSON object per sample:
+
+    {"id": 17, "source": "images/cat_017.jpg", "reason": "decode: cannot identify image file"}
+
+(`source`: the image path of a CSV or folder corpus, the sample key of a shard), and prints one
+line when the list grew. Fashion-MNIST has no bad samples and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from reference_trainers.common.errors import DataError
+from reference_trainers.common.rundir import RunDir, write_bytes_atomically
+
+__all__ = ["SkippedLog", "skipped_samples"]
+
+
+def skipped_samples(data: Any) -> dict[int, tuple[str, str]]:
+    """{id: (path or key, reason)} of the samples `data` has skipped so far ({} for in-memory
+    data such as Fashion-MNIST). `data`: a corpus, a MoCo corpus wrapper (`.corpus`), or a
+    shard stream (`.index` and `.stats`)."""
+    corpus = getattr(data, "corpus", data)
+    if hasattr(corpus, "skipped") and hasattr(corpus, "paths"):
+        return {int(i): (str(corpus.paths[i]), str(r)) for i, r in corpus.skipped.items()}
+    if hasattr(data, "index") and hasattr(data, "stats"):
+        index = data.index
+        at_index = index.skipped_for(getattr(data, "captions", True)) \
+            if hasattr(index, "skipped_for") else index.skipped
+        found = {**at_index, **data.stats.corrupt}
+        return {int(i): (str(index.keys[i]), str(r)) for i, r in found.items()}
+    return {}
+
+
+class SkippedLog:
+    """Writes `skipped.jsonl` in `run` after each epoch (rank 0) and says what is new."""
+
+    def __init__(self, run: RunDir, data: Any, *, write: bool = True) -> None:
+        self.run, self.data, self.write = run, data, write  # write: this process is rank 0
+        self.written = -1
+
+    def __call__(self, epoch: int, samples_trained: int) -> str | None:
+        """Rewrite the file when the list grew; the line to print, or None. A run whose epoch
+        trained on no sample because none could be read is a DataError (not the pruner's 'no
+        losses were recorded')."""
+        found = skipped_samples(self.data)
+        if samples_trained == 0 and found:
+            self._write(found)
+            reasons = "; ".join(f"{src}: {why}" for src, why in list(found.values())[:3])
+            raise DataError(f"epoch {epoch} trained on no sample: every sample it planned "
+                            f"could not be read ({len(found)} skipped, e.g. {reasons}). The "
+                            f"list is in {self.run.path / 'skipped.jsonl'}; check the corpus's "
+                            "images (and that Pillow reads their format).")
+        if len(found) == self.written:
+            return None
+        new = len(found) - max(self.written, 0)
+        self._write(found)
+        self.written = len(found)
+        return (f"epoch {epoch}: {len(found)} samples skipped so far ({new} new), listed in "
+                f"{self.run.path / 'skipped.jsonl'}") if found else None
+
+    def _write(self, found: dict[int, tuple[str, str]]) -> None:
+        if not self.write:
+            return
+        lines = "".join(json.dumps({"id": i, "source": src, "reason": why}) + "\n"
+                        for i, (src, why) in sorted(found.items()))
+        write_bytes_atomically(self.run.path / "skipped.jsonl", lines.encode(), "write")
+        self.written = len(found)
