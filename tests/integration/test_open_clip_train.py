@@ -36,7 +36,7 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 PATCH = ROOT / "adapters" / "torch" / "open_clip_train.patch"
 MODEL = ROOT / "tests" / "integration" / "tiny-clip"
-NUM_SAMPLES, BATCH, EPOCHS, LR = 512, 32, 6, 0.01
+NUM_SAMPLES, BATCH, EPOCHS, LR = 512, 32, 6, 1e-3
 PHASES = ["warmup", "warmup", "prepare", "mutate", "mutate", "mutate"]
 
 
