@@ -156,8 +156,10 @@ class ScanRun:
         if self.index is not None:
             names = {i: k for k, i in self.index.ids.items()}
             out["keys"] = [list(names[int(i)]) for i in ids]
-        path = os.path.join(self.args.logs, self.args.name, CORESET_NAME)
-        with open(path, "w") as f:
+        folder = _run_folder(self.args)
+        if folder is None:
+            return
+        with open(os.path.join(folder, CORESET_NAME), "w") as f:
             json.dump(out, f)
 
 
@@ -197,16 +199,29 @@ def attach(args: argparse.Namespace, data: dict[str, Any], preprocess_fns: tuple
     return ScanRun(args, pruner, train, slot, index)
 
 
-def _store_path(args: argparse.Namespace) -> str:
-    return os.path.join(args.logs, args.name, STORE_NAME)
+def _run_folder(args: argparse.Namespace) -> str | None:
+    """open_clip's {logs}/{name}, or None under --logs none (nothing is written then)."""
+    if not args.logs or str(args.logs).lower() == "none":
+        return None
+    return os.path.join(args.logs, args.name)
+
+
+def _store_path(args: argparse.Namespace) -> str | None:
+    folder = _run_folder(args)
+    return None if folder is None else os.path.join(folder, STORE_NAME)
 
 
 def _pruner(args: argparse.Namespace, num_samples: int, start_epoch: int) -> ScanPruner:
     # The checkpoint says which epoch the run resumes at; the store's snapshot of the epoch
     # before it is the pruner state that checkpoint was saved with (newer ones are dropped).
     communicator = TorchCommunicator() if args.distributed else None
-    pruner = ScanPruner(num_samples, 2, scan_config(args), store=_store_path(args),
-                        communicator=communicator, resume_epoch=start_epoch - 1)
+    store = _store_path(args)
+    if store is None and start_epoch > 0:
+        raise ScanResumeError("--scan resumes from the SCAN store in the run's log folder, "
+                              "but --logs is none: resume with the run's --logs and --name.")
+    pruner = ScanPruner(num_samples, 2, scan_config(args), store=store,
+                        communicator=communicator,
+                        resume_epoch=None if store is None else start_epoch - 1)
     if pruner.next_epoch != start_epoch:
         raise ScanResumeError(
             f"the SCAN store {_store_path(args)!r} resumes at epoch {pruner.next_epoch} but the "
