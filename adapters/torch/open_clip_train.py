@@ -22,6 +22,10 @@ import dataclasses
 import json
 import logging
 import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from adapters.torch.distributed import TorchCommunicator
@@ -31,6 +35,7 @@ from adapters.torch.open_clip_data import (ScanTrainData, ShardIndex, map_style_
 from scan_core import ScanConfig, ScanPruner
 from scan_core.errors import ScanConfigError, ScanResumeError
 
+PATCH = pathlib.Path(__file__).with_name("open_clip_train.patch")
 STORE_NAME = "scan.zarr"
 CORESET_NAME = "scan-coreset.json"
 _DERIVED = {"seed", "num_epochs"}  # taken from open_clip's --seed and --epochs unless given
@@ -229,4 +234,49 @@ def _pruner(args: argparse.Namespace, num_samples: int, start_epoch: int) -> Sca
     return pruner
 
 
-__all__ = ["Disabled", "ScanRun", "add_args", "attach", "refuse_unsupported", "scan_config"]
+def apply_patch(target: str | os.PathLike[str] | None = None, *, dry_run: bool = False) -> str:
+    """Apply PATCH to the folder holding `open_clip_train/` (default: the installed one) with
+    `patch -p1 --forward`, after a dry run, so a failure changes nothing. Returns patch's
+    output; raises ScanConfigError with it when the patch does not apply."""
+    if target is None:
+        import open_clip_train
+
+        target = pathlib.Path(open_clip_train.__file__).resolve().parents[1]
+    command = ["patch", "-p1", "--forward", "-d", os.fspath(target), "-i", os.fspath(PATCH)]
+    check = subprocess.run(command + ["--dry-run"], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise ScanConfigError(
+            f"{PATCH.name} does not apply to {os.fspath(target)!r} (made for open_clip_train "
+            f"3.3.0; already applied?):\n{check.stdout}{check.stderr}")
+    if dry_run:
+        return check.stdout
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m adapters.torch.open_clip_train [--dry-run] [--target DIR] [--print-path]"""
+    parser = argparse.ArgumentParser(prog="python -m adapters.torch.open_clip_train",
+                                     description="apply the --scan patch to open_clip_train")
+    parser.add_argument("--target", default=None,
+                        help="folder holding open_clip_train/ (default: the installed one)")
+    parser.add_argument("--dry-run", action="store_true", help="only check that it applies")
+    parser.add_argument("--print-path", action="store_true", help="print the patch's path")
+    args = parser.parse_args(argv)
+    if args.print_path:
+        print(PATCH)
+        return 0
+    try:
+        print(apply_patch(args.target, dry_run=args.dry_run), end="")
+    except ScanConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["PATCH", "Disabled", "ScanRun", "add_args", "apply_patch", "attach",
+           "refuse_unsupported", "scan_config"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,7 +34,6 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-PATCH = ROOT / "adapters" / "torch" / "open_clip_train.patch"
 MODEL = ROOT / "tests" / "integration" / "tiny-clip"
 NUM_SAMPLES, BATCH, EPOCHS, LR = 512, 32, 6, 1e-3
 PHASES = ["warmup", "warmup", "prepare", "mutate", "mutate", "mutate"]
@@ -47,10 +46,15 @@ def patched(tmp_path_factory) -> Path:
     site = tmp_path_factory.mktemp("patched")
     shutil.copytree(Path(open_clip_train.__file__).parent, site / "open_clip_train",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    done = subprocess.run(["patch", "-p1", "-d", str(site), "-i", str(PATCH)],
-                          capture_output=True, text=True)
+    from adapters.torch.open_clip_train import main as apply_main
+
+    done = subprocess.run([sys.executable, "-m", "adapters.torch.open_clip_train",
+                           "--target", str(site)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("patching file") == 2, done.stdout
     assert "offset" not in done.stdout and "fuzz" not in done.stdout, done.stdout
+    assert apply_main(["--target", str(site), "--dry-run"]) == 2  # refused a second time
     return site
 
 
