@@ -22,6 +22,10 @@ import dataclasses
 import json
 import logging
 import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from adapters.torch.distributed import TorchCommunicator
@@ -31,6 +35,7 @@ from adapters.torch.open_clip_data import (ScanTrainData, ShardIndex, map_style_
 from scan_core import ScanConfig, ScanPruner
 from scan_core.errors import ScanConfigError, ScanResumeError
 
+PATCH = pathlib.Path(__file__).with_name("open_clip_train.patch")
 STORE_NAME = "scan.zarr"
 CORESET_NAME = "scan-coreset.json"
 _DERIVED = {"seed", "num_epochs"}  # taken from open_clip's --seed and --epochs unless given
@@ -156,8 +161,10 @@ class ScanRun:
         if self.index is not None:
             names = {i: k for k, i in self.index.ids.items()}
             out["keys"] = [list(names[int(i)]) for i in ids]
-        path = os.path.join(self.args.logs, self.args.name, CORESET_NAME)
-        with open(path, "w") as f:
+        folder = _run_folder(self.args)
+        if folder is None:
+            return
+        with open(os.path.join(folder, CORESET_NAME), "w") as f:
             json.dump(out, f)
 
 
@@ -197,16 +204,29 @@ def attach(args: argparse.Namespace, data: dict[str, Any], preprocess_fns: tuple
     return ScanRun(args, pruner, train, slot, index)
 
 
-def _store_path(args: argparse.Namespace) -> str:
-    return os.path.join(args.logs, args.name, STORE_NAME)
+def _run_folder(args: argparse.Namespace) -> str | None:
+    """open_clip's {logs}/{name}, or None under --logs none (nothing is written then)."""
+    if not args.logs or str(args.logs).lower() == "none":
+        return None
+    return os.path.join(args.logs, args.name)
+
+
+def _store_path(args: argparse.Namespace) -> str | None:
+    folder = _run_folder(args)
+    return None if folder is None else os.path.join(folder, STORE_NAME)
 
 
 def _pruner(args: argparse.Namespace, num_samples: int, start_epoch: int) -> ScanPruner:
     # The checkpoint says which epoch the run resumes at; the store's snapshot of the epoch
     # before it is the pruner state that checkpoint was saved with (newer ones are dropped).
     communicator = TorchCommunicator() if args.distributed else None
-    pruner = ScanPruner(num_samples, 2, scan_config(args), store=_store_path(args),
-                        communicator=communicator, resume_epoch=start_epoch - 1)
+    store = _store_path(args)
+    if store is None and start_epoch > 0:
+        raise ScanResumeError("--scan resumes from the SCAN store in the run's log folder, "
+                              "but --logs is none: resume with the run's --logs and --name.")
+    pruner = ScanPruner(num_samples, 2, scan_config(args), store=store,
+                        communicator=communicator,
+                        resume_epoch=None if store is None else start_epoch - 1)
     if pruner.next_epoch != start_epoch:
         raise ScanResumeError(
             f"the SCAN store {_store_path(args)!r} resumes at epoch {pruner.next_epoch} but the "
@@ -214,4 +234,49 @@ def _pruner(args: argparse.Namespace, num_samples: int, start_epoch: int) -> Sca
     return pruner
 
 
-__all__ = ["Disabled", "ScanRun", "add_args", "attach", "refuse_unsupported", "scan_config"]
+def apply_patch(target: str | os.PathLike[str] | None = None, *, dry_run: bool = False) -> str:
+    """Apply PATCH to the folder holding `open_clip_train/` (default: the installed one) with
+    `patch -p1 --forward`, after a dry run, so a failure changes nothing. Returns patch's
+    output; raises ScanConfigError with it when the patch does not apply."""
+    if target is None:
+        import open_clip_train
+
+        target = pathlib.Path(open_clip_train.__file__).resolve().parents[1]
+    command = ["patch", "-p1", "--forward", "-d", os.fspath(target), "-i", os.fspath(PATCH)]
+    check = subprocess.run(command + ["--dry-run"], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise ScanConfigError(
+            f"{PATCH.name} does not apply to {os.fspath(target)!r} (made for open_clip_train "
+            f"3.3.0; already applied?):\n{check.stdout}{check.stderr}")
+    if dry_run:
+        return check.stdout
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m adapters.torch.open_clip_train [--dry-run] [--target DIR] [--print-path]"""
+    parser = argparse.ArgumentParser(prog="python -m adapters.torch.open_clip_train",
+                                     description="apply the --scan patch to open_clip_train")
+    parser.add_argument("--target", default=None,
+                        help="folder holding open_clip_train/ (default: the installed one)")
+    parser.add_argument("--dry-run", action="store_true", help="only check that it applies")
+    parser.add_argument("--print-path", action="store_true", help="print the patch's path")
+    args = parser.parse_args(argv)
+    if args.print_path:
+        print(PATCH)
+        return 0
+    try:
+        print(apply_patch(args.target, dry_run=args.dry_run), end="")
+    except ScanConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["PATCH", "Disabled", "ScanRun", "add_args", "apply_patch", "attach",
+           "refuse_unsupported", "scan_config"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

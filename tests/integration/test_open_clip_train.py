@@ -34,9 +34,8 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-PATCH = ROOT / "adapters" / "torch" / "open_clip_train.patch"
 MODEL = ROOT / "tests" / "integration" / "tiny-clip"
-NUM_SAMPLES, BATCH, EPOCHS, LR = 512, 32, 6, 0.01
+NUM_SAMPLES, BATCH, EPOCHS, LR = 512, 32, 6, 1e-3
 PHASES = ["warmup", "warmup", "prepare", "mutate", "mutate", "mutate"]
 
 
@@ -47,10 +46,15 @@ def patched(tmp_path_factory) -> Path:
     site = tmp_path_factory.mktemp("patched")
     shutil.copytree(Path(open_clip_train.__file__).parent, site / "open_clip_train",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    done = subprocess.run(["patch", "-p1", "-d", str(site), "-i", str(PATCH)],
-                          capture_output=True, text=True)
+    from adapters.torch.open_clip_train import main as apply_main
+
+    done = subprocess.run([sys.executable, "-m", "adapters.torch.open_clip_train",
+                           "--target", str(site)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("patching file") == 2, done.stdout
     assert "offset" not in done.stdout and "fuzz" not in done.stdout, done.stdout
+    assert apply_main(["--target", str(site), "--dry-run"]) == 2  # refused a second time
     return site
 
 
@@ -197,3 +201,51 @@ def test_resume_latest_continues_to_the_uninterrupted_result(full_run, resumed_r
         assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), key
     assert json.loads((full_run / "scan-coreset.json").read_text()) == json.loads(
         (resumed_run / "scan-coreset.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def csv_file(shards, tmp_path_factory) -> Path:
+    """open_clip's CSV layout (tab-separated, filepath / title) over the shards' images."""
+    import tarfile
+
+    folder = tmp_path_factory.mktemp("csv")
+    rows = ["filepath\ttitle"]
+    for tar_path in sorted(shards.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+        for name, payload in members.items():
+            if name.endswith(".png"):
+                image = folder / name.replace("/", "_")
+                image.write_bytes(payload)
+                caption = members[name[:-4] + ".txt"].decode().replace("\t", " ")
+                rows.append(f"{image}\t{caption}")
+    path = folder / "train.csv"
+    path.write_text("\n".join(rows) + "\n")
+    assert len(rows) == NUM_SAMPLES + 1
+    return path
+
+
+def test_the_csv_path_carries_ids_and_serves_each_plan(patched, shards, csv_file, tmp_path):
+    cmd, env = _command(patched, shards, tmp_path)
+    at = cmd.index("--train-data")
+    cmd[at + 1:at + 2] = [str(csv_file)]
+    cmd[cmd.index("--dataset-type") + 1] = "csv"
+    cmd[cmd.index("--epochs") + 1] = "4"
+    cmd[cmd.index("--scan-warmup-epochs") + 1] = "1"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-6000:]
+    run = tmp_path / "run"
+    log, logged = _store_log(run), _scan_lines(run)
+    assert [row["phase"] for row in log] == ["warmup", "prepare", "mutate", "mutate"]
+    for row in log:  # the pruner refuses a pruned id, so a finished run served only kept ones
+        assert logged[row["epoch"]]["num_pruned"] == NUM_SAMPLES - row["num_kept"]
+        assert row["num_recorded"] == row["num_kept"] // BATCH * BATCH  # drop_last, once each
+    assert 0 < logged[2]["num_pruned"] < logged[3]["num_pruned"]
+
+
+def test_gradient_accumulation_is_refused_before_training(patched, shards, tmp_path):
+    cmd, env = _command(patched, shards, tmp_path, "--accum-freq", "2")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode != 0
+    assert "--scan does not support --accum-freq 2" in done.stderr
+    assert "Start epoch" not in (tmp_path / "run" / "out.log").read_text()

@@ -190,3 +190,18 @@ def test_the_slot_refuses_lost_or_missing_ids():
     with pytest.raises(ScanInputError, match="saw 4 samples.*3 ids"):
         slot.take(4)
     assert WithIds(_Pairs())[4][2] == 4
+
+
+def test_the_docs_loop_without_the_patch_runs_and_prunes():
+    import pathlib
+    import re
+
+    doc = pathlib.Path(__file__).resolve().parents[3] / "docs" / "open_clip.md"
+    block = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)[0]
+    namespace: dict = {}
+    exec(compile(block, str(doc), "exec"), namespace)
+    pruner = namespace["pruner"]
+    assert pruner.next_epoch == namespace["EPOCHS"]
+    phases = [row["phase"] for row in pruner.log]
+    assert phases == ["warmup", "prepare", "mutate", "mutate"]
+    assert pruner.log[-1]["num_kept"] < namespace["N"]
