@@ -45,7 +45,7 @@ def trainer_module(trainer: str):
         return module, PRESETS, TrainConfig
     if trainer == "moco":
         from reference_trainers.moco import train as module
-        from reference_trainers.moco.config import PRESETS, MocoConfig
+        from reference_trainers.common.moco_config import PRESETS, MocoConfig
         return module, PRESETS, MocoConfig
     raise ValueError(f"unknown trainer {trainer!r}; use clip or moco")
 

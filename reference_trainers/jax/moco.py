@@ -44,7 +44,7 @@ from reference_trainers.jax.runtime import (PlanSampler, check_jax_config, limit
 from reference_trainers.jax.steps import (TrainState, build_optimizer, init_variables,
                                           lr_schedule, make_moco_step, momentum_schedule,
                                           replicate)
-from reference_trainers.moco.config import FLAGS, PRESETS, MocoConfig
+from reference_trainers.common.moco_config import FLAGS, PRESETS, MocoConfig
 from scan_core import ScanPruner
 
 HEADLINE = ("linear_probe_top1", "knn_top1")

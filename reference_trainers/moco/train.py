@@ -33,7 +33,7 @@ from reference_trainers.common.progress import EpochBar, epoch_line
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.moco import data as moco_data
-from reference_trainers.moco.config import FLAGS, PRESETS, MocoConfig
+from reference_trainers.common.moco_config import FLAGS, PRESETS, MocoConfig
 from reference_trainers.moco.data import ImageData, build_data  # noqa: F401 (public before)
 from reference_trainers.moco.model import MoCo, build_moco, moco_momentum
 from reference_trainers.moco.optim import build_optimizer

@@ -1,6 +1,6 @@
 """The paper's GPU models as named presets, each with the authors' SCAN defaults.
 
-CLIP (image tower + `CLIPTextTransformer`, joined by `reference_trainers.clip.model.CLIP`):
+CLIP (image tower + `CLIPTextTransformer`, joined by `reference_trainers.models.clip.CLIP`):
 "RN50", "RN101", "ViT-B-32". MoCo v3 backbones (`VisionTransformer`, no head): "vit_small",
 "vit_base". Architectures follow open_clip's model configs (RN50.json, RN101.json,
 ViT-B-32.json) and MoCo v3's `vits.py`; `published_params` is the count the test checks.
@@ -25,7 +25,7 @@ from typing import Any
 
 from torch import nn
 
-from reference_trainers.clip.model import CLIP
+from reference_trainers.models.clip import CLIP
 from reference_trainers.models.clip_resnet import ModifiedResNet
 from reference_trainers.models.text import CLIPTextTransformer
 from reference_trainers.models.vit import ModelConfigError, VisionTransformer

@@ -10,7 +10,7 @@ import pytest
 
 from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR
 from reference_trainers.moco import train as moco_train
-from reference_trainers.moco.config import cpu_fmnist_moco
+from reference_trainers.common.moco_config import cpu_fmnist_moco
 
 pytestmark = pytest.mark.skipif(
     not Path(DEFAULT_FASHION_MNIST_DIR).is_dir(),

@@ -46,7 +46,7 @@ def test_a_target_for_a_rule_without_a_schedule_is_a_clear_error():
 def test_moco_crop_min_flag_reaches_the_views_and_is_range_checked():
     from reference_trainers.common.errors import TrainerError
     from reference_trainers.moco import data as moco_data
-    from reference_trainers.moco.config import FLAGS, PRESETS
+    from reference_trainers.common.moco_config import FLAGS, PRESETS
 
     parser = build_parser("moco", presets=PRESETS, flags=FLAGS, default_preset="cpu-fmnist-moco")
     cfg = config_from_args(parser.parse_args(["--out", "x", "--crop-min", "0.08"]),

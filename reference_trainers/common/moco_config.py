@@ -1,4 +1,6 @@
 """MoCo v3 training configs: a typed record, preset functions, and the flags over it.
+Framework-free, so the PyTorch trainer (moco/train.py) and the JAX one (jax/moco.py) both read
+it from the floor below them.
 
 Presets (the docstring gives the launch command and the measured cost):
 - `cpu-fmnist-moco`: MoCo v3 with a small ResNet on all 60k Fashion-MNIST images, CPU, minutes.
