@@ -217,7 +217,7 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
     last, wall = load_checkpoint(run_dir, model, optimizer, generator,
                                  scaler=amp.scaler) if resume else (-1, 0.0)
     num_samples = len(train.index) if hasattr(train, "index") else len(train)
-    pruner = ScanPruner(num_samples, 2, cfg.scan_config(), store=run_dir.store,
+    pruner = ScanPruner(num_samples, 2, cfg.scan, store=run_dir.store,
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)

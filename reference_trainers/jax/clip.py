@@ -165,7 +165,7 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
     state, last, wall = agreed("starting the run", start)
     mesh = data_mesh()  # every device of every process
     box = {"state": replicate(mesh, state)}
-    pruner = ScanPruner(len(train), 2, cfg.scan_config(), store=run_dir.store,
+    pruner = ScanPruner(len(train), 2, cfg.scan, store=run_dir.store,
                         communicator=JaxCommunicator(), loss_history=cfg.loss_history,
                         resume_epoch=last)
     sampler = PlanSampler(pruner, cfg.seed)

@@ -209,7 +209,7 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     last, wall = load_checkpoint(run_dir, model, optimizer, generator,
                                  scaler=amp.scaler) if resume else (-1, 0.0)
-    pruner = ScanPruner(moco_data.num_samples(train), 2, cfg.scan_config(), store=run_dir.store,
+    pruner = ScanPruner(moco_data.num_samples(train), 2, cfg.scan, store=run_dir.store,
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)

@@ -12,7 +12,7 @@ from reference_trainers.models.clip import CLIP, check_clip_model
 from reference_trainers.models.clip_resnet import AttentionPool2d, Bottleneck, ModifiedResNet
 from reference_trainers.models.presets import (CLIP_PRESETS, CLIP_SCAN_DEFAULTS, MOCO_PRESETS,
                                                MOCO_SCAN_DEFAULTS, ClipPreset, MocoPreset,
-                                               ScanDefaults, build_clip, build_moco_backbone,
+                                               build_clip, build_moco_backbone,
                                                clip_preset, moco_preset)
 from reference_trainers.models.text import CLIPTextTransformer
 from reference_trainers.models.vit import (ModelConfigError, TransformerBlock,
@@ -22,7 +22,8 @@ from reference_trainers.models.vit import (ModelConfigError, TransformerBlock,
 __all__ = [
     "CLIP_PRESETS", "CLIP_SCAN_DEFAULTS", "MOCO_PRESETS", "MOCO_SCAN_DEFAULTS",
     "AttentionPool2d", "Bottleneck", "CLIP", "CLIPTextTransformer", "ClipPreset", "MocoPreset",
-    "ModelConfigError", "ModifiedResNet", "ScanDefaults", "TransformerBlock",
-    "VisionTransformer", "build_clip", "build_moco_backbone", "check_clip_model", "clip_preset", "moco_preset",
+    "ModelConfigError", "ModifiedResNet", "TransformerBlock",
+    "VisionTransformer", "build_clip", "build_moco_backbone", "check_clip_model", "clip_preset",
+    "moco_preset",
     "run_blocks", "sincos_2d_position_embedding",
 ]

@@ -39,7 +39,7 @@ def full_run(tmp_path_factory):
 
 
 def test_the_preset_uses_the_authors_moco_pruning_defaults():
-    scan = cpu_fmnist_moco().scan_config()
+    scan = cpu_fmnist_moco().scan
     assert (scan.rho_low, scan.rho_high, scan.t_cos, scan.warmup_threshold) == \
         (0.35, 0.35, 3, 0.3)
 
