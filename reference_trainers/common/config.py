@@ -209,40 +209,37 @@ def scan_flags() -> list[tuple[str, str, Any, str]]:
 PRUNING_FLAGS = [*scan_flags(), ("--loss-history", "loss_history", str,
                                   "float16/float32: keep preparation losses")]
 
-_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--rho-low", "rho_low", float, "redundant end share per batch (paper: CLIP 0.30, MoCo 0.35)"),
-    ("--rho-high", "rho_high", float,
-     "ill-matched end share per batch (paper: CLIP 0.30, MoCo 0.35)"),
-    ("--t-cos", "t_cos", int, "mutation epochs per cycle (paper: 3)"),
-    ("--warmup-threshold", "warmup_threshold", float, "T_td (paper: 0.3)"),
-    ("--min-warmup-epochs", "min_warmup_epochs", int, "earliest pruning epoch"),
-    ("--max-warmup-epochs", "max_warmup_epochs", int, "latest pruning start"),
-    ("--scan-warmup-epochs", "scan_warmup_epochs", int, "fixed warm-up length"),
-    ("--scope", "scope", str, "batch (paper) or global ranking"),
-    ("--target-rate", "target_rate", float, "share of sample-visits to save"),
-    ("--full-tail-epochs", "full_tail_epochs", int, "full-data epochs at the end"),
-    ("--loss-history", "loss_history", str, "float16/float32: keep preparation losses"),
-]
 
+# Flags every trainer has (MoCo's config.FLAGS uses them too): the Fashion-MNIST subset, the
+# run's length and batch, and the bookkeeping at the end of the list.
+SUBSET_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--num-train", "num_train", int, "class-balanced training subset size"),
+    ("--num-test", "num_test", int, "evaluation subset size"),
+    ("--duplicate-share", "duplicate_share", float, "share of near-duplicate images"),
+]
+LENGTH_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--epochs", "epochs", int, "training epochs"),
+    ("--batch-size", "batch_size", int, "per-rank batch size"),
+]
+BOOKKEEPING_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--probe-every", "probe_every", int, "linear probe every k epochs (0: end only)"),
+    ("--seed", "seed", int, "seed of data, model and pruning"),
+    ("--threads", "threads", int, "torch CPU threads"),
+]
 _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
     ("--data", "data", str, "training data: fmnist (default) or csv:PATH (image,caption rows)"),
     ("--tokenizer", "tokenizer", str, "word (default), bpe:PATH (train_tokenizer) or open_clip"),
     ("--model", "model", str, "cpu (default) or a GPU preset: RN50, RN101, ViT-B-32"),
     ("--precision", "precision", str, "fp32 (default), bf16 or fp16 autocast"),
-    ("--num-train", "num_train", int, "class-balanced training subset size"),
-    ("--num-test", "num_test", int, "evaluation subset size"),
+    *SUBSET_FLAGS,
     ("--mismatch-share", "mismatch_share", float, "share of captions naming a wrong class"),
-    ("--duplicate-share", "duplicate_share", float, "share of near-duplicate images"),
-    ("--epochs", "epochs", int, "training epochs"),
-    ("--batch-size", "batch_size", int, "per-rank batch size"),
+    *LENGTH_FLAGS,
     ("--lr", "lr", float, "peak learning rate (AdamW)"),
     ("--weight-decay", "weight_decay", float, "AdamW weight decay"),
     *PRUNING_FLAGS,
     ("--eval-every", "eval_every", int, "zero-shot every k epochs (0: end only)"),
-    ("--probe-every", "probe_every", int, "linear probe every k epochs (0: end only)"),
-    ("--seed", "seed", int, "seed of data, model and pruning"),
-    ("--threads", "threads", int, "torch CPU threads"),
+    *BOOKKEEPING_FLAGS,
 ]
 
 

@@ -22,7 +22,7 @@ from reference_trainers.common.loop import epoch_loop, finish, fmt  # noqa: F401
 from reference_trainers.common.rundir import RunDir
 
 __all__ = ["cli_main", "epoch_loop", "finish", "fmt", "init_distributed", "load_checkpoint",
-           "save_checkpoint"]
+           "open_run", "save_checkpoint"]
 
 
 def init_distributed() -> tuple[int, int]:
@@ -33,6 +33,19 @@ def init_distributed() -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def open_run(cfg: Any, out: str, *, resume: bool) -> tuple[int, int, RunDir]:
+    """A PyTorch run's first steps: join the processes, set the CPU threads (cfg.threads),
+    open the run directory and write (rank 0; on resume, check) its config. -> (rank, world,
+    run directory)."""
+    rank, world = init_distributed()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_dir = RunDir(out)
+    if rank == 0:
+        run_dir.write_config(cfg.to_dict(), resume=resume)
+    return rank, world, run_dir
 
 
 def save_checkpoint(run: RunDir, epoch: int, model, optimizer, generator, wall: float, *,

@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from reference_trainers.common.config import PRUNING_FLAGS, ScanSettings
+from reference_trainers.common.config import (BOOKKEEPING_FLAGS, LENGTH_FLAGS, PRUNING_FLAGS,
+                                              SUBSET_FLAGS, ScanSettings)
 from reference_trainers.common.errors import TrainerError
 from scan_core import ScanConfig
 
@@ -91,9 +92,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
     ("--data", "data", str, "training images: fmnist (default), folder:DIR (DIR/<class>/<image>),"
      " csv:PATH (an image column) or shards:DIR (tar shards, .txt not needed)"),
-    ("--num-train", "num_train", int, "class-balanced training subset size"),
-    ("--num-test", "num_test", int, "evaluation subset size"),
-    ("--duplicate-share", "duplicate_share", float, "share of near-duplicate images"),
+    *SUBSET_FLAGS,
     ("--backbone", "backbone", str, "resnet, vit-tiny, or the GPU presets vit_small / vit_base"),
     ("--width", "width", int, "SmallResNet width"),
     ("--precision", "precision", str, "fp32 (default), bf16 or fp16 autocast"),
@@ -102,14 +101,11 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--crop-min", "crop_min", float, "smallest crop area share (MoCo v3: 0.2 ResNet, 0.08 "
      "ViT)"),
     ("--optimizer", "optimizer", str, "lars or adamw"),
-    ("--epochs", "epochs", int, "training epochs"),
-    ("--batch-size", "batch_size", int, "per-rank batch size"),
+    *LENGTH_FLAGS,
     ("--lr", "lr", float, "base learning rate per 256 samples (scaled by global batch)"),
     ("--lr-warmup-epochs", "lr_warmup_epochs", float, "linear LR warm-up, fractional epochs"),
     ("--weight-decay", "weight_decay", float, "weight decay"),
     *PRUNING_FLAGS,
     ("--eval-every", "eval_every", int, "kNN top-1 every k epochs (0: end only)"),
-    ("--probe-every", "probe_every", int, "linear probe every k epochs (0: end only)"),
-    ("--seed", "seed", int, "seed of data, model and pruning"),
-    ("--threads", "threads", int, "torch CPU threads"),
+    *BOOKKEEPING_FLAGS,
 ]

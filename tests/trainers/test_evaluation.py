@@ -127,3 +127,35 @@ def test_module_docstring_example_runs():
     import reference_trainers.common.evaluation as module
 
     assert doctest.testmod(module, raise_on_error=True).attempted > 0
+
+
+def _naive_knn_top1(train, train_labels, test, test_labels, k, num_classes=10):
+    """The kNN monitor written plainly: full sort per test row, votes summed in a loop."""
+    train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    test = test / np.linalg.norm(test, axis=1, keepdims=True)
+    correct = 0
+    for row, label in zip(test, test_labels):
+        sims = train @ row
+        votes = np.zeros(num_classes)
+        for j in np.argsort(-sims)[:k]:
+            votes[train_labels[j]] += np.exp(sims[j] / 0.07)
+        correct += int(votes.argmax() == label)
+    return correct / len(test)
+
+
+@pytest.mark.parametrize("k,chunk", [(20, 1024), (5, 7), (1, 50), (500, 64)])
+def test_knn_top1_matches_a_naive_reference(k, chunk):
+    """One kNN serves the PyTorch and JAX MoCo trainers (common/eval_maths.py); its chunked,
+    argpartition-based votes equal a plain full-sort reference, also on torch tensors."""
+    from reference_trainers.common.eval_maths import knn_top1
+
+    rng = np.random.default_rng(k)
+    centres = rng.standard_normal((10, 16))
+    labels = rng.integers(0, 10, 600)
+    features = (centres[labels] + 1.5 * rng.standard_normal((600, 16))).astype(np.float32)
+    expected = _naive_knn_top1(features[:400], labels[:400], features[400:], labels[400:], k)
+    got = knn_top1(features[:400], labels[:400], features[400:], labels[400:], k=k, chunk=chunk)
+    assert 0.3 < got == pytest.approx(expected, abs=1e-12)
+    as_tensors = knn_top1(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (
+        features[:400], labels[:400], features[400:], labels[400:])), k=k, chunk=chunk)
+    assert as_tensors == got
