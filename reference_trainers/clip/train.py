@@ -20,7 +20,6 @@ import numpy as np
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from adapters.torch import ScanSampler, TorchCommunicator, clip_loss, record
 from reference_trainers.clip.model import build_cpu_clip, check_clip_model
@@ -33,10 +32,10 @@ from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.lifecycle import load_checkpoint, save_checkpoint
 from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.progress import EpochBar, closing_line, epoch_line
-from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.tokenizer_choice import TextTokenizer, load_tokenizer
-from reference_trainers.common.torch_data import build_image_text_data, normalise
+from reference_trainers.common.torch_data import (build_image_text_data, normalise,
+                                                  resize_to_spec)
 from scan_core import ScanPruner
 
 HEADLINE = ("zero_shot_top1", "linear_probe_top1")
@@ -89,14 +88,7 @@ def eval_preprocess(cfg: TrainConfig):
     """Fashion-MNIST test images (uint8 (B,1,28,28)) as the model's input."""
     if cfg.model == "cpu":
         return normalise
-    spec = image_spec(cfg)
-
-    def to_spec(images: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(images.float(), size=(spec.size, spec.size), mode="bilinear",
-                          align_corners=False).clamp(0, 255).round().to(torch.uint8)
-        return spec.prepare(x.repeat(1, spec.channels, 1, 1), augment=False, generator=None)
-
-    return to_spec
+    return resize_to_spec(image_spec(cfg))
 
 
 def build_model(cfg: TrainConfig, tokenizer: TextTokenizer) -> torch.nn.Module:
@@ -236,12 +228,7 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
         checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, model, optimizer,
                                                        generator, wall, scaler=amp.scaler),
         line=epoch_line, extra_stats=extra_stats)
-    return finish(run_dir, pruner, cfg, rank, row)
-
-
-def finish(run_dir: RunDir, pruner: ScanPruner, cfg: TrainConfig, rank: int,
-           last_row: dict[str, Any]) -> dict[str, Any]:
-    return lifecycle.finish(run_dir, pruner, cfg, rank, last_row, headline=HEADLINE)
+    return lifecycle.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ Presets (the function's docstring gives the launch command and the expected cost
 SCAN's settings live in one place: the config's `scan` field, a `scan_core.ScanConfig`
 (default the authors' CLIP values, `ScanConfig.clip()`: rho 0.30 per end, T_cos 3, T_td 0.3).
 Its `seed` and `num_epochs` are the run's (`seed`, `epochs`), filled in when the config is
-built, so `config.scan` is exactly what the pruner gets. The pruning flags (`SCAN_FLAGS`) are
+built, so `config.scan` is exactly what the pruner gets. The pruning flags (`PRUNING_FLAGS`) are
 derived from ScanConfig's fields (name, type, choices, help), and `with_settings` and
 `to_dict` speak the flat names of the command line and of config.json (`rho_low`,
 `scan_warmup_epochs`, `pruning`), so run directories of earlier versions still resume.

@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from reference_trainers.common.augment import ColourView, CropView, two_crops
 from reference_trainers.common.data import load_fashion_mnist, split_subset
 from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.rundir import RunDir
-from reference_trainers.common.torch_data import normalise
+from reference_trainers.common.torch_data import normalise, resize_to_spec
 from reference_trainers.common.views import moco_view_pair
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageData", "build_data", "check_corpus",
@@ -130,18 +129,7 @@ def eval_preprocess(cfg: Any):
     before on the default data; resized, channel-repeated and spec-normalised on a corpus."""
     if cfg.data == "fmnist" or cfg.backbone not in ("vit_small", "vit_base"):
         return normalise
-    spec = image_spec(cfg)
-    shape = (1, spec.channels, 1, 1)
-
-    def to_spec(images: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(images.float(), size=(spec.size, spec.size), mode="bilinear",
-                          align_corners=False).clamp(0, 255).round() / 255.0
-        x = x.repeat(1, spec.channels, 1, 1)
-        mean = torch.tensor(spec.mean, device=x.device).view(shape)
-        std = torch.tensor(spec.std, device=x.device).view(shape)
-        return (x - mean) / std
-
-    return to_spec
+    return resize_to_spec(image_spec(cfg))
 
 
 def _fmnist_split(splits: Any, train: bool, num: int | None, duplicate_share: float, seed: int,

@@ -159,3 +159,39 @@ def test_knn_top1_matches_a_naive_reference(k, chunk):
     as_tensors = knn_top1(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (
         features[:400], labels[:400], features[400:], labels[400:])), k=k, chunk=chunk)
     assert as_tensors == got
+
+
+@pytest.mark.parametrize("size,rgb", [(28, False), (40, True), (17, True)])
+def test_fashion_mnist_reaches_a_spec_tower_as_a_decoded_image_would(size, rgb):
+    """Evaluation of a GPU preset on Fashion-MNIST (both trainers: torch_data.resize_to_spec):
+    the test images resized to the spec's size, rounded to uint8 levels, then exactly what
+    ImageSpec.prepare makes of a decoded uint8 image."""
+    from reference_trainers.common.corpora import ImageSpec
+    from reference_trainers.common.torch_data import resize_to_spec
+
+    spec = ImageSpec.gpu(size) if rgb else ImageSpec.cpu()
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(size))
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear",
+                            align_corners=False).clamp(0, 255).round().to(torch.uint8)
+    expected = spec.prepare(resized.repeat(1, spec.channels, 1, 1), augment=False,
+                            generator=None)
+    got = resize_to_spec(spec)(images)
+    assert got.shape == (3, spec.channels, size, size) and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_both_trainers_evaluate_a_gpu_preset_through_its_spec():
+    from reference_trainers.clip import train as clip_train
+    from reference_trainers.common.config import TrainConfig
+    from reference_trainers.common.moco_config import MocoConfig
+    from reference_trainers.common.torch_data import normalise
+    from reference_trainers.moco import data as moco_data
+
+    images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    clip_gpu = clip_train.eval_preprocess(TrainConfig(model="RN50"))(images)
+    assert clip_gpu.shape == (2, 3, 224, 224)
+    moco_gpu = moco_data.eval_preprocess(MocoConfig(backbone="vit_small", data="folder:x"))
+    assert moco_gpu(images).shape == (2, 3, 224, 224)
+    assert clip_train.eval_preprocess(TrainConfig()) is normalise
+    assert moco_data.eval_preprocess(MocoConfig(backbone="vit_small")) is normalise
