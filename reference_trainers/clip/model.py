@@ -5,8 +5,8 @@ The trainer needs only three things of a model (see `check_clip_model`): `encode
 2021, section 2.5) and open_clip. An open_clip model therefore drops in for ours unchanged.
 
 Ours: `ImageCNN` (three conv blocks over 28x28 grayscale) and `TextTransformer` (pre-LN
-causal transformer read at the <eot> token), joined by `CLIP`. `build_cpu_clip` is the
-cpu preset.
+causal transformer read at the <eot> token), joined by `CLIP` (reference_trainers/models/
+clip.py, with `check_clip_model`; both re-exported here). `build_cpu_clip` is the cpu preset.
 
 Example:
     >>> import torch
@@ -19,11 +19,11 @@ Example:
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from reference_trainers.models.clip import CLIP, check_clip_model
 
 __all__ = ["CLIP", "ImageCNN", "TextTransformer", "build_cpu_clip", "check_clip_model"]
 
@@ -127,57 +127,6 @@ class TextTransformer(nn.Module):
             x = block(x)
         x = self.ln_final(x)
         return self.proj(x[torch.arange(x.shape[0], device=x.device), eot])
-
-
-class CLIP(nn.Module):
-    """Two towers and a learnable temperature (CLIP, Radford et al. 2021, section 2.5).
-
-    `logit_scale` stores log(scale), initialised to log(1/0.07); the scale used is
-    exp(logit_scale) clamped to exp(max_logit_scale) = 100, so it cannot blow up.
-    """
-
-    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, *,
-                 init_logit_scale: float = math.log(1 / 0.07),
-                 max_logit_scale: float = math.log(100)):
-        super().__init__()
-        self.visual = image_encoder
-        self.text = text_encoder
-        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
-        self.max_logit_scale = float(max_logit_scale)
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float32 -> (B, D) float32, L2-normalised rows."""
-        return F.normalize(self.visual(images), dim=-1)
-
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, L) int64 -> (B, D) float32, L2-normalised rows."""
-        return F.normalize(self.text(tokens), dim=-1)
-
-    def logit_scale_value(self) -> torch.Tensor:
-        """Scalar float32 tensor exp(min(logit_scale, max_logit_scale)); gradient flows below
-        the cap."""
-        return self.logit_scale.clamp(max=self.max_logit_scale).exp()
-
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (image_features (B, D), text_features (B, D), logit_scale scalar)."""
-        return self.encode_image(images), self.encode_text(tokens), self.logit_scale_value()
-
-
-def check_clip_model(model: object) -> None:
-    """Raise TypeError unless `model` offers what the trainer calls: callable `encode_image`
-    and `encode_text`, and a `logit_scale` tensor holding log(scale) (ours and open_clip's)."""
-    missing = [name for name in ("encode_image", "encode_text")
-               if not callable(getattr(model, name, None))]
-    if missing:
-        raise TypeError(
-            f"{type(model).__name__} lacks {' and '.join(missing)}; a CLIP model for the "
-            "trainer needs encode_image(images) -> (B, D) and encode_text(tokens) -> (B, D)")
-    if not isinstance(getattr(model, "logit_scale", None), torch.Tensor):
-        raise TypeError(
-            f"{type(model).__name__} lacks a logit_scale tensor (found "
-            f"{type(getattr(model, 'logit_scale', None)).__name__}); add "
-            "nn.Parameter(torch.tensor(math.log(1 / 0.07))) holding log of the temperature scale")
 
 
 def build_cpu_clip(vocab_size: int, eot_id: int, context_length: int = 24,

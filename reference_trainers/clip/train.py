@@ -12,36 +12,36 @@ last completed epoch, with the same plans as a run that never stopped.
 
 from __future__ import annotations
 
-import os
+import functools
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from adapters.torch import ScanSampler, TorchCommunicator, clip_loss, record
 from reference_trainers.clip.model import build_cpu_clip, check_clip_model
 from reference_trainers.common import evaluation, lifecycle
-from reference_trainers.common.accel import AmpSetup, maybe_compile, unwrap_compiled
+from reference_trainers.common.accel import AmpSetup, place_model
 from reference_trainers.common.captions import class_prompts
 from reference_trainers.common.config import TrainConfig, build_parser, config_from_args
 from reference_trainers.common.data import load_fashion_mnist
 from reference_trainers.common.errors import TrainerError
-from reference_trainers.common.lifecycle import (fmt, init_distributed, load_checkpoint,
-                                                 save_checkpoint)
+from reference_trainers.common.lifecycle import load_checkpoint, save_checkpoint
 from reference_trainers.common.planted import PreparationStats
-from reference_trainers.common.progress import EpochBar, epoch_line
+from reference_trainers.common.progress import EpochBar, closing_line, epoch_line
 from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.skipped import SkippedLog
 from reference_trainers.common.tokenizer_choice import TextTokenizer, load_tokenizer
-from reference_trainers.common.torch_data import build_image_text_data, normalise
+from reference_trainers.common.torch_data import (build_image_text_data, normalise,
+                                                  resize_to_spec)
 from scan_core import ScanPruner
 
+HEADLINE = ("zero_shot_top1", "linear_probe_top1")
 
-# == 1. Set-up: processes, threads, seeds: init_distributed (common/lifecycle.py) and run() ===
+# == 1. Set-up: processes, threads, run directory: open_run (common/lifecycle.py); seeds in run()
 # == 2. Data ======================================================================================
 def build_data(cfg: TrainConfig) -> tuple[Any, Any, TextTokenizer]:
     """Training data (Fashion-MNIST with captions, or a CSV corpus of image paths and captions)
@@ -89,14 +89,7 @@ def eval_preprocess(cfg: TrainConfig):
     """Fashion-MNIST test images (uint8 (B,1,28,28)) as the model's input."""
     if cfg.model == "cpu":
         return normalise
-    spec = image_spec(cfg)
-
-    def to_spec(images: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(images.float(), size=(spec.size, spec.size), mode="bilinear",
-                          align_corners=False).clamp(0, 255).round().to(torch.uint8)
-        return spec.prepare(x.repeat(1, spec.channels, 1, 1), augment=False, generator=None)
-
-    return to_spec
+    return resize_to_spec(image_spec(cfg))
 
 
 def build_model(cfg: TrainConfig, tokenizer: TextTokenizer) -> torch.nn.Module:
@@ -198,29 +191,19 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
 # == 6. The run ===================================================================================
 def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False,
         model: torch.nn.Module | None = None, stop_after: int | None = None) -> dict[str, Any]:
-    rank, world = init_distributed()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    run_dir = RunDir(out)
-    if rank == 0:
-        run_dir.write_config(cfg.to_dict(), resume=resume)
+    rank, world, run_dir = lifecycle.open_run(cfg, out, resume=resume)
     train, test, tokenizer = build_data(cfg)
     torch.manual_seed(cfg.seed)  # the trainer's own process: model initialisation only
     model = model if model is not None else build_model(cfg, tokenizer)
     check_clip_model(model)
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) \
-        if torch.cuda.is_available() else torch.device("cpu")
-    amp = AmpSetup.create(cfg.precision, device_type=device.type)
-    model = maybe_compile(model.to(device), cfg.compile)
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    model, core, device, amp = place_model(model, precision=cfg.precision, compile=cfg.compile,
+                                           world=world)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     last, wall = load_checkpoint(run_dir, model, optimizer, generator,
                                  scaler=amp.scaler) if resume else (-1, 0.0)
     num_samples = len(train.index) if hasattr(train, "index") else len(train)
-    pruner = ScanPruner(num_samples, 2, cfg.scan_config(), store=run_dir.store,
+    pruner = ScanPruner(num_samples, 2, cfg.scan, store=run_dir.store,
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)
@@ -229,7 +212,6 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
         if hasattr(train, "mismatched"):
             run_dir.save_array("planted", mismatched=train.mismatched.numpy(),
                                duplicate_of=train.duplicate_of.numpy())
-    core = unwrap_compiled(model)
     # After each preparation epoch: D''s churn and how well it finds planted noise (planted.py).
     planted_stats = PreparationStats(pruner, mismatched=getattr(train, "mismatched", None),
                                      duplicate_of=getattr(train, "duplicate_of", None))
@@ -251,18 +233,10 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
                                                        generator, wall, scaler=amp.scaler),
         line=epoch_line, extra_stats=extra_stats,
         skipped=SkippedLog(run_dir, train, write=rank == 0))
-    return finish(run_dir, pruner, cfg, rank, row)
-
-
-def finish(run_dir: RunDir, pruner: ScanPruner, cfg: TrainConfig, rank: int,
-           last_row: dict[str, Any]) -> dict[str, Any]:
-    return lifecycle.finish(run_dir, pruner, cfg, rank, last_row,
-                            headline=("zero_shot_top1", "linear_probe_top1"))
+    return lifecycle.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser("python -m reference_trainers.clip").parse_args(argv)
-    return lifecycle.cli_main(lambda: config_from_args(args), args, run, lambda result: (
-        f"zero-shot top-1 {fmt(result['zero_shot_top1'])}, linear probe top-1 "
-        f"{fmt(result['linear_probe_top1'])}, pruned {result['realised_pruned_share']:.1%} of "
-        f"sample-visits, {fmt(result['wall_seconds'], '.0f')} s"))
+    return lifecycle.cli_main(lambda: config_from_args(args), args, run,
+                              functools.partial(closing_line, headline=HEADLINE))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterable, Iterator
 from typing import Literal, get_args
 
@@ -149,3 +150,23 @@ def set_grad_checkpointing(model: nn.Module, enabled: bool) -> int:
                          "gradient checkpointing needs the transformer towers of "
                          "reference_trainers.models (or open_clip's); run without it")
     return switched
+
+
+def place_model(model: nn.Module, *, precision: str, compile: bool, world: int
+                ) -> tuple[nn.Module, nn.Module, torch.device, AmpSetup]:
+    """A trainer's model made ready to train in this process: moved to its device (GPU
+    LOCAL_RANK when CUDA is there, else the CPU), compiled when asked, then wrapped in DDP when
+    `world` > 1 (that order: see `maybe_compile`).
+
+    Returns (the model to train, its core without compile or DDP wrappers (evaluation,
+    parameters, state_dict key names), the device, the autocast / grad-scaler setup).
+    """
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) \
+        if torch.cuda.is_available() else torch.device("cpu")
+    amp = AmpSetup.create(precision, device_type=device.type)
+    model = maybe_compile(model.to(device), compile)
+    core = unwrap_compiled(model)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, core, device, amp

@@ -3,21 +3,122 @@
 Presets (the function's docstring gives the launch command and the expected cost):
 - `cpu-fmnist`: CLIP on all 60k Fashion-MNIST training images, CPU, minutes.
 - `cpu-tiny`: a 2k-image subset for smoke tests, seconds.
-The SCAN knobs default to the authors' CLIP values (rho 0.30 per end, T_cos 3, T_td 0.3).
+
+SCAN's settings live in one place: the config's `scan` field, a `scan_core.ScanConfig`
+(default the authors' CLIP values, `ScanConfig.clip()`: rho 0.30 per end, T_cos 3, T_td 0.3).
+Its `seed` and `num_epochs` are the run's (`seed`, `epochs`), filled in when the config is
+built, so `config.scan` is exactly what the pruner gets. The pruning flags (`PRUNING_FLAGS`) are
+derived from ScanConfig's fields (name, type, choices, help), and `with_settings` and
+`to_dict` speak the flat names of the command line and of config.json (`rho_low`,
+`scan_warmup_epochs`, `pruning`), so run directories of earlier versions still resume.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import typing
 from typing import Any
 
 from reference_trainers.common.errors import TrainerError
 from scan_core import RULE_NAMES, ScanConfig
 
 
+# ScanConfig fields a trainer exposes as flags (and as flat keys of config.json), in order.
+# seed and num_epochs are the run's; rule and mode are named together by --pruning.
+SCAN_FLAG_FIELDS = ("rho_low", "rho_high", "t_cos", "warmup_threshold", "min_warmup_epochs",
+                    "max_warmup_epochs", "warmup_epochs", "scope", "target_rate",
+                    "full_tail_epochs", "ill_every_mutation")
+# Flat names that differ from the field's (kept so command lines and run directories written
+# before the settings moved into ScanConfig mean the same).
+_FLAT_NAMES = {"warmup_epochs": "scan_warmup_epochs"}
+SCAN_SETTINGS = ("pruning", *(_FLAT_NAMES.get(f, f) for f in SCAN_FLAG_FIELDS))
+
+
+def flat_name(field: str) -> str:
+    """The flat (command-line / config.json) name of a ScanConfig field."""
+    return _FLAT_NAMES.get(field, field)
+
+
+def rule_name(scan: ScanConfig) -> str:
+    """The --pruning name (scan_core.RULE_NAMES) of a config: `ScanConfig.for_rule` inverted."""
+    if scan.rule == "scan" and scan.mode != "both":
+        return {"redundant": "redundant", "ill_matched": "ill"}[scan.mode]
+    return scan.rule
+
+
+def run_scan_config(scan: ScanConfig, *, seed: int, epochs: int) -> ScanConfig:
+    """`scan` with the run's seed and, only when an option needs it (a target rate, full-data
+    tail epochs, InfoBatch), the run's length: plain runs keep the config (and its store
+    fingerprint) the paper's defaults give."""
+    needs_epochs = (scan.rule == "infobatch" or scan.target_rate is not None
+                    or scan.full_tail_epochs > 0)
+    return scan.replace(seed=seed, num_epochs=epochs if needs_epochs else None)
+
+
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class ScanSettings:
+    """What every trainer config holds of SCAN: `scan` and the loss-history option. A base of
+    TrainConfig and MocoConfig (which declare `seed` and `epochs`)."""
+
+    scan: ScanConfig = ScanConfig.clip()
+    loss_history: str | None = None       # float16 / float32: keep preparation losses
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scan, ScanConfig):
+            raise TrainerError(f"scan must be a scan_core.ScanConfig, got "
+                               f"{type(self.scan).__name__}; build one with ScanConfig(...) or "
+                               "set flat names with with_settings(config, rho_low=...)")
+        scan = run_scan_config(self.scan, seed=self.seed, epochs=self.epochs)  # type: ignore
+        object.__setattr__(self, "scan", scan)
+
+    @property
+    def pruning(self) -> str:
+        """The pruning rule's name (--pruning)."""
+        return rule_name(self.scan)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat and JSON-able, as config.json has always held it: every field but `scan`, and
+        `pruning` with SCAN's exposed settings under their flat names."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "scan"}
+        out["pruning"] = self.pruning
+        out.update({flat_name(f): getattr(self.scan, f) for f in SCAN_FLAG_FIELDS})
+        return out
+
+
+def with_settings(config: Any, **changes: Any) -> Any:
+    """`config` with `changes` applied, by flat name: SCAN's (`SCAN_SETTINGS`: pruning,
+    rho_low, ..., scan_warmup_epochs) go into `config.scan`, the rest replace fields.
+
+    >>> cfg = with_settings(TrainConfig(), pruning="ill", rho_high=0.2, epochs=5)
+    >>> cfg.scan.mode, cfg.scan.rho_high, cfg.epochs, cfg.pruning
+    ('ill_matched', 0.2, 5, 'ill')
+    """
+    scan_changes = {field: changes.pop(flat_name(field)) for field in SCAN_FLAG_FIELDS
+                    if flat_name(field) in changes}
+    rule = changes.pop("pruning", None)
+    known = {f.name for f in dataclasses.fields(config)}
+    unsupported = sorted(set(changes) - known)
+    if unsupported:
+        flags_named = ", ".join("--" + name.replace("_", "-") for name in unsupported)
+        raise TrainerError(f"{flags_named}: not supported by the {config.preset} preset's "
+                           f"trainer ({type(config).__name__}); its settings are "
+                           f"{', '.join(sorted(known | set(SCAN_SETTINGS)))}.")
+    config = dataclasses.replace(config, **changes)
+    if rule is None and not scan_changes:
+        return config
+    # Built and checked with the run's length (a target rate, tail epochs and InfoBatch need
+    # it); __post_init__ then keeps it only where needed.
+    scan = config.scan.replace(num_epochs=config.epochs)
+    scan = ScanConfig.for_rule(rule, scan) if rule is not None else scan
+    scan = scan.replace(**scan_changes)
+    return dataclasses.replace(config, scan=scan)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(ScanSettings):
     preset: str = "cpu-fmnist"
     # data
     data_dir: str | None = None
@@ -41,51 +142,11 @@ class TrainConfig:
     lr_warmup_epochs: float = 0.5
     weight_decay: float = 0.1
     embed_dim: int = 128
-    # pruning
-    pruning: str = "scan"
-    rho_low: float = 0.30
-    rho_high: float = 0.30
-    t_cos: int = 3
-    warmup_threshold: float = 0.3
-    min_warmup_epochs: int = 0
-    max_warmup_epochs: int | None = None
-    scan_warmup_epochs: int | None = None
-    scope: str = "batch"
-    target_rate: float | None = None
-    full_tail_epochs: int = 0
-    ill_every_mutation: bool = False
-    loss_history: str | None = None
     # evaluation and bookkeeping
     eval_every: int = 1                   # zero-shot every k epochs (0: at the end only)
     probe_every: int = 0                  # linear probe every k epochs (0: at the end only)
     seed: int = 0
     threads: int | None = None
-
-    def scan_config(self) -> ScanConfig:
-        """The pruner's config for this run."""
-        return scan_config_of(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def scan_config_of(cfg: Any) -> ScanConfig:
-    """The pruner's config from any trainer config carrying the pruning fields of TrainConfig
-    (pruning, rho_low, rho_high, t_cos, warmup_threshold, ..., seed, epochs)."""
-    # The run's length goes in only when an option needs it, so plain runs keep the config
-    # (and its store fingerprint) the paper's defaults give.
-    needs_epochs = (cfg.pruning == "infobatch" or cfg.target_rate is not None
-                    or cfg.full_tail_epochs > 0)
-    num_epochs = cfg.epochs if needs_epochs else None
-    base = ScanConfig(rho_low=cfg.rho_low, rho_high=cfg.rho_high, t_cos=cfg.t_cos,
-                      warmup_threshold=cfg.warmup_threshold,
-                      min_warmup_epochs=cfg.min_warmup_epochs,
-                      max_warmup_epochs=cfg.max_warmup_epochs,
-                      warmup_epochs=cfg.scan_warmup_epochs, scope=cfg.scope,
-                      seed=cfg.seed, full_tail_epochs=cfg.full_tail_epochs,
-                      ill_every_mutation=cfg.ill_every_mutation,
-                      target_rate=cfg.target_rate, num_epochs=num_epochs)
-    return ScanConfig.for_rule(cfg.pruning, base, num_epochs=num_epochs)
 
 
 def cpu_fmnist() -> TrainConfig:
@@ -113,41 +174,72 @@ PRESETS = {"cpu-fmnist": cpu_fmnist, "cpu-tiny": cpu_tiny}
 FRAMEWORKS = ("torch", "jax")
 
 # Flags a user may set on top of a preset: (flag, field, type, help). The pruning flags are
-# shared by every trainer (their configs carry the same fields); the rest are CLIP's.
-PRUNING_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--rho-low", "rho_low", float, "redundant end share per batch (paper: CLIP 0.30, MoCo 0.35)"),
-    ("--rho-high", "rho_high", float,
-     "ill-matched end share per batch (paper: CLIP 0.30, MoCo 0.35)"),
-    ("--t-cos", "t_cos", int, "mutation epochs per cycle (paper: 3)"),
-    ("--warmup-threshold", "warmup_threshold", float, "T_td (paper: 0.3)"),
-    ("--min-warmup-epochs", "min_warmup_epochs", int, "earliest pruning epoch"),
-    ("--max-warmup-epochs", "max_warmup_epochs", int, "latest pruning start"),
-    ("--scan-warmup-epochs", "scan_warmup_epochs", int, "fixed warm-up length"),
-    ("--scope", "scope", str, "batch (paper) or global ranking"),
-    ("--target-rate", "target_rate", float, "share of sample-visits to save"),
-    ("--full-tail-epochs", "full_tail_epochs", int, "full-data epochs at the end"),
-    ("--loss-history", "loss_history", str, "float16/float32: keep preparation losses"),
-]
+# derived from ScanConfig's fields and serve every trainer; the rest are CLIP's.
+def _field_help(field: str) -> str:
+    """The field's entry in ScanConfig's docstring (its Attributes section), on one line."""
+    doc = ScanConfig.__doc__ or ""
+    match = re.search(rf"^ +(?:\w+ / )?{field}(?: / \w+)?: (.*?)(?=^ +\w+(?: / \w+)?: |\Z)",
+                      doc, flags=re.S | re.M)
+    return " ".join(match.group(1).split()) if match else field
 
+
+def _flag_type(field: str) -> tuple[Any, tuple[str, ...] | None]:
+    """(argparse type, choices) of a ScanConfig field from its annotation."""
+    hint = typing.get_type_hints(ScanConfig)[field]
+    if typing.get_origin(hint) is typing.Literal:
+        return str, typing.get_args(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]  # X | None -> X
+    return (args[0] if args else hint), None
+
+
+def scan_flags() -> list[tuple[str, str, Any, str]]:
+    """(flag, flat name, type, help) of every SCAN_FLAG_FIELDS field but the booleans (those
+    are switches: build_parser adds them)."""
+    out = []
+    for field in SCAN_FLAG_FIELDS:
+        kind, choices = _flag_type(field)
+        if kind is bool:
+            continue
+        text = _field_help(field) + (f" ({', '.join(choices)})" if choices else "")
+        out.append(("--" + flat_name(field).replace("_", "-"), flat_name(field), kind,
+                    text.replace("%", "%%")))
+    return out
+
+
+PRUNING_FLAGS = [*scan_flags(), ("--loss-history", "loss_history", str,
+                                  "float16/float32: keep preparation losses")]
+
+
+# Flags every trainer has (MoCo's config.FLAGS uses them too): the Fashion-MNIST subset, the
+# run's length and batch, and the bookkeeping at the end of the list.
+SUBSET_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--num-train", "num_train", int, "class-balanced training subset size"),
+    ("--num-test", "num_test", int, "evaluation subset size"),
+    ("--duplicate-share", "duplicate_share", float, "share of near-duplicate images"),
+]
+LENGTH_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--epochs", "epochs", int, "training epochs"),
+    ("--batch-size", "batch_size", int, "per-rank batch size"),
+]
+BOOKKEEPING_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--probe-every", "probe_every", int, "linear probe every k epochs (0: end only)"),
+    ("--seed", "seed", int, "seed of data, model and pruning"),
+    ("--threads", "threads", int, "torch CPU threads"),
+]
 _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
     ("--data", "data", str, "training data: fmnist (default) or csv:PATH (image,caption rows)"),
     ("--tokenizer", "tokenizer", str, "word (default), bpe:PATH (train_tokenizer) or open_clip"),
     ("--model", "model", str, "cpu (default) or a GPU preset: RN50, RN101, ViT-B-32"),
     ("--precision", "precision", str, "fp32 (default), bf16 or fp16 autocast"),
-    ("--num-train", "num_train", int, "class-balanced training subset size"),
-    ("--num-test", "num_test", int, "evaluation subset size"),
+    *SUBSET_FLAGS,
     ("--mismatch-share", "mismatch_share", float, "share of captions naming a wrong class"),
-    ("--duplicate-share", "duplicate_share", float, "share of near-duplicate images"),
-    ("--epochs", "epochs", int, "training epochs"),
-    ("--batch-size", "batch_size", int, "per-rank batch size"),
+    *LENGTH_FLAGS,
     ("--lr", "lr", float, "peak learning rate (AdamW)"),
     ("--weight-decay", "weight_decay", float, "AdamW weight decay"),
     *PRUNING_FLAGS,
     ("--eval-every", "eval_every", int, "zero-shot every k epochs (0: end only)"),
-    ("--probe-every", "probe_every", int, "linear probe every k epochs (0: end only)"),
-    ("--seed", "seed", int, "seed of data, model and pruning"),
-    ("--threads", "threads", int, "torch CPU threads"),
+    *BOOKKEEPING_FLAGS,
 ]
 
 
@@ -165,7 +257,8 @@ def build_parser(prog: str, *, presets: dict[str, Any] | None = None,
                         help="pruning rule (default scan)")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--ill-every-mutation", action="store_true", default=None)
+    parser.add_argument("--ill-every-mutation", action="store_true", default=None,
+                        help=_field_help("ill_every_mutation"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--framework", choices=FRAMEWORKS, default=None,
                         help="torch (default) or jax (docs/jax-trainers.md)")
@@ -183,14 +276,9 @@ def build_parser(prog: str, *, presets: dict[str, Any] | None = None,
 
 def config_from_args(args: argparse.Namespace, *, presets: dict[str, Any] | None = None,
                      flags: list[tuple[str, str, Any, str]] | None = None) -> Any:
-    """The preset's config with every flag the user set replacing its field."""
+    """The preset's config with every flag the user set replacing its setting."""
     config = (PRESETS if presets is None else presets)[args.preset]()
-    fields = [field for _, field, _, _ in (_FLAGS if flags is None else flags)] + \
+    names = [name for _, name, _, _ in (_FLAGS if flags is None else flags)] + \
         ["pruning", "ill_every_mutation", "compile", "grad_checkpointing", "framework"]
-    changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
-    known = {f.name for f in dataclasses.fields(config)}
-    unsupported = sorted(set(changes) - known)
-    if unsupported:
-        flags_named = ", ".join("--" + name.replace("_", "-") for name in unsupported)
-        raise TrainerError(f"{flags_named}: not supported by the {config.preset} preset's trainer.")
-    return dataclasses.replace(config, **changes)
+    return with_settings(config, **{n: getattr(args, n) for n in names
+                                    if getattr(args, n, None) is not None})

@@ -273,3 +273,21 @@ def plant_near_duplicates(images: np.ndarray, labels: np.ndarray, share: float, 
     shifted = shift_images(images[duplicate_of[dups]], dy, dx).astype(np.int16)
     out[dups] = np.clip(shifted + noise, 0, 255).astype(np.uint8)
     return out, labels, duplicate_of
+
+
+def split_subset(splits: ImageSplits, *, train: bool, num_samples: int | None,
+                 duplicate_share: float = 0.0, seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One split as every trainer takes it: a class-balanced subset of `num_samples` (all when
+    None, see `subset_indices`), then `duplicate_share` planted near-duplicates.
+
+    Returns (source_ids int64 (n,) the samples' positions in the split, images uint8
+    (n, H, W), labels int64 (n,), duplicate_of int64 (n,), -1 where none).
+    """
+    images, labels = ((splits.train_images, splits.train_labels) if train
+                      else (splits.test_images, splits.test_labels))
+    source_ids = (np.arange(len(labels), dtype=np.int64) if num_samples is None
+                  else subset_indices(labels, num_samples, seed))
+    images, labels, duplicate_of = plant_near_duplicates(
+        images[source_ids], np.asarray(labels, dtype=np.int64)[source_ids], duplicate_share, seed)
+    return source_ids, images, labels, duplicate_of

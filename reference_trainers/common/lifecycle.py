@@ -26,7 +26,7 @@ from reference_trainers.common.resume import resume_point
 from reference_trainers.common.rundir import RunDir
 
 __all__ = ["cli_main", "epoch_loop", "finish", "fmt", "init_distributed", "load_checkpoint",
-           "save_checkpoint"]
+           "open_run", "save_checkpoint"]
 
 
 def init_distributed() -> tuple[int, int]:
@@ -56,6 +56,19 @@ def _every_rank(state: torch.Tensor) -> list[torch.Tensor]:
     gathered = [torch.empty_like(local) for _ in range(world)]
     dist.all_gather(gathered, local)
     return [g.cpu() for g in gathered]
+
+
+def open_run(cfg: Any, out: str, *, resume: bool) -> tuple[int, int, RunDir]:
+    """A PyTorch run's first steps: join the processes, set the CPU threads (cfg.threads),
+    open the run directory and write (rank 0; on resume, check) its config. -> (rank, world,
+    run directory)."""
+    rank, world = init_distributed()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_dir = RunDir(out)
+    if rank == 0:
+        run_dir.write_config(cfg.to_dict(), resume=resume)
+    return rank, world, run_dir
 
 
 def save_checkpoint(run: RunDir, epoch: int, model, optimizer, generator, wall: float, *,

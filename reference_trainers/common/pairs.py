@@ -22,7 +22,7 @@ import dataclasses
 import numpy as np
 
 from reference_trainers.common.captions import make_captions
-from reference_trainers.common.data import ImageSplits, plant_near_duplicates, subset_indices
+from reference_trainers.common.data import ImageSplits, split_subset
 from reference_trainers.common.errors import DataError
 from reference_trainers.common.tokenizer import Tokenizer
 
@@ -63,16 +63,12 @@ def build_image_text_arrays(splits: ImageSplits, *, train: bool = True,
     samples' ids in the original split, so a subset's captions equal the full split's (for
     samples that are not duplicates). Noise is planted in the training split only.
     """
-    images, labels = ((splits.train_images, splits.train_labels) if train
-                      else (splits.test_images, splits.test_labels))
     if not train and (mismatch_share or duplicate_share):
         raise DataError(f"mismatch_share={mismatch_share}, duplicate_share={duplicate_share} on "
                         "the test split: plant noise in the training split only (train=True), "
                         "evaluation needs clean labels")
-    source_ids = (np.arange(len(labels), dtype=np.int64) if num_samples is None
-                  else subset_indices(labels, num_samples, seed))
-    images, labels = images[source_ids], np.asarray(labels, dtype=np.int64)[source_ids]
-    images, labels, duplicate_of = plant_near_duplicates(images, labels, duplicate_share, seed)
+    source_ids, images, labels, duplicate_of = split_subset(
+        splits, train=train, num_samples=num_samples, duplicate_share=duplicate_share, seed=seed)
     captions = make_captions(images, labels, seed=seed, mismatch_share=mismatch_share,
                              keys=source_ids)
     tokens = (tokenizer or Tokenizer()).encode(list(captions.texts), context_length)

@@ -56,3 +56,23 @@ def epoch_line(row: dict, *, accuracy: tuple[str, str] = ("zero_shot_top1", "zer
              f"probe {probe:.4f}" if probe is not None else "",
              f"saved {row['realised_saving']:6.2%}", f"{row['seconds']:6.1f}s"]
     return "  ".join(p for p in parts if p)
+
+
+# The closing line's name of each headline metric of a run's summary.
+HEADLINE_LABELS = {"zero_shot_top1": "zero-shot top-1", "linear_probe_top1": "linear probe top-1",
+                   "knn_top1": "kNN top-1"}
+
+
+def closing_line(result: dict, headline: tuple[str, ...]) -> str:
+    """The line a trainer prints when its run ends: the `headline` metrics of its summary (in
+    that order, '-' when not measured), the pruned share of sample-visits and the seconds.
+
+    >>> closing_line({"knn_top1": 0.5, "linear_probe_top1": None, "wall_seconds": 61.2,
+    ...               "realised_pruned_share": 0.125}, ("linear_probe_top1", "knn_top1"))
+    'linear probe top-1 -, kNN top-1 0.5000, pruned 12.5% of sample-visits, 61 s'
+    """
+    from reference_trainers.common.loop import fmt
+
+    metrics = [f"{HEADLINE_LABELS[key]} {fmt(result[key])}" for key in headline]
+    return ", ".join([*metrics, f"pruned {result['realised_pruned_share']:.1%} of sample-visits",
+                      f"{fmt(result['wall_seconds'], '.0f')} s"])

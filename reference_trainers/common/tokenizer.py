@@ -42,13 +42,17 @@ def default_words() -> list[str]:
 
 
 class Tokenizer:
-    """Word-level tokenizer: `encode` texts into int64 (n, context_length) token ids.
+    """Word-level tokenizer: `encode` texts into int64 (n, context_length) token ids. The
+    trainers' `--tokenizer word` (tokenizer_choice.py), with the `TextTokenizer` face every
+    tokenizer has: vocab_size, eot_id, context_length, encode(texts, context_length=None).
 
     words: the vocabulary without special tokens (default `default_words()`); it is sorted and
-    deduplicated, so the ids depend on the set of words only.
+    deduplicated, so the ids depend on the set of words only. context_length: the row length
+    of `encode` when it is not given one.
     """
 
-    def __init__(self, words: Iterable[str] | None = None):
+    def __init__(self, words: Iterable[str] | None = None, *, context_length: int = 24):
+        self.context_length = context_length  # checked by encode
         words = default_words() if words is None else sorted(set(words) - set(SPECIAL_TOKENS))
         self.vocab: tuple[str, ...] = SPECIAL_TOKENS + tuple(words)
         self._ids = {word: i for i, word in enumerate(self.vocab)}
@@ -70,8 +74,9 @@ class Tokenizer:
         ids = [self._ids.get(word, self.unk_id) for word in tokenize(text)]
         return [self.sot_id, *ids[:context_length - 2], self.eot_id]
 
-    def encode(self, texts: list[str], context_length: int = 24) -> np.ndarray:
-        """int64 (len(texts), context_length): <sot>, the word ids, <eot>, then <pad> (0).
+    def encode(self, texts: list[str], context_length: int | None = None) -> np.ndarray:
+        """int64 (len(texts), context_length): <sot>, the word ids, <eot>, then <pad> (0);
+        context_length None: the tokenizer's own (24 unless built with another).
 
         Longer texts are truncated so that <eot> stays the last token; unknown words map to
         <unk>. The <eot> position is where a causal text tower reads its sentence embedding.
@@ -79,6 +84,7 @@ class Tokenizer:
         if isinstance(texts, str):
             raise DataError(f"encode takes a list of texts, got the single string {texts!r}; "
                             "wrap it in a list")
+        context_length = self.context_length if context_length is None else context_length
         if int(context_length) != context_length or context_length < 2:
             raise DataError(f"context_length={context_length!r} must be an integer >= 2 "
                             "(room for <sot> and <eot>)")

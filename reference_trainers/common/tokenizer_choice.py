@@ -42,16 +42,8 @@ class TextTokenizer(Protocol):
     def encode(self, texts: list[str], context_length: int | None = None) -> np.ndarray: ...
 
 
-class WordTokenizer(Tokenizer):
-    """The word-level `Tokenizer` with a default context length (ids unchanged)."""
-
-    def __init__(self, context_length: int = 24):
-        super().__init__()
-        self.context_length = int(context_length)
-
-    def encode(self, texts: list[str], context_length: int | None = None) -> np.ndarray:
-        return super().encode(texts, self.context_length if context_length is None
-                              else context_length)
+# The word-level tokenizer under the name --tokenizer gives it.
+WordTokenizer = Tokenizer
 
 
 class OpenClipTokenizer:
@@ -90,7 +82,7 @@ def load_tokenizer(spec: str, *, context_length: int = 24) -> TextTokenizer:
     """The tokenizer named by `spec` (see the module's docstring). `context_length` applies to
     `word` only; BPE files and open_clip carry their own."""
     if spec == "word":
-        return WordTokenizer(context_length)
+        return Tokenizer(context_length=context_length)
     if spec.startswith("bpe:") and len(spec) > 4:
         from reference_trainers.common.tokenizer_bpe import BpeTokenizer
 

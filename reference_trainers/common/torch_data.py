@@ -19,8 +19,12 @@ there for users who want a DataLoader; `batch(ids, augment=False)` equals stacki
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 # make_captions, plant_near_duplicates and subset_indices stay importable from here (noqa).
 from reference_trainers.common.captions import make_captions  # noqa: F401
@@ -112,6 +116,24 @@ class ImageTextData(torch.utils.data.Dataset):
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """uint8 pixels (any shape) -> float32 with Fashion-MNIST's mean 0 / std 1."""
     return (images.float() / 255.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+
+
+def resize_to_spec(spec: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Fashion-MNIST images (uint8 (B, 1, 28, 28)) as a tower fed by an ImageSpec takes them
+    (the GPU presets evaluating on Fashion-MNIST): resized bilinearly to spec.size, rounded to
+    uint8 levels, the channel repeated to spec.channels, normalised with the spec's statistics
+    (what `ImageSpec.prepare(augment=False)` does to a decoded image). -> float32."""
+    shape = (1, spec.channels, 1, 1)
+
+    def to_spec(images: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(images.float(), size=(spec.size, spec.size), mode="bilinear",
+                          align_corners=False).clamp(0, 255).round() / 255.0
+        x = x.repeat(1, spec.channels, 1, 1)
+        mean = torch.tensor(spec.mean, dtype=torch.float32, device=x.device).view(shape)
+        std = torch.tensor(spec.std, dtype=torch.float32, device=x.device).view(shape)
+        return (x - mean) / std
+
+    return to_spec
 
 
 def random_crop_flip(images: torch.Tensor, *, generator: torch.Generator | None,

@@ -9,10 +9,11 @@ image. `MOCO_VIEWS` (`CropView`) is its asymmetric pair adapted to 28 x 28 grays
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from reference_trainers.common.errors import DataError
 
-__all__ = ["ColourView", "CropView", "MOCO_V3_VIEWS", "MOCO_VIEWS"]
+__all__ = ["ColourView", "CropView", "MOCO_V3_VIEWS", "MOCO_VIEWS", "moco_view_pair"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,3 +100,11 @@ class ColourView:
 
 # MoCo v3's RGB pair at its defaults (main_moco.py): blur 1.0 / 0.1, solarise 0 / 0.2.
 MOCO_V3_VIEWS = (ColourView(), ColourView(blur_p=0.1, solarize_p=0.2))
+
+
+def moco_view_pair(view: type, crop_min: float) -> tuple[Any, Any]:
+    """MoCo v3's asymmetric pair of crop views (their augmentation 1 and 2) with the run's
+    smallest crop area: the second view blurs less often and solarizes. `view` is CropView
+    (grayscale, numpy or torch) or common/augment.ColourView (MoCo v3's RGB recipe)."""
+    return (view(scale=(crop_min, 1.0)),
+            view(scale=(crop_min, 1.0), blur_p=0.1, solarize_p=0.2))

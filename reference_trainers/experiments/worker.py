@@ -45,7 +45,7 @@ def trainer_module(trainer: str):
         return module, PRESETS, TrainConfig
     if trainer == "moco":
         from reference_trainers.moco import train as module
-        from reference_trainers.moco.config import PRESETS, MocoConfig
+        from reference_trainers.common.moco_config import PRESETS, MocoConfig
         return module, PRESETS, MocoConfig
     raise ValueError(f"unknown trainer {trainer!r}; use clip or moco")
 
@@ -53,27 +53,30 @@ def trainer_module(trainer: str):
 @functools.cache
 def experiment_config_class(base: type) -> type:
     """`base` (TrainConfig / MocoConfig) plus the two experiment-only fields."""
-    from reference_trainers.common.config import scan_config_of
 
     @dataclasses.dataclass(frozen=True)
     class ExperimentConfig(base):  # type: ignore[misc, valid-type]
-        infobatch_prune_ratio: float | None = None
+        infobatch_prune_ratio: float | None = None  # goes into `scan`
         train_ids: str | None = None   # a file in the run directory: int64 ids to train on
 
-        def scan_config(self):
-            config = scan_config_of(self)
+        def __post_init__(self) -> None:
+            super().__post_init__()
             if self.infobatch_prune_ratio is not None:
-                config = config.replace(infobatch_prune_ratio=self.infobatch_prune_ratio)
-            return config
+                object.__setattr__(self, "scan", self.scan.replace(
+                    infobatch_prune_ratio=self.infobatch_prune_ratio))
 
     ExperimentConfig.__qualname__ = ExperimentConfig.__name__ = f"Experiment{base.__name__}"
     return ExperimentConfig
 
 
 def build_config(spec: RunSpec, overrides: dict[str, Any]):
+    from reference_trainers.common.config import with_settings
+
     _, presets, base = trainer_module(spec.trainer)
+    preset = presets[spec.preset]()
     cls = experiment_config_class(base)
-    return cls(**{**dataclasses.asdict(presets[spec.preset]()), **overrides})
+    config = cls(**{f.name: getattr(preset, f.name) for f in dataclasses.fields(base)})
+    return with_settings(config, **overrides)
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from reference_trainers.common.config import TrainConfig, build_parser, config_f
 from reference_trainers.common.data import load_fashion_mnist
 from reference_trainers.common.pairs import ImageTextArrays, build_image_text_arrays
 from reference_trainers.common.planted import PreparationStats
-from reference_trainers.common.progress import epoch_line
+from reference_trainers.common.progress import closing_line, epoch_line
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.tokenizer import Tokenizer
 from reference_trainers.jax import evaluation
@@ -165,7 +165,7 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
     state, last, wall = agreed("starting the run", start)
     mesh = data_mesh()  # every device of every process
     box = {"state": replicate(mesh, state)}
-    pruner = ScanPruner(len(train), 2, cfg.scan_config(), store=run_dir.store,
+    pruner = ScanPruner(len(train), 2, cfg.scan, store=run_dir.store,
                         communicator=JaxCommunicator(), loss_history=cfg.loss_history,
                         resume_epoch=last)
     sampler = PlanSampler(pruner, cfg.seed)
@@ -205,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (code := start_processes(args)) is not None:
         return code
-    return loop.cli_main(lambda: config_from_args(args), args, run, lambda result: (
-        f"zero-shot top-1 {loop.fmt(result['zero_shot_top1'])}, linear probe top-1 "
-        f"{loop.fmt(result['linear_probe_top1'])}, pruned {result['realised_pruned_share']:.1%} "
-        f"of sample-visits, {loop.fmt(result['wall_seconds'], '.0f')} s"), shutdown=stop_processes)
+    return loop.cli_main(lambda: config_from_args(args), args, run,
+                         functools.partial(closing_line, headline=HEADLINE),
+                         shutdown=stop_processes)

@@ -1,5 +1,6 @@
-"""The evaluations of common/evaluation.py without torch: zero-shot top-1 with the CLIP prompt
-ensemble, the linear probe, and MoCo's cosine kNN, on numpy features.
+"""The evaluations of common/evaluation.py without torch: feature extraction and the linear
+probe, on numpy features. Zero-shot top-1 with the CLIP prompt ensemble and MoCo's cosine kNN
+are framework-free (common/eval_maths.py) and re-exported here.
 
 The linear probe keeps every constant of `common.evaluation.linear_probe_top1`: features
 standardised with the train split's mean and (unbiased) std, multinomial logistic regression
@@ -19,7 +20,7 @@ tests/trainers/test_jax_clip_train.py compares the two probes on the same featur
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,34 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from reference_trainers.common.eval_maths import knn_top1, zero_shot_classifier, zero_shot_top1
 from reference_trainers.common.probe_constants import PROBE_STEPS, PROBE_WEIGHT_DECAY
 
 __all__ = ["extract_features", "knn_top1", "linear_probe_top1", "zero_shot_classifier",
            "zero_shot_top1"]
-
-
-def _normalise_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def zero_shot_classifier(encode_text: Callable[[np.ndarray], Any],
-                         class_prompts: Sequence[Sequence[str]],
-                         tokenize: Callable[[list[str]], np.ndarray]) -> np.ndarray:
-    """Per class: encode every prompt, L2-normalise, average, renormalise (Radford et al.
-    2021, section 3.1.4). Returns (C, D) float32 with unit-norm rows."""
-    rows = []
-    for prompts in class_prompts:
-        features = _normalise_rows(np.asarray(encode_text(tokenize(list(prompts))), np.float32))
-        rows.append(_normalise_rows(features.mean(axis=0)))
-    return np.stack(rows).astype(np.float32)
-
-
-def zero_shot_top1(image_features: np.ndarray, labels: np.ndarray,
-                   classifier: np.ndarray) -> float:
-    """Share of images (N, D) whose most similar class row of `classifier` (C, D) is their
-    label (N,)."""
-    logits = np.asarray(image_features, np.float32) @ np.asarray(classifier, np.float32).T
-    return float(np.mean(logits.argmax(axis=1) == np.asarray(labels)))
 
 
 def extract_features(encode: Callable[[Any], Any], images: np.ndarray, *,
@@ -112,22 +90,3 @@ def _fit_probe(params: dict[str, jax.Array], features: jax.Array, labels: jax.Ar
 
     params, _, _ = jax.lax.while_loop(going, step, (params, solver.init(params), 0))
     return params
-
-
-def knn_top1(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
-             test_labels: np.ndarray, *, k: int, num_classes: int = 10,
-             chunk: int = 1024) -> float:
-    """Cosine k-nearest-neighbour top-1 with similarity-weighted votes exp(sim / 0.07), as
-    reference_trainers/moco/train.knn_top1."""
-    train_n, test_n = _normalise_rows(train_features), _normalise_rows(test_features)
-    train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
-    k = min(k, len(train_n))
-    correct = 0
-    for start in range(0, len(test_n), chunk):
-        sims = test_n[start:start + chunk] @ train_n.T
-        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(sims, idx, axis=1)
-        votes = np.zeros((len(sims), num_classes))
-        np.add.at(votes, (np.arange(len(sims))[:, None], train_labels[idx]), np.exp(top / 0.07))
-        correct += int((votes.argmax(axis=1) == test_labels[start:start + chunk]).sum())
-    return correct / max(len(test_n), 1)

@@ -26,12 +26,11 @@ import numpy as np
 from adapters.jax import JaxCommunicator, data_mesh
 from reference_trainers.common import loop
 from reference_trainers.common.config import build_parser, config_from_args
-from reference_trainers.common.data import (load_fashion_mnist, plant_near_duplicates,
-                                            subset_indices)
+from reference_trainers.common.data import load_fashion_mnist, split_subset
 from reference_trainers.common.planted import PreparationStats
-from reference_trainers.common.progress import epoch_line
+from reference_trainers.common.progress import closing_line, epoch_line
 from reference_trainers.common.rundir import RunDir
-from reference_trainers.common.views import CropView
+from reference_trainers.common.views import CropView, moco_view_pair
 from reference_trainers.jax import evaluation
 from reference_trainers.jax.augment import normalise, two_crops
 from reference_trainers.jax.checkpoint import load_checkpoint, save_checkpoint
@@ -44,7 +43,7 @@ from reference_trainers.jax.runtime import (PlanSampler, check_jax_config, limit
 from reference_trainers.jax.steps import (TrainState, build_optimizer, init_variables,
                                           lr_schedule, make_moco_step, momentum_schedule,
                                           replicate)
-from reference_trainers.moco.config import FLAGS, PRESETS, MocoConfig
+from reference_trainers.common.moco_config import FLAGS, PRESETS, MocoConfig
 from scan_core import ScanPruner
 
 HEADLINE = ("linear_probe_top1", "knn_top1")
@@ -68,19 +67,14 @@ def build_data(cfg: MocoConfig) -> tuple[Images, Images]:
     """Fashion-MNIST's train (class-balanced subset, planted near-duplicates) and test splits,
     as the PyTorch trainer builds them."""
     splits = load_fashion_mnist(cfg.data_dir)
-
-    def split(images, labels, num, duplicate_share):
-        ids = np.arange(len(labels)) if num is None else subset_indices(labels, num, cfg.seed)
-        return Images(*plant_near_duplicates(images[ids], np.asarray(labels)[ids],
-                                             duplicate_share, cfg.seed))
-
-    return (split(splits.train_images, splits.train_labels, cfg.num_train, cfg.duplicate_share),
-            split(splits.test_images, splits.test_labels, cfg.num_test, 0.0))
+    _, *train = split_subset(splits, train=True, num_samples=cfg.num_train,
+                             duplicate_share=cfg.duplicate_share, seed=cfg.seed)
+    _, *test = split_subset(splits, train=False, num_samples=cfg.num_test, seed=cfg.seed)
+    return Images(*train), Images(*test)
 
 
 def crop_views(cfg: MocoConfig) -> tuple[CropView, CropView]:
-    return (CropView(scale=(cfg.crop_min, 1.0)),
-            CropView(scale=(cfg.crop_min, 1.0), blur_p=0.1, solarize_p=0.2))
+    return moco_view_pair(CropView, cfg.crop_min)
 
 
 def build_model(cfg: MocoConfig) -> MoCoNet:
@@ -172,7 +166,7 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
     state, last, wall = agreed("starting the run", start)
     mesh = data_mesh()  # every device of every process
     box = {"state": replicate(mesh, state)}
-    pruner = ScanPruner(len(train), 2, cfg.scan_config(), store=run_dir.store,
+    pruner = ScanPruner(len(train), 2, cfg.scan, store=run_dir.store,
                         communicator=JaxCommunicator(), loss_history=cfg.loss_history,
                         resume_epoch=last)
     sampler = PlanSampler(pruner, cfg.seed)
@@ -214,8 +208,5 @@ def main(argv: list[str] | None = None) -> int:
         return code
     return loop.cli_main(
         lambda: config_from_args(args, presets=PRESETS, flags=FLAGS), args, run,
-        lambda result: (f"linear probe top-1 {loop.fmt(result['linear_probe_top1'])}, kNN top-1 "
-                        f"{loop.fmt(result['knn_top1'])}, pruned "
-                        f"{result['realised_pruned_share']:.1%} of sample-visits, "
-                        f"{loop.fmt(result['wall_seconds'], '.0f')} s"),
+        functools.partial(closing_line, headline=HEADLINE),
         shutdown=stop_processes)

@@ -27,14 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from reference_trainers.common.augment import ColourView, CropView, two_crops
-from reference_trainers.common.data import load_fashion_mnist, plant_near_duplicates, \
-    subset_indices
+from reference_trainers.common.data import load_fashion_mnist, split_subset
 from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.rundir import RunDir
-from reference_trainers.common.torch_data import normalise
+from reference_trainers.common.torch_data import normalise, resize_to_spec
+from reference_trainers.common.views import moco_view_pair
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageData", "build_data", "check_corpus",
            "corpus_stats", "eval_preprocess", "image_spec", "moco_views", "spec_two_crops"]
@@ -51,9 +50,7 @@ Views = tuple[CropView, CropView] | tuple[ColourView, ColourView]
 def moco_views(crop_min: float, channels: int = 1) -> Views:
     """MoCo v3's asymmetric pair (common/augment.py) with the run's smallest crop area: the
     grayscale adaptation for 1-channel images, MoCo v3's RGB recipe for 3 channels."""
-    view = ColourView if channels == 3 else CropView
-    return (view(scale=(crop_min, 1.0)),
-            view(scale=(crop_min, 1.0), blur_p=0.1, solarize_p=0.2))
+    return moco_view_pair(ColourView if channels == 3 else CropView, crop_min)
 
 
 class ImageData:
@@ -132,24 +129,13 @@ def eval_preprocess(cfg: Any):
     before on the default data; resized, channel-repeated and spec-normalised on a corpus."""
     if cfg.data == "fmnist" or cfg.backbone not in ("vit_small", "vit_base"):
         return normalise
-    spec = image_spec(cfg)
-    shape = (1, spec.channels, 1, 1)
-
-    def to_spec(images: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(images.float(), size=(spec.size, spec.size), mode="bilinear",
-                          align_corners=False).clamp(0, 255).round() / 255.0
-        x = x.repeat(1, spec.channels, 1, 1)
-        mean = torch.tensor(spec.mean, device=x.device).view(shape)
-        std = torch.tensor(spec.std, device=x.device).view(shape)
-        return (x - mean) / std
-
-    return to_spec
+    return resize_to_spec(image_spec(cfg))
 
 
-def _fmnist_split(images, labels, num, duplicate_share, seed, views) -> ImageData:
-    ids = np.arange(len(labels)) if num is None else subset_indices(labels, num, seed)
-    images, labels, duplicate_of = plant_near_duplicates(
-        images[ids], np.asarray(labels)[ids], duplicate_share, seed)
+def _fmnist_split(splits: Any, train: bool, num: int | None, duplicate_share: float, seed: int,
+                  views: tuple[CropView, CropView]) -> ImageData:
+    _, images, labels, duplicate_of = split_subset(splits, train=train, num_samples=num,
+                                                   duplicate_share=duplicate_share, seed=seed)
     return ImageData(images, labels, duplicate_of, views)
 
 
@@ -159,18 +145,15 @@ def build_data(cfg: Any, *, rank: int = 0, world: int = 1) -> tuple[Any, ImageDa
     splits = load_fashion_mnist(cfg.data_dir)
     views = moco_views(cfg.crop_min)
     if cfg.data == "fmnist":
-        train = _fmnist_split(splits.train_images, splits.train_labels, cfg.num_train,
-                              cfg.duplicate_share, cfg.seed, views)
+        train = _fmnist_split(splits, True, cfg.num_train, cfg.duplicate_share, cfg.seed, views)
         probe_train: ImageData = train
     else:
         if cfg.duplicate_share:
             raise TrainerError(f"--duplicate-share {cfg.duplicate_share} plants duplicates in "
                                f"Fashion-MNIST only; drop it with --data {cfg.data}")
         train = _corpus(cfg, rank, world)
-        probe_train = _fmnist_split(splits.train_images, splits.train_labels, cfg.num_train,
-                                    0.0, cfg.seed, views)
-    test = _fmnist_split(splits.test_images, splits.test_labels, cfg.num_test, 0.0, cfg.seed,
-                         views)
+        probe_train = _fmnist_split(splits, True, cfg.num_train, 0.0, cfg.seed, views)
+    test = _fmnist_split(splits, False, cfg.num_test, 0.0, cfg.seed, views)
     return train, probe_train, test
 
 

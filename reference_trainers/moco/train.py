@@ -14,28 +14,27 @@ directory, summary, progress output, resume and pruning flags are the CLIP train
 
 from __future__ import annotations
 
-import os
+import functools
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from adapters.torch import ScanSampler, TorchCommunicator, moco_loss, record
-from reference_trainers.common.lifecycle import fmt
 from reference_trainers.common import evaluation, lifecycle
-from reference_trainers.common.accel import AmpSetup, maybe_compile, unwrap_compiled
+from reference_trainers.common.eval_maths import knn_top1
+from reference_trainers.common.accel import AmpSetup, place_model
 from reference_trainers.common.config import build_parser, config_from_args
-from reference_trainers.common.lifecycle import init_distributed, load_checkpoint, save_checkpoint
+from reference_trainers.common.lifecycle import load_checkpoint, save_checkpoint
 from reference_trainers.common.planted import PreparationStats
-from reference_trainers.common.progress import EpochBar, epoch_line
+from reference_trainers.common.progress import EpochBar, closing_line, epoch_line
 from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.skipped import SkippedLog
 from reference_trainers.moco import data as moco_data
-from reference_trainers.moco.config import FLAGS, PRESETS, MocoConfig
+from reference_trainers.common.moco_config import FLAGS, PRESETS, MocoConfig
 from reference_trainers.moco.data import ImageData, build_data  # noqa: F401 (public before)
 from reference_trainers.moco.model import MoCo, build_moco, moco_momentum
 from reference_trainers.moco.optim import build_optimizer
@@ -44,23 +43,9 @@ from scan_core import ScanPruner
 HEADLINE = ("linear_probe_top1", "knn_top1")
 
 
-# == 1. Set-up: init_distributed (common/lifecycle.py), threads and seeds in run() ===============
+# == 1. Set-up: processes, threads, run directory: open_run (common/lifecycle.py); seeds in run()
 # == 2. Data: Fashion-MNIST in memory or an image-only corpus, two crops per batch (moco/data.py)
 # == 3. Evaluation: kNN and linear probe on frozen backbone features (MoCo v3's metric) ==========
-def knn_top1(train_features: torch.Tensor, train_labels: torch.Tensor,
-             test_features: torch.Tensor, test_labels: torch.Tensor, *, k: int,
-             num_classes: int = 10, chunk: int = 1024) -> float:
-    """Cosine k-nearest-neighbour top-1 with similarity-weighted votes (exp(sim / 0.07))."""
-    train_n, test_n = F.normalize(train_features, dim=1), F.normalize(test_features, dim=1)
-    correct = 0
-    for start in range(0, len(test_n), chunk):
-        sims, idx = (test_n[start:start + chunk] @ train_n.T).topk(min(k, len(train_n)), dim=1)
-        votes = torch.zeros(len(sims), num_classes)
-        votes.scatter_add_(1, train_labels[idx], (sims / 0.07).exp())
-        correct += int((votes.argmax(1) == test_labels[start:start + chunk]).sum())
-    return correct / max(len(test_n), 1)
-
-
 def evaluate(model: MoCo, train: ImageData, test: ImageData, cfg: MocoConfig, *,
              probe: bool, device: torch.device | None = None) -> dict[str, float]:
     """kNN (and the probe) with `train` as the labelled split: the training data itself on
@@ -184,12 +169,7 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
         model: MoCo | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Train (or continue, with resume) the run in `out`; returns the summary.
     model: any MoCo (e.g. around another backbone); default build_moco(cfg.backbone, ...)."""
-    rank, world = init_distributed()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    run_dir = RunDir(out)
-    if rank == 0:
-        run_dir.write_config(cfg.to_dict(), resume=resume)
+    rank, world, run_dir = lifecycle.open_run(cfg, out, resume=resume)
     train, probe_train, test = build_data(cfg, rank=rank, world=world)
     if rank == 0:
         moco_data.check_corpus(run_dir, train, resume=resume)
@@ -200,21 +180,15 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
     if not isinstance(model, MoCo):
         raise TypeError(f"model must be a reference_trainers.moco.model.MoCo, got "
                         f"{type(model).__name__}; wrap a backbone with MoCo(backbone)")
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) \
-        if torch.cuda.is_available() else torch.device("cpu")
-    amp = AmpSetup.create(cfg.precision, device_type=device.type)
-    model = maybe_compile(model.to(device), cfg.compile)
-    core = unwrap_compiled(model)
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    model, core, device, amp = place_model(model, precision=cfg.precision, compile=cfg.compile,
+                                           world=world)
     base_lr = cfg.lr * cfg.batch_size * world / 256  # MoCo v3: lr = base_lr * batch / 256
     optimizer = build_optimizer(cfg.optimizer, core.parameters(), lr=base_lr,
                                 weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     last, wall = load_checkpoint(run_dir, model, optimizer, generator,
                                  scaler=amp.scaler) if resume else (-1, 0.0)
-    pruner = ScanPruner(moco_data.num_samples(train), 2, cfg.scan_config(), store=run_dir.store,
+    pruner = ScanPruner(moco_data.num_samples(train), 2, cfg.scan, store=run_dir.store,
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)
@@ -246,7 +220,4 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     return lifecycle.cli_main(
         lambda: config_from_args(args, presets=PRESETS, flags=FLAGS), args, run,
-        lambda result: (f"linear probe top-1 {fmt(result['linear_probe_top1'])}, kNN top-1 "
-                        f"{fmt(result['knn_top1'])}, pruned "
-                        f"{result['realised_pruned_share']:.1%} of sample-visits, "
-                        f"{fmt(result['wall_seconds'], '.0f')} s"))
+        functools.partial(closing_line, headline=HEADLINE))

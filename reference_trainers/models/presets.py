@@ -1,6 +1,6 @@
 """The paper's GPU models as named presets, each with the authors' SCAN defaults.
 
-CLIP (image tower + `CLIPTextTransformer`, joined by `reference_trainers.clip.model.CLIP`):
+CLIP (image tower + `CLIPTextTransformer`, joined by `reference_trainers.models.clip.CLIP`):
 "RN50", "RN101", "ViT-B-32". MoCo v3 backbones (`VisionTransformer`, no head): "vit_small",
 "vit_base". Architectures follow open_clip's model configs (RN50.json, RN101.json,
 ViT-B-32.json) and MoCo v3's `vits.py`; `published_params` is the count the test checks.
@@ -9,12 +9,13 @@ SCAN defaults (arXiv 2411.09126, and `scan_core.ScanConfig.clip()` / `.moco()`):
 at each end, T_cos 3, T_td 0.3; MoCo rho 0.35 at each end (T_cos and T_td as for CLIP).
 
 Example:
+    >>> from scan_core import ScanConfig
     >>> model = build_clip("RN50")  # doctest: +SKIP
     >>> preset = CLIP_PRESETS["RN50"]
     >>> preset.image_size, preset.embed_dim, preset.scan.rho_low
     (224, 1024, 0.3)
-    >>> preset.scan.scan_config().t_cos
-    3
+    >>> preset.scan == ScanConfig.clip()
+    True
 """
 
 from __future__ import annotations
@@ -25,38 +26,21 @@ from typing import Any
 
 from torch import nn
 
-from reference_trainers.clip.model import CLIP
+from reference_trainers.models.clip import CLIP
 from reference_trainers.models.clip_resnet import ModifiedResNet
 from reference_trainers.models.text import CLIPTextTransformer
 from reference_trainers.models.vit import ModelConfigError, VisionTransformer
 from scan_core import ScanConfig
 
 __all__ = ["CLIP_PRESETS", "CLIP_SCAN_DEFAULTS", "MOCO_PRESETS", "MOCO_SCAN_DEFAULTS",
-           "ClipPreset", "MocoPreset", "ScanDefaults", "build_clip", "build_moco_backbone",
+           "ClipPreset", "MocoPreset", "build_clip", "build_moco_backbone",
            "clip_preset", "moco_preset"]
 
 
-@dataclasses.dataclass(frozen=True)
-class ScanDefaults:
-    """The authors' SCAN knobs for one paradigm. Field names equal those of `ScanConfig` and of
-    the trainers' `TrainConfig`, so `dataclasses.replace(train_config, **d.as_dict())` works."""
-
-    rho_low: float
-    rho_high: float
-    t_cos: int
-    warmup_threshold: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def scan_config(self, **overrides: Any) -> ScanConfig:
-        """A validated `ScanConfig` with these defaults; `overrides` win (e.g. seed=1)."""
-        return ScanConfig(**{**self.as_dict(), **overrides})
-
-
-CLIP_SCAN_DEFAULTS = ScanDefaults(rho_low=0.30, rho_high=0.30, t_cos=3, warmup_threshold=0.3)
+# The authors' SCAN settings of each paradigm, as the trainers' configs hold them.
+CLIP_SCAN_DEFAULTS = ScanConfig.clip()
 # The paper gives MoCo's pruning share (35%); T_cos and T_td are those of ScanConfig.moco().
-MOCO_SCAN_DEFAULTS = ScanDefaults(rho_low=0.35, rho_high=0.35, t_cos=3, warmup_threshold=0.3)
+MOCO_SCAN_DEFAULTS = ScanConfig.moco()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +58,7 @@ class ClipPreset:
     published_image_params: int
     source: str
     image_size: int = 224
-    scan: ScanDefaults = CLIP_SCAN_DEFAULTS
+    scan: ScanConfig = CLIP_SCAN_DEFAULTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +75,7 @@ class MocoPreset:
     source: str
     patch_size: int = 16
     image_size: int = 224
-    scan: ScanDefaults = MOCO_SCAN_DEFAULTS
+    scan: ScanConfig = MOCO_SCAN_DEFAULTS
 
 
 _OPENAI_COUNTS = ("OpenAI CLIP's released model (clip.load, sum of parameter sizes), matching "

@@ -230,19 +230,3 @@ def test_optax_lars_takes_the_torch_lars_first_step():
     for k in params:
         np.testing.assert_allclose(np.asarray(ours[k]), torch_params[k].detach().numpy(),
                                    rtol=1e-5)
-
-
-def test_knn_agrees_with_the_torch_trainers():
-    torch = pytest.importorskip("torch")
-    from reference_trainers.jax.evaluation import knn_top1
-    from reference_trainers.moco.train import knn_top1 as torch_knn_top1
-
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((10, 16))
-    labels = rng.integers(0, 10, 600)
-    features = (centres[labels] + rng.standard_normal((600, 16))).astype(np.float32)
-    ours = knn_top1(features[:400], labels[:400], features[400:], labels[400:], k=20)
-    theirs = torch_knn_top1(torch.from_numpy(features[:400]), torch.from_numpy(labels[:400]),
-                            torch.from_numpy(features[400:]), torch.from_numpy(labels[400:]),
-                            k=20)
-    assert 0.5 < ours == pytest.approx(theirs, abs=1e-9)

@@ -349,7 +349,7 @@ def test_a_colour_view_refuses_images_that_are_neither_grey_nor_rgb():
 def test_an_rgb_corpus_is_cropped_with_moco_v3s_recipe_and_a_grey_one_with_the_grey_pair(
         tmp_path):
     Image = pytest.importorskip("PIL.Image")
-    from reference_trainers.moco.config import MocoConfig
+    from reference_trainers.common.moco_config import MocoConfig
 
     for i, colour in enumerate(((255, 0, 0), (0, 128, 255), (30, 200, 90))):
         (tmp_path / "a").mkdir(exist_ok=True)

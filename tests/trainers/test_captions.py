@@ -268,3 +268,27 @@ def test_numpy_modules_load_no_framework():
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_every_tokenizer_has_one_encode_signature_and_the_word_one_its_own_length():
+    """The word, BPE and open_clip tokenizers share `encode(texts, context_length=None)`; None
+    means the tokenizer's own context length (24 for the word tokenizer unless built with
+    another), and the word tokenizer's ids do not depend on how it was built."""
+    import inspect
+
+    from reference_trainers.common.tokenizer_bpe import BpeTokenizer
+    from reference_trainers.common.tokenizer_choice import OpenClipTokenizer, load_tokenizer
+
+    signatures = {cls.__name__: list(inspect.signature(cls.encode).parameters.values())
+                  for cls in (Tokenizer, BpeTokenizer, OpenClipTokenizer)}
+    for name, params in signatures.items():
+        assert [(p.name, p.default) for p in params] == \
+            [("self", inspect.Parameter.empty), ("texts", inspect.Parameter.empty),
+             ("context_length", None)], name
+    texts = ["a photo of a bag.", "a dark wide shirt"]
+    default, short = Tokenizer(), load_tokenizer("word", context_length=8)
+    assert default.encode(texts).shape == (2, 24) and short.encode(texts).shape == (2, 8)
+    np.testing.assert_array_equal(short.encode(texts), default.encode(texts, 8))
+    np.testing.assert_array_equal(short.encode(texts, 24), default.encode(texts))
+    with pytest.raises(DataError, match="context_length=1"):
+        Tokenizer(context_length=1).encode(texts)

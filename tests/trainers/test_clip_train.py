@@ -109,10 +109,9 @@ def test_a_full_disk_stops_the_run_with_a_clear_error_and_resume_finishes_it_exa
 
 
 def _cfg(**changes):
-    import dataclasses
-    base = cpu_tiny()
-    return dataclasses.replace(base, num_train=768, num_test=300, batch_size=64,
-                               scan_warmup_epochs=1, eval_every=0, threads=1, **changes)
+    from reference_trainers.common.config import with_settings
+    return with_settings(cpu_tiny(), num_train=768, num_test=300, batch_size=64,
+                         scan_warmup_epochs=1, eval_every=0, threads=1, **changes)
 
 
 def test_a_model_without_encode_text_is_refused(tmp_path):

@@ -127,3 +127,71 @@ def test_module_docstring_example_runs():
     import reference_trainers.common.evaluation as module
 
     assert doctest.testmod(module, raise_on_error=True).attempted > 0
+
+
+def _naive_knn_top1(train, train_labels, test, test_labels, k, num_classes=10):
+    """The kNN monitor written plainly: full sort per test row, votes summed in a loop."""
+    train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    test = test / np.linalg.norm(test, axis=1, keepdims=True)
+    correct = 0
+    for row, label in zip(test, test_labels):
+        sims = train @ row
+        votes = np.zeros(num_classes)
+        for j in np.argsort(-sims)[:k]:
+            votes[train_labels[j]] += np.exp(sims[j] / 0.07)
+        correct += int(votes.argmax() == label)
+    return correct / len(test)
+
+
+@pytest.mark.parametrize("k,chunk", [(20, 1024), (5, 7), (1, 50), (500, 64)])
+def test_knn_top1_matches_a_naive_reference(k, chunk):
+    """One kNN serves the PyTorch and JAX MoCo trainers (common/eval_maths.py); its chunked,
+    argpartition-based votes equal a plain full-sort reference, also on torch tensors."""
+    from reference_trainers.common.eval_maths import knn_top1
+
+    rng = np.random.default_rng(k)
+    centres = rng.standard_normal((10, 16))
+    labels = rng.integers(0, 10, 600)
+    features = (centres[labels] + 1.5 * rng.standard_normal((600, 16))).astype(np.float32)
+    expected = _naive_knn_top1(features[:400], labels[:400], features[400:], labels[400:], k)
+    got = knn_top1(features[:400], labels[:400], features[400:], labels[400:], k=k, chunk=chunk)
+    assert 0.3 < got == pytest.approx(expected, abs=1e-12)
+    as_tensors = knn_top1(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (
+        features[:400], labels[:400], features[400:], labels[400:])), k=k, chunk=chunk)
+    assert as_tensors == got
+
+
+@pytest.mark.parametrize("size,rgb", [(28, False), (40, True), (17, True)])
+def test_fashion_mnist_reaches_a_spec_tower_as_a_decoded_image_would(size, rgb):
+    """Evaluation of a GPU preset on Fashion-MNIST (both trainers: torch_data.resize_to_spec):
+    the test images resized to the spec's size, rounded to uint8 levels, then exactly what
+    ImageSpec.prepare makes of a decoded uint8 image."""
+    from reference_trainers.common.corpora import ImageSpec
+    from reference_trainers.common.torch_data import resize_to_spec
+
+    spec = ImageSpec.gpu(size) if rgb else ImageSpec.cpu()
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(size))
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear",
+                            align_corners=False).clamp(0, 255).round().to(torch.uint8)
+    expected = spec.prepare(resized.repeat(1, spec.channels, 1, 1), augment=False,
+                            generator=None)
+    got = resize_to_spec(spec)(images)
+    assert got.shape == (3, spec.channels, size, size) and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_both_trainers_evaluate_a_gpu_preset_through_its_spec():
+    from reference_trainers.clip import train as clip_train
+    from reference_trainers.common.config import TrainConfig
+    from reference_trainers.common.moco_config import MocoConfig
+    from reference_trainers.common.torch_data import normalise
+    from reference_trainers.moco import data as moco_data
+
+    images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    clip_gpu = clip_train.eval_preprocess(TrainConfig(model="RN50"))(images)
+    assert clip_gpu.shape == (2, 3, 224, 224)
+    moco_gpu = moco_data.eval_preprocess(MocoConfig(backbone="vit_small", data="folder:x"))
+    assert moco_gpu(images).shape == (2, 3, 224, 224)
+    assert clip_train.eval_preprocess(TrainConfig()) is normalise
+    assert moco_data.eval_preprocess(MocoConfig(backbone="vit_small")) is normalise

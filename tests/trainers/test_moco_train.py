@@ -8,7 +8,7 @@ import pytest
 from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR
 from tests.trainers import ddp
 from reference_trainers.moco import train as moco_train
-from reference_trainers.moco.config import cpu_fmnist_moco
+from reference_trainers.common.moco_config import cpu_fmnist_moco
 
 pytestmark = pytest.mark.skipif(
     not Path(DEFAULT_FASHION_MNIST_DIR).is_dir(),
@@ -38,7 +38,7 @@ def full_run(tmp_path_factory):
 
 
 def test_the_preset_uses_the_authors_moco_pruning_defaults():
-    scan = cpu_fmnist_moco().scan_config()
+    scan = cpu_fmnist_moco().scan
     assert (scan.rho_low, scan.rho_high, scan.t_cos, scan.warmup_threshold) == \
         (0.35, 0.35, 3, 0.3)
 

@@ -1,10 +1,13 @@
 """MoCo v3 training configs: a typed record, preset functions, and the flags over it.
+Framework-free, so the PyTorch trainer (moco/train.py) and the JAX one (jax/moco.py) both read
+it from the floor below them.
 
 Presets (the docstring gives the launch command and the measured cost):
 - `cpu-fmnist-moco`: MoCo v3 with a small ResNet on all 60k Fashion-MNIST images, CPU, minutes.
 - `cpu-tiny-moco`: a 2k-image subset for smoke tests, seconds.
-The SCAN knobs default to the authors' MoCo values (rho 0.35 per end, T_cos 3, T_td 0.3:
-`scan_core.ScanConfig.moco()`). The pruning flags are CLIP's (common/config.PRUNING_FLAGS).
+SCAN's settings are the config's `scan` (common/config.ScanSettings), defaulting to the
+authors' MoCo values (rho 0.35 per end, T_cos 3, T_td 0.3: `scan_core.ScanConfig.moco()`).
+The pruning flags are CLIP's, derived from ScanConfig (common/config.PRUNING_FLAGS).
 """
 
 from __future__ import annotations
@@ -12,15 +15,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from reference_trainers.common.config import PRUNING_FLAGS, scan_config_of
+from reference_trainers.common.config import (BOOKKEEPING_FLAGS, LENGTH_FLAGS, PRUNING_FLAGS,
+                                              SUBSET_FLAGS, ScanSettings)
 from reference_trainers.common.errors import TrainerError
 from scan_core import ScanConfig
 
-_MOCO_SCAN = ScanConfig.moco()
-
 
 @dataclasses.dataclass(frozen=True)
-class MocoConfig:
+class MocoConfig(ScanSettings):
     preset: str = "cpu-fmnist-moco"
     # data
     data_dir: str | None = None
@@ -48,20 +50,8 @@ class MocoConfig:
     min_lr: float = 0.0
     lr_warmup_epochs: float = 0.5
     weight_decay: float = 1e-6
-    # pruning (the authors' MoCo defaults)
-    pruning: str = "scan"
-    rho_low: float = _MOCO_SCAN.rho_low
-    rho_high: float = _MOCO_SCAN.rho_high
-    t_cos: int = _MOCO_SCAN.t_cos
-    warmup_threshold: float = _MOCO_SCAN.warmup_threshold
-    min_warmup_epochs: int = 0
-    max_warmup_epochs: int | None = None
-    scan_warmup_epochs: int | None = None
-    scope: str = "batch"
-    target_rate: float | None = None
-    full_tail_epochs: int = 0
-    ill_every_mutation: bool = False
-    loss_history: str | None = None
+    # pruning: `scan` (ScanSettings), the authors' MoCo defaults
+    scan: ScanConfig = ScanConfig.moco()
     # evaluation and bookkeeping
     eval_every: int = 0                   # kNN top-1 every k epochs (0: at the end only)
     probe_every: int = 0                  # linear probe every k epochs (0: at the end only)
@@ -70,17 +60,11 @@ class MocoConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 < self.crop_min <= 1:
             raise TrainerError(f"crop_min={self.crop_min!r}: --crop-min is the smallest crop's "
                                "share of the image area, in (0, 1] (MoCo v3: 0.2 for ResNet, "
                                "0.08 for ViT)")
-
-    def scan_config(self) -> ScanConfig:
-        """The pruner's config for this run."""
-        return scan_config_of(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def cpu_fmnist_moco() -> MocoConfig:
@@ -108,9 +92,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
     ("--data", "data", str, "training images: fmnist (default), folder:DIR (DIR/<class>/<image>),"
      " csv:PATH (an image column) or shards:DIR (tar shards, .txt not needed)"),
-    ("--num-train", "num_train", int, "class-balanced training subset size"),
-    ("--num-test", "num_test", int, "evaluation subset size"),
-    ("--duplicate-share", "duplicate_share", float, "share of near-duplicate images"),
+    *SUBSET_FLAGS,
     ("--backbone", "backbone", str, "resnet, vit-tiny, or the GPU presets vit_small / vit_base"),
     ("--width", "width", int, "SmallResNet width"),
     ("--precision", "precision", str, "fp32 (default), bf16 or fp16 autocast"),
@@ -119,14 +101,11 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--crop-min", "crop_min", float, "smallest crop area share (MoCo v3: 0.2 ResNet, 0.08 "
      "ViT)"),
     ("--optimizer", "optimizer", str, "lars or adamw"),
-    ("--epochs", "epochs", int, "training epochs"),
-    ("--batch-size", "batch_size", int, "per-rank batch size"),
+    *LENGTH_FLAGS,
     ("--lr", "lr", float, "base learning rate per 256 samples (scaled by global batch)"),
     ("--lr-warmup-epochs", "lr_warmup_epochs", float, "linear LR warm-up, fractional epochs"),
     ("--weight-decay", "weight_decay", float, "weight decay"),
     *PRUNING_FLAGS,
     ("--eval-every", "eval_every", int, "kNN top-1 every k epochs (0: end only)"),
-    ("--probe-every", "probe_every", int, "linear probe every k epochs (0: end only)"),
-    ("--seed", "seed", int, "seed of data, model and pruning"),
-    ("--threads", "threads", int, "torch CPU threads"),
+    *BOOKKEEPING_FLAGS,
 ]
