@@ -8,7 +8,8 @@ Floors of reference_trainers, lowest first:
 - torch: the PyTorch trainers (clip/, moco/) and the torch modules of common/;
 - jax: the JAX trainers (jax/), beside torch, never importing it;
 - experiments: the suites, on top of both;
-- commands: the `__main__` modules, which pick a trainer by --framework.
+- commands: the `__main__` modules, which pick a trainer by --framework, and `export`
+  (a trained checkpoint out to open_clip).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def floor_of(module: str) -> str:
         return "torch" if any(module == t or module.startswith(t + ".")
                               for t in TORCH_COMMON) else "shared"
     return {"models": "torch-models", "clip": "torch", "moco": "torch", "jax": "jax",
-            "experiments": "experiments"}[top]
+            "experiments": "experiments", "export": "commands"}[top]
 
 
 def _module_name(path: pathlib.Path, root: pathlib.Path) -> str:
