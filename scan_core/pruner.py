@@ -151,13 +151,9 @@ class ScanPruner:
         # raise: a call that fails half-way must not leave a half-open epoch behind.
         cfg, n = self.config, self.num_samples
         phase, rho = rules.phase_and_rho(cfg, epoch, self._warmup.e0, self._floor)
-        drop = weight_bits = None
-        weight, num_candidates = 1.0, 0
-        if phase == "mutate" and cfg.rule == "infobatch":
-            drop, weight_bits, weight, num_candidates = rules.infobatch_bits(
-                cfg, epoch, n, self._scores)
-        elif phase == "mutate":
-            drop, num_candidates = rules.scan_family_drop(cfg, epoch, rho, n, self._red, self._ill)
+        drop, weight_bits, weight, num_candidates = rules.mutation_drop(
+            cfg, epoch, rho, n, self._red, self._ill, self._scores) if phase == "mutate" \
+            else (None, None, 1.0, 0)
         collecting = rules.collects_candidates(cfg, phase, self._num_preparations)
         num_kept = n - (bitset.popcount(drop) if drop is not None else 0)
         plan = EpochPlan(epoch=epoch, phase=phase, rho_cur=rho, num_samples=n,
