@@ -32,7 +32,8 @@ from scan_core.errors import ScanConfigError, ScanDistributedError, ScanStateErr
 from scan_core.inputs import as_ids, as_losses, raise_bad_batch
 from scan_core.plan import EpochPlan
 from scan_core.select import SALT_HIGH, SALT_LOW, k_of, record_batch, stream_key
-from scan_core.state import STATE_SCHEMA, check_state, parse_state
+from scan_core.state import (ARRAY_FIELDS, SCALAR_FIELDS, STATE_ATTRIBUTES, STATE_SCHEMA,
+                             check_state, parse_state)
 from scan_core.store import LossStore
 from scan_core.summary import EpochSummary
 from scan_core.target import check_reachable, floor_after_preparation, solve_at_warmup_end
@@ -151,13 +152,9 @@ class ScanPruner:
         # raise: a call that fails half-way must not leave a half-open epoch behind.
         cfg, n = self.config, self.num_samples
         phase, rho = rules.phase_and_rho(cfg, epoch, self._warmup.e0, self._floor)
-        drop = weight_bits = None
-        weight, num_candidates = 1.0, 0
-        if phase == "mutate" and cfg.rule == "infobatch":
-            drop, weight_bits, weight, num_candidates = rules.infobatch_bits(
-                cfg, epoch, n, self._scores)
-        elif phase == "mutate":
-            drop, num_candidates = rules.scan_family_drop(cfg, epoch, rho, n, self._red, self._ill)
+        drop, weight_bits, weight, num_candidates = rules.mutation_drop(
+            cfg, epoch, rho, n, self._red, self._ill, self._scores) if phase == "mutate" \
+            else (None, None, 1.0, 0)
         collecting = rules.collects_candidates(cfg, phase, self._num_preparations)
         num_kept = n - (bitset.popcount(drop) if drop is not None else 0)
         plan = EpochPlan(epoch=epoch, phase=phase, rho_cur=rho, num_samples=n,
@@ -228,9 +225,7 @@ class ScanPruner:
 
     # Every attribute end_epoch may replace; none of them is changed in place by it, so
     # putting the old references back restores the pruner exactly.
-    _EPOCH_STATE = ("_plan", "_epoch_losses", "_collecting", "_next_epoch", "_warmup", "_scale",
-                    "_floor", "_num_preparations", "_visits_kept", "_visits_full", "_log",
-                    "_red", "_ill", "_ema", "_scores")
+    _EPOCH_STATE = ("_plan", "_epoch_losses", "_collecting") + STATE_ATTRIBUTES
 
     def _end_epoch(self, plan: EpochPlan) -> EpochSummary:
         cfg = self.config
@@ -320,16 +315,14 @@ class ScanPruner:
         state: dict[str, Any] = {
             "schema_version": STATE_SCHEMA, "config": self.config.to_dict(),
             "num_samples": self.num_samples, "num_views": self.num_views,
-            "world_size": self.world_size, "next_epoch": self._next_epoch,
+            "world_size": self.world_size,
             "warmup_prev_loss": self._warmup.prev_loss, "warmup_e0": self._warmup.e0,
-            "scale": self._scale, "schedule_floor": self._floor, "num_preparations": self._num_preparations,
-            "visits_kept": self._visits_kept, "visits_full": self._visits_full,
-            "log": list(self._log),
-            "red_bits": self._red.copy(), "ill_bits": self._ill.copy()}
-        if self._ema is not None:
-            state["ema_losses"] = self._ema.copy()
-        if self._scores is not None:
-            state["scores"] = self._scores.copy()
+            "log": list(self._log)}
+        state.update({key: getattr(self, attr) for key, (attr, _) in SCALAR_FIELDS.items()})
+        for key, attr in ARRAY_FIELDS.items():
+            value = getattr(self, attr)
+            if value is not None:
+                state[key] = value.copy()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -16,6 +16,20 @@ from scan_core.errors import ScanResumeError
 from scan_core.warmup import WarmupState
 
 STATE_SCHEMA = 2
+
+# The pruner's saved state, listed once: state key -> the ScanPruner attribute that holds it.
+# Scalars are JSON numbers; the warm-up state is saved as two keys and the log as a list of
+# dicts (handled by name); arrays are numpy (ema_losses and scores only under the configs
+# that use them). state_dict, load_state_dict (parse_state) and end_epoch's rollback read this.
+SCALAR_FIELDS: dict[str, tuple[str, type]] = {
+    "next_epoch": ("_next_epoch", int), "scale": ("_scale", float),
+    "schedule_floor": ("_floor", float), "num_preparations": ("_num_preparations", int),
+    "visits_kept": ("_visits_kept", int), "visits_full": ("_visits_full", int)}
+ARRAY_FIELDS: dict[str, str] = {"red_bits": "_red", "ill_bits": "_ill",
+                                "ema_losses": "_ema", "scores": "_scores"}
+OTHER_ATTRIBUTES = ("_warmup", "_log")  # warmup_prev_loss + warmup_e0, and log
+STATE_ATTRIBUTES = tuple(a for a, _ in SCALAR_FIELDS.values()) + tuple(ARRAY_FIELDS.values()) \
+    + OTHER_ATTRIBUTES
 # Versions this code resumes. 1: before schedule_floor (a target rate's beta; 0 then).
 READABLE_SCHEMAS = (1, 2)
 
@@ -72,20 +86,16 @@ def parse_state(state: dict[str, Any], *, num_views: int, num_samples: int, with
     log = state.get("log")
     if not isinstance(log, (list, tuple)) or not all(isinstance(e, dict) for e in log):
         raise ScanResumeError("state['log'] must be a list of dicts, one per completed epoch.")
-    values = {
-        "_next_epoch": field("next_epoch", int),
+    defaults = {"schedule_floor": 0.0} if state["schema_version"] == 1 else {}  # absent in 1
+    values: dict[str, Any] = {attr: field(key, kind, defaults.get(key, ...))
+                              for key, (attr, kind) in SCALAR_FIELDS.items()}
+    values.update({
         "_warmup": WarmupState(prev_loss=None if prev_loss is None else float(prev_loss),
                                e0=None if e0 is None else int(e0)),
-        "_scale": field("scale", float),
-        "_floor": (field("schedule_floor", float) if state["schema_version"] >= 2
-                   else field("schedule_floor", float, 0.0)),  # absent in schema 1
-        "_num_preparations": field("num_preparations", int),
-        "_visits_kept": field("visits_kept", int),
-        "_visits_full": field("visits_full", int),
         "_log": [dict(e) for e in log],
         "_red": np.array(state["red_bits"], dtype=np.uint8, copy=True),
         "_ill": np.array(state["ill_bits"], dtype=np.uint8, copy=True),
-    }
+    })
     epochs = values["_next_epoch"]
     if len(log) != epochs or values["_visits_full"] != epochs * num_samples \
             or values["_num_preparations"] > epochs:

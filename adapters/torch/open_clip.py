@@ -209,6 +209,9 @@ class IdBatches:
         return self.num_batches
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.loader is None:
+            raise ScanStateError("the SCAN training data were iterated before set_epoch(epoch) "
+                                 "planned the epoch.")
         self.slot.clear()
         for images, texts, ids in self.loader:
             self.slot.put(ids)

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ open_clip_train = pytest.importorskip("open_clip_train", reason="needs .venv-ope
 torch = pytest.importorskip("torch")
 
 from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR  # noqa: E402
-from scan_core import LossStore, ScanConfig, ScanPruner  # noqa: E402
+from scan_core import LossStore  # noqa: E402
 
 pytestmark = [
     pytest.mark.integration,
@@ -128,10 +129,10 @@ def _scan_lines(run: Path) -> dict[int, dict]:
 
 
 def _store_log(run: Path) -> list[dict]:
-    meta = LossStore.read_meta(run / "scan.zarr")
-    pruner = ScanPruner(meta["num_samples"], meta["num_views"],
-                        ScanConfig.from_dict(meta["config"]), store=run / "scan.zarr")
-    return pruner.log
+    """The epoch log of the store's newest snapshot, read-only (docs/store.md)."""
+    store = LossStore.open(run / "scan.zarr", LossStore.read_meta(run / "scan.zarr"),
+                           writable=False)
+    return store.load_latest()["log"]
 
 
 def _lrs(run: Path) -> list[tuple[int, float]]:
@@ -249,3 +250,53 @@ def test_gradient_accumulation_is_refused_before_training(patched, shards, tmp_p
     assert done.returncode != 0
     assert "--scan does not support --accum-freq 2" in done.stderr
     assert "Start epoch" not in (tmp_path / "run" / "out.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def patched_for_cpu_ddp(patched, tmp_path_factory) -> Path:
+    """The patched copy with one line of open_clip changed for this test only: open_clip 3.3.0
+    passes device_ids=[device] to DistributedDataParallel, which torch refuses for a CPU model,
+    so open_clip cannot run data-parallel on CPUs at all; on GPUs the line is unchanged."""
+    site = tmp_path_factory.mktemp("patched-cpu-ddp")
+    shutil.copytree(patched / "open_clip_train", site / "open_clip_train")
+    main = site / "open_clip_train" / "main.py"
+    text = main.read_text()
+    assert text.count("device_ids=[device], **ddp_args)") == 2
+    main.write_text(text.replace("device_ids=[device], **ddp_args)",
+                                 'device_ids=None if device.type == "cpu" else [device], '
+                                 "**ddp_args)"))
+    return site
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("data", ["csv", "webdataset"])
+def test_two_gloo_ranks_prune_identically(patched_for_cpu_ddp, shards, csv_file, tmp_path, data):
+    """Two ranks (gloo, env://), --local-loss --gather-with-grad: the pruner checks at every
+    epoch end that both ranks hold the same plan and candidates (it raises otherwise), and
+    open_clip's log holds its counts; on CSV each rank trains on its half of the kept ids."""
+    cmd, env = _command(patched_for_cpu_ddp, shards, tmp_path, "--local-loss",
+                        "--gather-with-grad", "--dist-backend", "gloo", "--dist-url", "env://")
+    cmd[cmd.index("--epochs") + 1] = "4"
+    cmd[cmd.index("--scan-warmup-epochs") + 1] = "1"
+    cmd[cmd.index("--batch-size") + 1] = str(BATCH // 2)
+    if data == "csv":
+        cmd[cmd.index("--train-data") + 1] = str(csv_file)
+        cmd[cmd.index("--dataset-type") + 1] = "csv"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
+                                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    errors = [p.communicate(timeout=900)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors[0][-4000:] + errors[1][-4000:]
+    run = tmp_path / "run"
+    log, logged = _store_log(run), _scan_lines(run)
+    assert [row["phase"] for row in log] == ["warmup", "prepare", "mutate", "mutate"]
+    for row in log:
+        assert logged[row["epoch"]]["num_pruned"] == NUM_SAMPLES - row["num_kept"]
+        if data == "csv":  # DistributedSampler's padding, then drop_last per rank
+            per_rank = -(-row["num_kept"] // 2) // (BATCH // 2) * (BATCH // 2)
+            assert row["num_recorded"] == 2 * per_rank
+    assert 0 < logged[2]["num_pruned"] < logged[3]["num_pruned"]

@@ -190,6 +190,8 @@ def test_the_slot_refuses_lost_or_missing_ids():
     with pytest.raises(ScanInputError, match="saw 4 samples.*3 ids"):
         slot.take(4)
     assert WithIds(_Pairs())[4][2] == 4
+    with pytest.raises(ScanStateError, match="before set_epoch"):
+        next(iter(IdBatches(None, slot, num_batches=1, num_samples=1)))
 
 
 def test_the_docs_loop_without_the_patch_runs_and_prunes():
