@@ -38,11 +38,12 @@ def store_log(out: Path) -> list[dict]:
     return store.load_latest()["log"]
 
 
-def stop_at_every_boundary(module: str, args: list[str], out: Path, epochs: int) -> None:
-    """Run `epochs` epochs one at a time: --stop-after 1, then --resume --stop-after 1, ..."""
-    for epoch in range(epochs):
-        done = torchrun(module, args + ["--out", str(out), "--stop-after", "1"]
-                        + (["--resume"] if epoch else []))
+def stop_and_resume(module: str, args: list[str], out: Path, stops: list[int]) -> None:
+    """Run with --stop-after stops[0], then --resume --stop-after stops[1], ..., then --resume
+    to the end: e.g. stops [1, 1] stops at the first two epoch boundaries of a 3-epoch run."""
+    for k, stop in enumerate([*stops, None]):
+        done = torchrun(module, args + ["--out", str(out)] + (["--resume"] if k else [])
+                        + ([] if stop is None else ["--stop-after", str(stop)]))
         assert done.returncode == 0, done.stderr[-3000:]
 
 

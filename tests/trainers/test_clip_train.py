@@ -160,14 +160,18 @@ def test_torchrun_two_ranks_on_gloo(ddp_run):
 
 
 @pytest.mark.distributed
-def test_two_ranks_stopped_and_resumed_at_every_epoch_equal_the_run_that_never_stopped(
-        ddp_run, tmp_path):
-    """Issue 15, item 1: each rank draws its own augmentations, so each must resume from its
-    own generator state (a checkpoint held only rank 0's: the loss drifted from epoch 1 and the
-    plans and accuracy after it). Stopped at every epoch boundary and resumed under torchrun,
-    the run equals the one that never stopped: metrics rows but timing, plans, accuracy."""
+@pytest.mark.parametrize("stops", [
+    pytest.param([1], id="stopped-after-epoch-0"),
+    pytest.param([1, 1], id="stopped-at-every-boundary", marks=pytest.mark.slow)])
+def test_two_ranks_stopped_and_resumed_equal_the_run_that_never_stopped(ddp_run, tmp_path, stops):
+    """Issue 15, item 1 (fails on main: from epoch 1 on the mean loss was 4.88951 for 4.89001,
+    |D'| 286 for 287, the probe 0.65 for 0.63): each rank draws its own augmentations, so each
+    must resume from its own generator state, and the checkpoint held only rank 0's. Stopped
+    and resumed under torchrun, the run equals the one that never stopped: every metrics row
+    but timing, the store's log (the plans), the coreset, the accuracy. One stop is the default
+    suite's case (about 55 s on 2 cores); every boundary is marked slow (one more launch)."""
     out = tmp_path / "stepped"
-    ddp.stop_at_every_boundary("reference_trainers.clip", DDP_ARGS, out, epochs=3)
+    ddp.stop_and_resume("reference_trainers.clip", DDP_ARGS, out, stops)
     ddp.assert_same_run(ddp_run, out, headline=("zero_shot_top1", "linear_probe_top1"))
 
 
