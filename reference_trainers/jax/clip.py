@@ -22,7 +22,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from adapters.jax import JaxCommunicator, data_mesh
 from reference_trainers.common import loop
 from reference_trainers.common.captions import class_prompts
 from reference_trainers.common.config import TrainConfig, build_parser, config_from_args
@@ -34,16 +33,14 @@ from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.tokenizer import Tokenizer
 from reference_trainers.jax import evaluation
 from reference_trainers.jax.augment import normalise, random_crop_flip
-from reference_trainers.jax.checkpoint import load_checkpoint, save_checkpoint
+from reference_trainers.jax.checkpoint import save_checkpoint
 from reference_trainers.jax.models import CLIP
-from reference_trainers.jax.processes import (add_process_flags, agreed, check_process_count,
-                                              barrier, host_local, start_processes,
-                                              stop_processes)
-from reference_trainers.jax.runtime import (PlanSampler, check_jax_config, limit_threads,
-                                            run_epoch)
+from reference_trainers.jax.processes import (add_process_flags, barrier, host_local,
+                                              start_processes, stop_processes)
+from reference_trainers.jax.runtime import (check_jax_config, limit_threads, run_epoch,
+                                            start_run)
 from reference_trainers.jax.steps import (TrainState, build_optimizer, init_variables,
-                                          lr_schedule, make_clip_step, replicate)
-from scan_core import ScanPruner
+                                          lr_schedule, make_clip_step)
 
 HEADLINE = ("zero_shot_top1", "linear_probe_top1")
 
@@ -155,22 +152,10 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
     # Augmentation draws: one generator, the same on every process (augment.py's `share`).
     rng = np.random.default_rng(cfg.seed * 1000)
 
-    def start() -> tuple[Any, int, float]:  # what may fail, checked on every process
-        check_process_count(run_dir.store, resume)
-        if rank == 0:
-            run_dir.write_config(cfg.to_dict(), resume=resume)
-        return load_checkpoint(run_dir, init_state(model, tx, cfg), rng) if resume \
-            else (init_state(model, tx, cfg), -1, 0.0)
-
-    state, last, wall = agreed("starting the run", start)
-    mesh = data_mesh()  # every device of every process
-    box = {"state": replicate(mesh, state)}
-    pruner = ScanPruner(len(train), 2, cfg.scan, store=run_dir.store,
-                        communicator=JaxCommunicator(), loss_history=cfg.loss_history,
-                        resume_epoch=last)
-    sampler = PlanSampler(pruner, cfg.seed)
+    box, mesh, pruner, sampler, wall = start_run(
+        cfg, run_dir, resume=resume, fresh_state=lambda: init_state(model, tx, cfg), rng=rng,
+        num_samples=len(train))
     if rank == 0:
-        run_dir.truncate_metrics(last)
         run_dir.save_array("planted", mismatched=train.mismatched,
                            duplicate_of=train.duplicate_of)
     planted_stats = PreparationStats(pruner, mismatched=train.mismatched,

@@ -20,11 +20,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from adapters.jax import AsyncRecorder, plan_batches
+from adapters.jax import AsyncRecorder, JaxCommunicator, data_mesh, plan_batches
 from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.progress import EpochBar
+from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import progress
-from reference_trainers.jax.steps import place_batch
+from reference_trainers.jax.checkpoint import load_checkpoint
+from reference_trainers.jax.processes import agreed, check_process_count
+from reference_trainers.jax.steps import place_batch, replicate
+from scan_core import ScanPruner
 
 __all__ = ["PlanSampler", "check_jax_config", "limit_threads", "run_epoch"]
 
@@ -128,3 +132,32 @@ def run_epoch(state: Any, step: Callable, mesh: Any, pruner: Any, plan: Any,
              **{key: float(metrics[key]) for key in extra if key in metrics},
              "train_loss": loss_sum / max(samples, 1)}
     return state, stats
+
+
+def start_run(cfg: Any, run_dir: RunDir, *, resume: bool, fresh_state: Callable[[], Any],
+              rng: np.random.Generator, num_samples: int
+              ) -> tuple[dict[str, Any], Any, ScanPruner, PlanSampler, float]:
+    """What both JAX trainers do before their first epoch. On every process, agreed (what may
+    fail is checked everywhere): the process count, the config (written by process 0), and
+    the state (`fresh_state()`, or the last checkpoint with `rng`'s state on resume); then
+    the state replicated over every device of every process, the pruner (resumed at the
+    checkpoint's epoch) and the plan sampler; process 0 cuts metrics.jsonl to the checkpoint.
+    Returns ({"state": replicated state}, mesh, pruner, sampler, wall seconds so far)."""
+    rank = jax.process_index()
+
+    def start() -> tuple[Any, int, float]:
+        check_process_count(run_dir.store, resume)
+        if rank == 0:
+            run_dir.write_config(cfg.to_dict(), resume=resume)
+        return load_checkpoint(run_dir, fresh_state(), rng) if resume \
+            else (fresh_state(), -1, 0.0)
+
+    state, last, wall = agreed("starting the run", start)
+    mesh = data_mesh()  # every device of every process
+    pruner = ScanPruner(num_samples, 2, cfg.scan, store=run_dir.store,
+                        communicator=JaxCommunicator(), loss_history=cfg.loss_history,
+                        resume_epoch=last)
+    sampler = PlanSampler(pruner, cfg.seed)
+    if rank == 0:
+        run_dir.truncate_metrics(last)
+    return {"state": replicate(mesh, state)}, mesh, pruner, sampler, wall
