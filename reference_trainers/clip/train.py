@@ -47,6 +47,9 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, TextTokenizer]:
     """Training data (Fashion-MNIST with captions, or a CSV corpus of image paths and captions)
     and Fashion-MNIST's test split for evaluation. The tokenizer (`--tokenizer`, default the
     word-level one at cfg.context_length) sets the context length of every token row."""
+    from reference_trainers.common.workers import check_workers
+
+    check_workers(cfg.workers)
     splits = load_fashion_mnist(cfg.data_dir)
     tokenizer = load_tokenizer(cfg.tokenizer, context_length=cfg.context_length)
     if cfg.data.startswith("csv:"):
@@ -60,7 +63,8 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, TextTokenizer]:
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         train = ShardStream(ShardIndex.open(cfg.data[7:]), spec=image_spec(cfg),
                             tokenizer=tokenizer.encode,
-                            rank=rank, world_size=world, seed=cfg.seed)
+                            rank=rank, world_size=world, num_workers=cfg.workers,
+                            seed=cfg.seed)
     elif cfg.model != "cpu":
         raise TrainerError(f"--model {cfg.model} takes {image_spec(cfg).size}-pixel RGB images: "
                            "train it on a corpus (--data csv:PATH), not on 28x28 Fashion-MNIST.")
@@ -133,16 +137,16 @@ def epoch_batches(data: Any, plan: Any, sampler: ScanSampler, cfg: TrainConfig,
     Map-style data is served by the sampler; a shard stream drops pruned samples before it
     reads them and tops up short workers so every rank runs the same number of steps."""
     if hasattr(data, "steps_per_rank"):
-        from adapters.torch.stream import PlanIterableDataset, collate_samples
+        from reference_trainers.common.workers import stream_batches
 
-        dataset = PlanIterableDataset(data)
-        dataset.set_plan(plan)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size,
-                                             collate_fn=collate_samples)
-        prepared = ((data.spec.prepare(images, augment=True, generator=generator), tokens, ids)
-                    for images, tokens, ids in loader)
-        return prepared, data.steps_per_rank(plan, cfg.batch_size)
+        return (stream_batches(data, plan, batch_size=cfg.batch_size, workers=cfg.workers,
+                               generator=generator), data.steps_per_rank(plan, cfg.batch_size))
     id_batches = list(sampler.batches(cfg.batch_size))
+    if hasattr(data, "raw_batch"):  # a corpus on disk: decoded in --workers processes
+        from reference_trainers.common.workers import corpus_batches
+
+        return (corpus_batches(data, id_batches, workers=cfg.workers, generator=generator),
+                len(id_batches))
     return ((data.batch(ids, augment=True, generator=generator) for ids in id_batches),
             len(id_batches))
 

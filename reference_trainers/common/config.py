@@ -147,6 +147,7 @@ class TrainConfig(ScanSettings):
     probe_every: int = 0                  # linear probe every k epochs (0: at the end only)
     seed: int = 0
     threads: int | None = None
+    workers: int = 0                      # DataLoader workers decoding a corpus (workers.py)
 
 
 def cpu_fmnist() -> TrainConfig:
@@ -228,7 +229,10 @@ BOOKKEEPING_FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
-    ("--data", "data", str, "training data: fmnist (default) or csv:PATH (image,caption rows)"),
+    ("--data", "data", str, "training data: fmnist (default), csv:PATH (image,caption rows) "
+     "or shards:DIR (a folder of webdataset-style .tar shards, docs/corpora.md)"),
+    ("--workers", "workers", int, "DataLoader worker processes decoding a csv:/shards: corpus "
+     "(default 0: in the trainer's process; Fashion-MNIST is in memory and needs none)"),
     ("--tokenizer", "tokenizer", str, "word (default), bpe:PATH (train_tokenizer) or open_clip"),
     ("--model", "model", str, "cpu (default) or a GPU preset: RN50, RN101, ViT-B-32"),
     ("--precision", "precision", str, "fp32 (default), bf16 or fp16 autocast"),
