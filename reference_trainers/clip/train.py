@@ -25,7 +25,6 @@ from reference_trainers.common import evaluation, lifecycle
 from reference_trainers.common.accel import AmpSetup, place_model
 from reference_trainers.common.captions import class_prompts
 from reference_trainers.common.config import TrainConfig, build_parser, config_from_args
-from reference_trainers.common.data import load_fashion_mnist
 from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.lifecycle import load_checkpoint, save_checkpoint
 from reference_trainers.common.planted import PreparationStats
@@ -34,6 +33,8 @@ from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.skipped import SkippedLog
+from reference_trainers.common.user_eval import (UserEvaluation, fashion_mnist_for,
+                                                 no_evaluation_note)
 from reference_trainers.common.tokenizer_choice import TextTokenizer, load_tokenizer
 from reference_trainers.common.torch_data import (build_image_text_data, normalise,
                                                   resize_to_spec)
@@ -45,12 +46,13 @@ HEADLINE = ("zero_shot_top1", "linear_probe_top1")
 # == 2. Data ======================================================================================
 def build_data(cfg: TrainConfig) -> tuple[Any, Any, TextTokenizer]:
     """Training data (Fashion-MNIST with captions, or a CSV corpus of image paths and captions)
-    and Fashion-MNIST's test split for evaluation. The tokenizer (`--tokenizer`, default the
+    and Fashion-MNIST's test split for evaluation (None when the run evaluates on the user's
+    sets or on nothing: common/user_eval.py). The tokenizer (`--tokenizer`, default the
     word-level one at cfg.context_length) sets the context length of every token row."""
     from reference_trainers.common.workers import check_workers
 
     check_workers(cfg.workers)
-    splits = load_fashion_mnist(cfg.data_dir)
+    splits = fashion_mnist_for(cfg)  # None: the run needs no Fashion-MNIST file
     tokenizer = load_tokenizer(cfg.tokenizer, context_length=cfg.context_length)
     if cfg.data.startswith("csv:"):
         from reference_trainers.common.corpora import CsvCorpus
@@ -75,8 +77,9 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, TextTokenizer]:
                                       context_length=tokenizer.context_length, tokenizer=tokenizer)
     else:
         raise TrainerError(f"--data must be fmnist, csv:PATH or shards:DIR, got {cfg.data!r}.")
-    test = build_image_text_data(splits, train=False, num_samples=cfg.num_test, seed=cfg.seed,
-                                 context_length=tokenizer.context_length, tokenizer=tokenizer)
+    test = None if splits is None or cfg.imagenet_val else build_image_text_data(
+        splits, train=False, num_samples=cfg.num_test, seed=cfg.seed,
+        context_length=tokenizer.context_length, tokenizer=tokenizer)
     return train, test, tokenizer
 
 
@@ -109,9 +112,14 @@ def build_model(cfg: TrainConfig, tokenizer: TextTokenizer) -> torch.nn.Module:
 
 # == 3. Evaluation (zero-shot with a prompt ensemble; linear probe on frozen features) ============
 def evaluate(model: torch.nn.Module, train: Any, test: Any, tokenizer: TextTokenizer,
-             cfg: TrainConfig, *, probe: bool) -> dict[str, float]:
-    model.eval()
+             cfg: TrainConfig, *, probe: bool, user: UserEvaluation | None = None
+             ) -> dict[str, float]:
+    """Fashion-MNIST's zero-shot (and probe) when `test` is set, then the user's sets."""
     device = next(model.parameters()).device
+    out = user(model, device) if user is not None and user.active else {}
+    if test is None:
+        return out
+    model.eval()
     preprocess = eval_preprocess(cfg)
     with torch.no_grad():
         classifier = evaluation.zero_shot_classifier(
@@ -119,7 +127,7 @@ def evaluate(model: torch.nn.Module, train: Any, test: Any, tokenizer: TextToken
             lambda texts: torch.from_numpy(tokenizer.encode(texts)).to(device))
         test_features = evaluation.extract_features(model.encode_image, test.images,
                                                     preprocess=preprocess, device=device)
-    out = {"zero_shot_top1": evaluation.zero_shot_top1(test_features, test.labels, classifier)}
+    out["zero_shot_top1"] = evaluation.zero_shot_top1(test_features, test.labels, classifier)
     if probe and hasattr(train, "images"):  # a probe needs labelled training images
         train_features = evaluation.extract_features(model.encode_image, train.images,
                                                      preprocess=preprocess, device=device)
@@ -197,6 +205,11 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
         model: torch.nn.Module | None = None, stop_after: int | None = None) -> dict[str, Any]:
     rank, world, run_dir = lifecycle.open_run(cfg, out, resume=resume)
     train, test, tokenizer = build_data(cfg)
+    user = UserEvaluation(imagenet_val=cfg.imagenet_val, val_data=cfg.val_data,
+                          classnames=cfg.classnames, spec=image_spec(cfg), tokenizer=tokenizer)
+    note = no_evaluation_note(cfg, test is not None)
+    if note and rank == 0:
+        print(note, flush=True)
     torch.manual_seed(cfg.seed)  # the trainer's own process: model initialisation only
     model = model if model is not None else build_model(cfg, tokenizer)
     check_clip_model(model)
@@ -232,7 +245,8 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
         cfg, pruner, sampler, run_dir, rank=rank, world=world, wall=wall, stop_after=stop_after,
         train_epoch=lambda epoch: train_epoch(model, optimizer, sampler, pruner, train, cfg,
                                               epoch, generator, quiet or rank != 0, amp, device),
-        evaluate=lambda probe: evaluate(core, train, test, tokenizer, cfg, probe=probe),
+        evaluate=lambda probe: evaluate(core, train, test, tokenizer, cfg, probe=probe,
+                                        user=user),
         checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, model, optimizer,
                                                        generator, wall, scaler=amp.scaler),
         line=epoch_line, extra_stats=extra_stats,

@@ -148,6 +148,9 @@ class TrainConfig(ScanSettings):
     seed: int = 0
     threads: int | None = None
     workers: int = 0                      # DataLoader workers decoding a corpus (workers.py)
+    imagenet_val: str | None = None       # ImageFolder tree for zero-shot (common/user_eval.py)
+    classnames: str | None = None         # its class names, one line per sorted class folder
+    val_data: str | None = None           # held-out (image, caption) CSV for retrieval recall@K
 
 
 def cpu_fmnist() -> TrainConfig:
@@ -242,7 +245,12 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--lr", "lr", float, "peak learning rate (AdamW)"),
     ("--weight-decay", "weight_decay", float, "AdamW weight decay"),
     *PRUNING_FLAGS,
-    ("--eval-every", "eval_every", int, "zero-shot every k epochs (0: end only)"),
+    ("--eval-every", "eval_every", int, "evaluate every k epochs (0: end only)"),
+    ("--imagenet-val", "imagenet_val", str, "ImageFolder tree DIR/<class>/<image>: zero-shot "
+     "top-1/top-5 on your classes (replaces the Fashion-MNIST zero-shot)"),
+    ("--classnames", "classnames", str, "class names of --imagenet-val, one line per class "
+     "folder in sorted order (default: the folder names)"),
+    ("--val-data", "val_data", str, "held-out image,caption CSV: image<->text recall@1/5/10"),
     *BOOKKEEPING_FLAGS,
 ]
 
