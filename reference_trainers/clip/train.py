@@ -33,6 +33,7 @@ from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.skipped import SkippedLog
+from reference_trainers.common.tb_report import NullReporter, open_reporter, parse_report_to
 from reference_trainers.common.user_eval import (UserEvaluation, fashion_mnist_for,
                                                  no_evaluation_note)
 from reference_trainers.common.tokenizer_choice import TextTokenizer, load_tokenizer
@@ -52,6 +53,7 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, TextTokenizer]:
     from reference_trainers.common.workers import check_workers
 
     check_workers(cfg.workers)
+    parse_report_to(cfg.report_to)
     splits = fashion_mnist_for(cfg)  # None: the run needs no Fashion-MNIST file
     tokenizer = load_tokenizer(cfg.tokenizer, context_length=cfg.context_length)
     if cfg.data.startswith("csv:"):
@@ -161,7 +163,8 @@ def epoch_batches(data: Any, plan: Any, sampler: ScanSampler, cfg: TrainConfig,
 
 def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data: Any,
                 cfg: TrainConfig, epoch: int, generator: torch.Generator,
-                quiet: bool, amp: AmpSetup, device: torch.device) -> dict[str, Any]:
+                quiet: bool, amp: AmpSetup, device: torch.device,
+                reporter: NullReporter = NullReporter()) -> dict[str, Any]:
     plan = sampler.plan
     batches, num_batches = epoch_batches(data, plan, sampler, cfg, generator)
     bar = EpochBar(epoch, num_batches, phase=plan.phase, kept_share=plan.keep_fraction,
@@ -191,6 +194,8 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
         if len(unique):
             record(pruner, unique, out.per_sample[:, torch.from_numpy(first)])
         loss_sum += float(out.loss.detach()) * len(batch_ids)
+        reporter.step(loss=float(out.loss.detach()), lr=lr, kept_share=plan.keep_fraction,
+                      samples=len(batch_ids))
         samples += len(batch_ids)
         steps += 1
         bar.update(i + 1, loss_sum / samples)
@@ -224,8 +229,11 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)
+    reporter = NullReporter()
     if rank == 0:
         run_dir.truncate_metrics(last)
+        reporter = open_reporter(cfg.report_to, run_dir.path, rank=rank,
+                                 rows=run_dir.read_metrics())
         if hasattr(train, "mismatched"):
             run_dir.save_array("planted", mismatched=train.mismatched.numpy(),
                                duplicate_of=train.duplicate_of.numpy())
@@ -244,13 +252,15 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
     row = lifecycle.epoch_loop(
         cfg, pruner, sampler, run_dir, rank=rank, world=world, wall=wall, stop_after=stop_after,
         train_epoch=lambda epoch: train_epoch(model, optimizer, sampler, pruner, train, cfg,
-                                              epoch, generator, quiet or rank != 0, amp, device),
+                                              epoch, generator, quiet or rank != 0, amp, device,
+                                              reporter),
         evaluate=lambda probe: evaluate(core, train, test, tokenizer, cfg, probe=probe,
                                         user=user),
         checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, model, optimizer,
                                                        generator, wall, scaler=amp.scaler),
-        line=epoch_line, extra_stats=extra_stats,
+        line=lambda row: (reporter.epoch(row), epoch_line(row))[1], extra_stats=extra_stats,
         skipped=SkippedLog(run_dir, train, write=rank == 0))
+    reporter.close()
     return lifecycle.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
 
 

@@ -151,6 +151,7 @@ class TrainConfig(ScanSettings):
     imagenet_val: str | None = None       # ImageFolder tree for zero-shot (common/user_eval.py)
     classnames: str | None = None         # its class names, one line per sorted class folder
     val_data: str | None = None           # held-out (image, caption) CSV for retrieval recall@K
+    report_to: str | None = None          # tensorboard: event files in RUN/tensorboard
 
 
 def cpu_fmnist() -> TrainConfig:
@@ -251,6 +252,8 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--classnames", "classnames", str, "class names of --imagenet-val, one line per class "
      "folder in sorted order (default: the folder names)"),
     ("--val-data", "val_data", str, "held-out image,caption CSV: image<->text recall@1/5/10"),
+    ("--report-to", "report_to", str, "tensorboard: per-step train/* and per-epoch scan/*, "
+     "eval/* scalars in OUT/tensorboard (needs the tensorboard extra)"),
     *BOOKKEEPING_FLAGS,
 ]
 

@@ -54,6 +54,8 @@ def check_jax_config(cfg: Any) -> Any:
         if getattr(cfg, field, None):
             refused.append(f"{flag} {getattr(cfg, field)} (evaluation on your data is the "
                            "PyTorch trainer's for now)")
+    if getattr(cfg, "report_to", None) not in (None, "", "none"):
+        refused.append(f"--report-to {cfg.report_to} (the JAX trainers write metrics.jsonl only)")
     if getattr(cfg, "workers", 0):
         refused.append(f"--workers {cfg.workers} (the JAX trainers hold Fashion-MNIST in memory)")
     if refused:
