@@ -27,6 +27,9 @@ from reference_trainers.common.captions import class_prompts
 from reference_trainers.common.config import TrainConfig, build_parser, config_from_args
 from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.lifecycle import load_checkpoint, save_checkpoint
+from reference_trainers.common.openclip_flags import (add_open_clip_flags,
+                                                      apply_open_clip_flags, warmup_in_epochs,
+                                                      with_open_clip_settings)
 from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.progress import EpochBar, closing_line, epoch_line
 from reference_trainers.common.record_once import RecordOnce
@@ -225,6 +228,7 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
     last, wall = load_checkpoint(run_dir, model, optimizer, generator,
                                  scaler=amp.scaler) if resume else (-1, 0.0)
     num_samples = len(train.index) if hasattr(train, "index") else len(train)
+    cfg = warmup_in_epochs(cfg, num_samples, world)  # --warmup STEPS, as epochs of the schedule
     pruner = ScanPruner(num_samples, 2, cfg.scan, store=run_dir.store,
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
@@ -265,6 +269,8 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser("python -m reference_trainers.clip").parse_args(argv)
-    return lifecycle.cli_main(lambda: config_from_args(args), args, run,
+    parser = add_open_clip_flags(build_parser("python -m reference_trainers.clip"))
+    args = apply_open_clip_flags(parser.parse_args(argv), parser)
+    return lifecycle.cli_main(lambda: with_open_clip_settings(config_from_args(args), args),
+                              args, run,
                               functools.partial(closing_line, headline=HEADLINE))

@@ -140,6 +140,7 @@ class TrainConfig(ScanSettings):
     lr: float = 2e-3
     min_lr: float = 1e-5
     lr_warmup_epochs: float = 0.5
+    warmup_steps: int | None = None       # --warmup (open_clip): replaces lr_warmup_epochs
     weight_decay: float = 0.1
     embed_dim: int = 128
     # evaluation and bookkeeping
