@@ -70,7 +70,7 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, TextTokenizer]:
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         train = ShardStream(ShardIndex.open(cfg.data[7:]), spec=image_spec(cfg),
                             tokenizer=tokenizer.encode,
-                            rank=rank, world_size=world, num_workers=cfg.workers,
+                            rank=rank, world_size=world, num_workers=check_workers(cfg.workers),
                             seed=cfg.seed)
     elif cfg.model != "cpu":
         raise TrainerError(f"--model {cfg.model} takes {image_spec(cfg).size}-pixel RGB images: "

@@ -148,7 +148,8 @@ class TrainConfig(ScanSettings):
     probe_every: int = 0                  # linear probe every k epochs (0: at the end only)
     seed: int = 0
     threads: int | None = None
-    workers: int = 0                      # DataLoader workers decoding a corpus (workers.py)
+    workers: int | None = None            # DataLoader workers decoding a corpus (workers.py);
+    # None = 0, so config.json of runs written before the flag resume unchanged
     imagenet_val: str | None = None       # ImageFolder tree for zero-shot (common/user_eval.py)
     classnames: str | None = None         # its class names, one line per sorted class folder
     val_data: str | None = None           # held-out (image, caption) CSV for retrieval recall@K

@@ -34,8 +34,11 @@ from reference_trainers.common.errors import TrainerError
 __all__ = ["check_workers", "corpus_batches", "stream_batches"]
 
 
-def check_workers(workers: int) -> int:
-    """`workers` when it is a count of DataLoader worker processes (>= 0), else TrainerError."""
+def check_workers(workers: int | None) -> int:
+    """`workers` when it is a count of DataLoader worker processes (>= 0; None means 0),
+    else TrainerError."""
+    if workers is None:
+        return 0
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise TrainerError(f"--workers {workers!r}: expected an integer >= 0 (0 decodes in the "
                            "trainer's process; N > 0 starts N DataLoader worker processes)")
@@ -76,8 +79,9 @@ def corpus_batches(corpus: Any, id_batches: Sequence[np.ndarray], *, workers: in
     """The epoch's batches of a map-style corpus, (images float32 normalised and augmented,
     tokens int64, ids int64), decoded in `workers` processes; equal to
     `corpus.batch(ids, augment=augment, generator=generator)` per id batch, for every N."""
+    workers = check_workers(workers)
     loader = DataLoader(_DecodedBatches(corpus, list(id_batches)), batch_size=None,
-                        shuffle=False, num_workers=check_workers(workers))
+                        shuffle=False, num_workers=workers)
     in_process = workers == 0
     for pixels, tokens, served, new, repeats in loader:
         if not in_process:  # the worker's copy of the corpus recorded them, not this one
@@ -125,7 +129,8 @@ def stream_batches(stream: Any, plan: Any, *, batch_size: int, workers: int,
     `stream.steps_per_rank(plan, batch_size)` of them."""
     from adapters.torch.stream import PlanIterableDataset
 
-    dataset = PlanIterableDataset(_StatsCarrying(stream), num_workers=check_workers(workers))
+    workers = check_workers(workers)
+    dataset = PlanIterableDataset(_StatsCarrying(stream), num_workers=workers)
     dataset.set_plan(plan)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate_with_stats)

@@ -227,3 +227,24 @@ def test_a_corpus_run_evaluates_zero_shot_and_retrieval_on_the_user_sets(
             assert 0 <= r1 <= r5 <= r10 <= 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["zero_shot_top1"] == rows[-1]["zero_shot_top1"]
+
+
+def test_a_run_from_before_these_flags_resumes_and_may_add_evaluation_sets(
+        tmp_path, no_fashion_mnist):
+    """config.json written before --workers/--imagenet-val/--val-data/--report-to existed
+    (their keys absent) resumes; evaluation sets may be added at the resume."""
+    from reference_trainers.clip import train as clip_train
+
+    args = ARGS + ["--data", f"csv:{write_pairs(tmp_path, 32, 'train')}",
+                   "--out", str(tmp_path / "run")]
+    assert clip_train.main(args + ["--stop-after", "1"]) == 0
+    config_path = tmp_path / "run" / "config.json"
+    config = json.loads(config_path.read_text())
+    for key in ("workers", "imagenet_val", "classnames", "val_data", "report_to",
+                "warmup_steps"):
+        del config[key]
+    config_path.write_text(json.dumps(config))
+    assert clip_train.main(args + ["--resume", "--val-data",
+                                   str(write_pairs(tmp_path, 8, 'held'))]) == 0
+    first, last = rows_of(tmp_path / "run")
+    assert "image_to_text_R@1" not in first and 0 <= last["image_to_text_R@1"] <= 1
