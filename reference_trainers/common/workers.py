@@ -10,6 +10,8 @@ the costly, deterministic part, so the workers do that and hand back uint8 pixel
   batch per worker task, in order; with any N the batches, their ids and (after the augment in
   this process) their pixels equal those of N = 0. Samples a worker finds undecodable travel
   back with the batch and join `corpus.skipped` here, as N = 0 would have recorded them.
+* MoCo's corpora (`folder:`, `csv:`) take the decoded pixels (`raw_corpus_batches`) and
+  draw their two crops here; a MoCo shard stream runs in the trainer's process (N = 0).
 * A shard stream (`shards:`): the stream itself is split over ranks x workers
   (corpora/shards.py), so the order in which samples arrive depends on N: an epoch is
   deterministic per (seed, N) and serves the same kept ids, each once, for every N, but the
@@ -31,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from reference_trainers.common.errors import TrainerError
 
-__all__ = ["check_workers", "corpus_batches", "stream_batches"]
+__all__ = ["check_workers", "corpus_batches", "raw_corpus_batches", "stream_batches"]
 
 
 def check_workers(workers: int | None) -> int:
@@ -49,8 +51,8 @@ class _DecodedBatches(Dataset):
     """Item k: the k-th id batch of the epoch decoded, as (pixels uint8 (B', C, H, W), tokens
     int64 (B', L), served ids int64 (B'), {id: reason} newly skipped, repeats added)."""
 
-    def __init__(self, corpus: Any, id_batches: Sequence[np.ndarray]):
-        self.corpus, self.id_batches = corpus, id_batches
+    def __init__(self, corpus: Any, id_batches: Sequence[np.ndarray], fill_bad: bool = False):
+        self.corpus, self.id_batches, self.fill_bad = corpus, id_batches, fill_bad
 
     def __len__(self) -> int:
         return len(self.id_batches)
@@ -58,7 +60,7 @@ class _DecodedBatches(Dataset):
     def __getitem__(self, k: int):
         corpus = self.corpus
         known, repeats = set(corpus.skipped), corpus.repeats
-        pixels, served = corpus.raw_batch(self.id_batches[k])
+        pixels, served = corpus.raw_batch(self.id_batches[k], fill_bad=self.fill_bad)
         if corpus.captions is None or corpus.tokenizer is None:
             tokens = torch.zeros((len(served), 0), dtype=torch.long)
         else:
@@ -73,20 +75,30 @@ def _first(items: list) -> Any:
     return items[0]  # batch_size=None hands items one by one
 
 
-def corpus_batches(corpus: Any, id_batches: Sequence[np.ndarray], *, workers: int,
+def raw_corpus_batches(corpus: Any, id_batches: Sequence[np.ndarray], *, workers: int | None,
+                       fill_bad: bool = False
+                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The epoch's id batches of a map-style corpus decoded in `workers` processes, as
+    (pixels uint8 (B', C, H, W), tokens int64 (B', L), served ids int64 (B')): what
+    `corpus.raw_batch(ids, fill_bad=fill_bad)` gives (and tokens), for every N. What the
+    workers skip or repeat is recorded in `corpus` here."""
+    workers = check_workers(workers)
+    loader = DataLoader(_DecodedBatches(corpus, list(id_batches), fill_bad), batch_size=None,
+                        shuffle=False, num_workers=workers)
+    for pixels, tokens, served, new, repeats in loader:
+        if workers:  # the worker's copy of the corpus recorded them, not this one
+            corpus.skipped.update(new)
+            corpus.repeats += repeats
+        yield pixels, tokens, served
+
+
+def corpus_batches(corpus: Any, id_batches: Sequence[np.ndarray], *, workers: int | None,
                    generator: torch.Generator | None, augment: bool = True
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The epoch's batches of a map-style corpus, (images float32 normalised and augmented,
     tokens int64, ids int64), decoded in `workers` processes; equal to
     `corpus.batch(ids, augment=augment, generator=generator)` per id batch, for every N."""
-    workers = check_workers(workers)
-    loader = DataLoader(_DecodedBatches(corpus, list(id_batches)), batch_size=None,
-                        shuffle=False, num_workers=workers)
-    in_process = workers == 0
-    for pixels, tokens, served, new, repeats in loader:
-        if not in_process:  # the worker's copy of the corpus recorded them, not this one
-            corpus.skipped.update(new)
-            corpus.repeats += repeats
+    for pixels, tokens, served in raw_corpus_batches(corpus, id_batches, workers=workers):
         yield corpus.spec.prepare(pixels, augment=augment, generator=generator), tokens, served
 
 

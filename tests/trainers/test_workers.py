@@ -159,3 +159,34 @@ def test_the_trainer_refuses_a_negative_worker_count(tmp_path, capsys):
 
     assert clip_train.main(ARGS + ["--workers", "-2", "--out", str(tmp_path)]) == 2
     assert "--workers -2" in capsys.readouterr().err
+
+
+def test_moco_on_a_folder_with_two_workers_equals_the_run_without(tmp_path):
+    _fmnist_or_skip()
+    from reference_trainers.moco import train as moco_train
+
+    pixels = images(48, seed=3)
+    for i, image in enumerate(pixels):
+        folder = tmp_path / "tree" / ("bag", "coat", "shirt")[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.png").write_bytes(b"broken" if i == 4 else png(image))
+    args = ["--preset", "cpu-tiny-moco", "--num-train", "64", "--num-test", "32",
+            "--batch-size", "16", "--epochs", "2", "--scan-warmup-epochs", "1", "--threads", "1",
+            "--quiet", "--eval-every", "0", "--data", f"folder:{tmp_path / 'tree'}"]
+    for name, workers in (("w0", "0"), ("w2", "2")):
+        assert moco_train.main(args + ["--workers", workers, "--out", str(tmp_path / name)]) == 0
+    keys = ("train_loss", "samples", "steps", "num_kept", "skipped_samples", "knn_top1")
+    w0, w2 = ([tuple(r.get(k) for k in keys) for r in _rows(tmp_path / name)]
+              for name in ("w0", "w2"))
+    assert len(w0) == 2 and w0[-1][4] == 1 and w2 == w0
+
+
+def test_moco_refuses_workers_on_a_shard_stream(tmp_path, capsys):
+    _fmnist_or_skip()
+    from reference_trainers.moco import train as moco_train
+
+    shards = write_shards(tmp_path / "shards", 24, 12)
+    assert moco_train.main(["--preset", "cpu-tiny-moco", "--num-train", "64", "--num-test", "32",
+                            "--quiet", "--data", f"shards:{shards}", "--workers", "2",
+                            "--out", str(tmp_path / "run")]) == 2
+    assert "--workers 2 with --data shards:" in capsys.readouterr().err
