@@ -54,7 +54,8 @@ def test_a_run_writes_per_step_and_per_epoch_scalars_and_a_resume_continues_them
             "--report-to", "tensorboard", "--out", str(tmp_path / "run")]
     assert clip_train.main(args + ["--stop-after", "2"]) == 0
     assert clip_train.main(args + ["--resume"]) == 0
-    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics_file = tmp_path / "run" / "metrics.jsonl"
+    metrics = [json.loads(x) for x in metrics_file.read_text().splitlines()]
     scalars = read_scalars(tmp_path / "run" / "tensorboard")
     total_steps = sum(r["steps"] for r in metrics)
     assert [s for s, _ in scalars["train/loss"]] == list(range(total_steps))  # no gap, no repeat

@@ -42,8 +42,9 @@ def test_recall_matches_a_brute_force_ranking_and_grows_with_k(n, dim, seed):
     texts = rng.normal(size=(n, dim)).astype(np.float32) + 0.01
     scores = recall_at_k(images, texts, ks=(1, 2, 5, n))
     for k in (1, 2, 5):
-        assert scores[f"image_to_text_R@{k}"] == pytest.approx(brute_force_recall(images, texts, k))
-        assert scores[f"text_to_image_R@{k}"] == pytest.approx(brute_force_recall(texts, images, k))
+        i2t, t2i = brute_force_recall(images, texts, k), brute_force_recall(texts, images, k)
+        assert scores[f"image_to_text_R@{k}"] == pytest.approx(i2t)
+        assert scores[f"text_to_image_R@{k}"] == pytest.approx(t2i)
     for side in ("image_to_text", "text_to_image"):
         assert scores[f"{side}_R@1"] <= scores[f"{side}_R@2"] <= scores[f"{side}_R@5"]
         assert scores[f"{side}_R@{n}"] == 1.0
@@ -187,7 +188,8 @@ def write_pairs(folder: pathlib.Path, n: int, name: str) -> pathlib.Path:
     rng = np.random.default_rng(len(name))
     rows = ["image,caption"]
     for i in range(n):
-        PIL.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"{name}{i}.png")
+        pixels = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+        PIL.fromarray(pixels).save(folder / f"{name}{i}.png")
         rows.append(f"{name}{i}.png,{CAPTIONS[i % 4]}")
     (folder / f"{name}.csv").write_text("\n".join(rows) + "\n")
     return folder / f"{name}.csv"
