@@ -55,6 +55,9 @@ def add_open_clip_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         if action.dest == "out":
             action.required = False
             action.help = "run directory (or --logs DIR --name NAME)"
+        if action.dest == "precision":
+            action.help = ("fp32 (default), bf16 or fp16 autocast; open_clip's amp (= fp16), "
+                           "amp_bf16 (= bf16) and fp32 too")
     return parser
 
 
