@@ -14,7 +14,7 @@ DATA_DIR := /usr/share/datasets/fashion-mnist
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,torch,jax,plot]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,torch,jax,plot,tensorboard]"
 	touch $(STAMP)
 
 data:

@@ -25,15 +25,20 @@ from reference_trainers.common import evaluation, lifecycle
 from reference_trainers.common.accel import AmpSetup, place_model
 from reference_trainers.common.captions import class_prompts
 from reference_trainers.common.config import TrainConfig, build_parser, config_from_args
-from reference_trainers.common.data import load_fashion_mnist
 from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.lifecycle import load_checkpoint, save_checkpoint
+from reference_trainers.common.openclip_flags import (add_open_clip_flags,
+                                                      apply_open_clip_flags, warmup_in_epochs,
+                                                      with_open_clip_settings)
 from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.progress import EpochBar, closing_line, epoch_line
 from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.skipped import SkippedLog
+from reference_trainers.common.tb_report import NullReporter, open_reporter, parse_report_to
+from reference_trainers.common.user_eval import (UserEvaluation, fashion_mnist_for,
+                                                 no_evaluation_note)
 from reference_trainers.common.tokenizer_choice import TextTokenizer, load_tokenizer
 from reference_trainers.common.torch_data import (build_image_text_data, normalise,
                                                   resize_to_spec)
@@ -45,9 +50,14 @@ HEADLINE = ("zero_shot_top1", "linear_probe_top1")
 # == 2. Data ======================================================================================
 def build_data(cfg: TrainConfig) -> tuple[Any, Any, TextTokenizer]:
     """Training data (Fashion-MNIST with captions, or a CSV corpus of image paths and captions)
-    and Fashion-MNIST's test split for evaluation. The tokenizer (`--tokenizer`, default the
+    and Fashion-MNIST's test split for evaluation (None when the run evaluates on the user's
+    sets or on nothing: common/user_eval.py). The tokenizer (`--tokenizer`, default the
     word-level one at cfg.context_length) sets the context length of every token row."""
-    splits = load_fashion_mnist(cfg.data_dir)
+    from reference_trainers.common.workers import check_workers
+
+    check_workers(cfg.workers)
+    parse_report_to(cfg.report_to)
+    splits = fashion_mnist_for(cfg)  # None: the run needs no Fashion-MNIST file
     tokenizer = load_tokenizer(cfg.tokenizer, context_length=cfg.context_length)
     if cfg.data.startswith("csv:"):
         from reference_trainers.common.corpora import CsvCorpus
@@ -60,7 +70,8 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, TextTokenizer]:
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         train = ShardStream(ShardIndex.open(cfg.data[7:]), spec=image_spec(cfg),
                             tokenizer=tokenizer.encode,
-                            rank=rank, world_size=world, seed=cfg.seed)
+                            rank=rank, world_size=world, num_workers=check_workers(cfg.workers),
+                            seed=cfg.seed)
     elif cfg.model != "cpu":
         raise TrainerError(f"--model {cfg.model} takes {image_spec(cfg).size}-pixel RGB images: "
                            "train it on a corpus (--data csv:PATH), not on 28x28 Fashion-MNIST.")
@@ -71,8 +82,9 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any, TextTokenizer]:
                                       context_length=tokenizer.context_length, tokenizer=tokenizer)
     else:
         raise TrainerError(f"--data must be fmnist, csv:PATH or shards:DIR, got {cfg.data!r}.")
-    test = build_image_text_data(splits, train=False, num_samples=cfg.num_test, seed=cfg.seed,
-                                 context_length=tokenizer.context_length, tokenizer=tokenizer)
+    test = None if splits is None or cfg.imagenet_val else build_image_text_data(
+        splits, train=False, num_samples=cfg.num_test, seed=cfg.seed,
+        context_length=tokenizer.context_length, tokenizer=tokenizer)
     return train, test, tokenizer
 
 
@@ -105,9 +117,14 @@ def build_model(cfg: TrainConfig, tokenizer: TextTokenizer) -> torch.nn.Module:
 
 # == 3. Evaluation (zero-shot with a prompt ensemble; linear probe on frozen features) ============
 def evaluate(model: torch.nn.Module, train: Any, test: Any, tokenizer: TextTokenizer,
-             cfg: TrainConfig, *, probe: bool) -> dict[str, float]:
-    model.eval()
+             cfg: TrainConfig, *, probe: bool, user: UserEvaluation | None = None
+             ) -> dict[str, float]:
+    """Fashion-MNIST's zero-shot (and probe) when `test` is set, then the user's sets."""
     device = next(model.parameters()).device
+    out = user(model, device) if user is not None and user.active else {}
+    if test is None:
+        return out
+    model.eval()
     preprocess = eval_preprocess(cfg)
     with torch.no_grad():
         classifier = evaluation.zero_shot_classifier(
@@ -115,7 +132,7 @@ def evaluate(model: torch.nn.Module, train: Any, test: Any, tokenizer: TextToken
             lambda texts: torch.from_numpy(tokenizer.encode(texts)).to(device))
         test_features = evaluation.extract_features(model.encode_image, test.images,
                                                     preprocess=preprocess, device=device)
-    out = {"zero_shot_top1": evaluation.zero_shot_top1(test_features, test.labels, classifier)}
+    out["zero_shot_top1"] = evaluation.zero_shot_top1(test_features, test.labels, classifier)
     if probe and hasattr(train, "images"):  # a probe needs labelled training images
         train_features = evaluation.extract_features(model.encode_image, train.images,
                                                      preprocess=preprocess, device=device)
@@ -133,23 +150,24 @@ def epoch_batches(data: Any, plan: Any, sampler: ScanSampler, cfg: TrainConfig,
     Map-style data is served by the sampler; a shard stream drops pruned samples before it
     reads them and tops up short workers so every rank runs the same number of steps."""
     if hasattr(data, "steps_per_rank"):
-        from adapters.torch.stream import PlanIterableDataset, collate_samples
+        from reference_trainers.common.workers import stream_batches
 
-        dataset = PlanIterableDataset(data)
-        dataset.set_plan(plan)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size,
-                                             collate_fn=collate_samples)
-        prepared = ((data.spec.prepare(images, augment=True, generator=generator), tokens, ids)
-                    for images, tokens, ids in loader)
-        return prepared, data.steps_per_rank(plan, cfg.batch_size)
+        return (stream_batches(data, plan, batch_size=cfg.batch_size, workers=cfg.workers,
+                               generator=generator), data.steps_per_rank(plan, cfg.batch_size))
     id_batches = list(sampler.batches(cfg.batch_size))
+    if hasattr(data, "raw_batch"):  # a corpus on disk: decoded in --workers processes
+        from reference_trainers.common.workers import corpus_batches
+
+        return (corpus_batches(data, id_batches, workers=cfg.workers, generator=generator),
+                len(id_batches))
     return ((data.batch(ids, augment=True, generator=generator) for ids in id_batches),
             len(id_batches))
 
 
 def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data: Any,
                 cfg: TrainConfig, epoch: int, generator: torch.Generator,
-                quiet: bool, amp: AmpSetup, device: torch.device) -> dict[str, Any]:
+                quiet: bool, amp: AmpSetup, device: torch.device,
+                reporter: NullReporter = NullReporter()) -> dict[str, Any]:
     plan = sampler.plan
     batches, num_batches = epoch_batches(data, plan, sampler, cfg, generator)
     bar = EpochBar(epoch, num_batches, phase=plan.phase, kept_share=plan.keep_fraction,
@@ -179,6 +197,8 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
         if len(unique):
             record(pruner, unique, out.per_sample[:, torch.from_numpy(first)])
         loss_sum += float(out.loss.detach()) * len(batch_ids)
+        reporter.step(loss=float(out.loss.detach()), lr=lr, kept_share=plan.keep_fraction,
+                      samples=len(batch_ids))
         samples += len(batch_ids)
         steps += 1
         bar.update(i + 1, loss_sum / samples)
@@ -193,6 +213,11 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
         model: torch.nn.Module | None = None, stop_after: int | None = None) -> dict[str, Any]:
     rank, world, run_dir = lifecycle.open_run(cfg, out, resume=resume)
     train, test, tokenizer = build_data(cfg)
+    user = UserEvaluation(imagenet_val=cfg.imagenet_val, val_data=cfg.val_data,
+                          classnames=cfg.classnames, spec=image_spec(cfg), tokenizer=tokenizer)
+    note = no_evaluation_note(cfg, test is not None)
+    if note and rank == 0:
+        print(note, flush=True)
     torch.manual_seed(cfg.seed)  # the trainer's own process: model initialisation only
     model = model if model is not None else build_model(cfg, tokenizer)
     check_clip_model(model)
@@ -203,12 +228,16 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
     last, wall = load_checkpoint(run_dir, model, optimizer, generator,
                                  scaler=amp.scaler) if resume else (-1, 0.0)
     num_samples = len(train.index) if hasattr(train, "index") else len(train)
+    cfg = warmup_in_epochs(cfg, num_samples, world)  # --warmup STEPS, as epochs of the schedule
     pruner = ScanPruner(num_samples, 2, cfg.scan, store=run_dir.store,
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)
+    reporter = NullReporter()
     if rank == 0:
         run_dir.truncate_metrics(last)
+        reporter = open_reporter(cfg.report_to, run_dir.path, rank=rank,
+                                 rows=run_dir.read_metrics())
         if hasattr(train, "mismatched"):
             run_dir.save_array("planted", mismatched=train.mismatched.numpy(),
                                duplicate_of=train.duplicate_of.numpy())
@@ -227,16 +256,21 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
     row = lifecycle.epoch_loop(
         cfg, pruner, sampler, run_dir, rank=rank, world=world, wall=wall, stop_after=stop_after,
         train_epoch=lambda epoch: train_epoch(model, optimizer, sampler, pruner, train, cfg,
-                                              epoch, generator, quiet or rank != 0, amp, device),
-        evaluate=lambda probe: evaluate(core, train, test, tokenizer, cfg, probe=probe),
+                                              epoch, generator, quiet or rank != 0, amp, device,
+                                              reporter),
+        evaluate=lambda probe: evaluate(core, train, test, tokenizer, cfg, probe=probe,
+                                        user=user),
         checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, model, optimizer,
                                                        generator, wall, scaler=amp.scaler),
-        line=epoch_line, extra_stats=extra_stats,
+        line=lambda row: (reporter.epoch(row), epoch_line(row))[1], extra_stats=extra_stats,
         skipped=SkippedLog(run_dir, train, write=rank == 0))
+    reporter.close()
     return lifecycle.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser("python -m reference_trainers.clip").parse_args(argv)
-    return lifecycle.cli_main(lambda: config_from_args(args), args, run,
+    parser = add_open_clip_flags(build_parser("python -m reference_trainers.clip"))
+    args = apply_open_clip_flags(parser.parse_args(argv), parser)
+    return lifecycle.cli_main(lambda: with_open_clip_settings(config_from_args(args), args),
+                              args, run,
                               functools.partial(closing_line, headline=HEADLINE))

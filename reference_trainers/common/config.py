@@ -140,6 +140,7 @@ class TrainConfig(ScanSettings):
     lr: float = 2e-3
     min_lr: float = 1e-5
     lr_warmup_epochs: float = 0.5
+    warmup_steps: int | None = None       # --warmup (open_clip): replaces lr_warmup_epochs
     weight_decay: float = 0.1
     embed_dim: int = 128
     # evaluation and bookkeeping
@@ -147,6 +148,12 @@ class TrainConfig(ScanSettings):
     probe_every: int = 0                  # linear probe every k epochs (0: at the end only)
     seed: int = 0
     threads: int | None = None
+    workers: int | None = None            # DataLoader workers decoding a corpus (workers.py);
+    # None = 0, so config.json of runs written before the flag resume unchanged
+    imagenet_val: str | None = None       # ImageFolder tree for zero-shot (common/user_eval.py)
+    classnames: str | None = None         # its class names, one line per sorted class folder
+    val_data: str | None = None           # held-out (image, caption) CSV for retrieval recall@K
+    report_to: str | None = None          # tensorboard: event files in RUN/tensorboard
 
 
 def cpu_fmnist() -> TrainConfig:
@@ -228,7 +235,10 @@ BOOKKEEPING_FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
-    ("--data", "data", str, "training data: fmnist (default) or csv:PATH (image,caption rows)"),
+    ("--data", "data", str, "training data: fmnist (default), csv:PATH (image,caption rows) "
+     "or shards:DIR (a folder of webdataset-style .tar shards, docs/corpora.md)"),
+    ("--workers", "workers", int, "DataLoader worker processes decoding a csv:/shards: corpus "
+     "(default 0: in the trainer's process; Fashion-MNIST is in memory and needs none)"),
     ("--tokenizer", "tokenizer", str, "word (default), bpe:PATH (train_tokenizer) or open_clip"),
     ("--model", "model", str, "cpu (default) or a GPU preset: RN50, RN101, ViT-B-32"),
     ("--precision", "precision", str, "fp32 (default), bf16 or fp16 autocast"),
@@ -238,7 +248,14 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--lr", "lr", float, "peak learning rate (AdamW)"),
     ("--weight-decay", "weight_decay", float, "AdamW weight decay"),
     *PRUNING_FLAGS,
-    ("--eval-every", "eval_every", int, "zero-shot every k epochs (0: end only)"),
+    ("--eval-every", "eval_every", int, "evaluate every k epochs (0: end only)"),
+    ("--imagenet-val", "imagenet_val", str, "ImageFolder tree DIR/<class>/<image>: zero-shot "
+     "top-1/top-5 on your classes (replaces the Fashion-MNIST zero-shot)"),
+    ("--classnames", "classnames", str, "class names of --imagenet-val, one line per class "
+     "folder in sorted order (default: the folder names)"),
+    ("--val-data", "val_data", str, "held-out image,caption CSV: image<->text recall@1/5/10"),
+    ("--report-to", "report_to", str, "tensorboard: per-step train/* and per-epoch scan/*, "
+     "eval/* scalars in OUT/tensorboard (needs the tensorboard extra)"),
     *BOOKKEEPING_FLAGS,
 ]
 

@@ -58,6 +58,7 @@ class MocoConfig(ScanSettings):
     knn_k: int = 20
     seed: int = 0
     threads: int | None = None
+    workers: int | None = None            # DataLoader workers decoding folder:/csv: (None = 0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -107,5 +108,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--weight-decay", "weight_decay", float, "weight decay"),
     *PRUNING_FLAGS,
     ("--eval-every", "eval_every", int, "kNN top-1 every k epochs (0: end only)"),
+    ("--workers", "workers", int, "DataLoader worker processes decoding a folder:/csv: corpus "
+     "(default 0: in the trainer's process)"),
     *BOOKKEEPING_FLAGS,
 ]

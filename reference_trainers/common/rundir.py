@@ -134,11 +134,12 @@ class RunDir:
     # -- config -------------------------------------------------------------------------------
     def write_config(self, config: dict[str, Any], *, resume: bool) -> None:
         """Write config.json; on resume, refuse a config that differs in anything but the
-        fields a resume may change (epochs to run, evaluation cadence)."""
+        fields a resume may change (epochs to run, evaluation cadence and sets, reporting)."""
         target = self.path / "config.json"
         if target.exists() and resume:
             old = self.read_config()
-            free = {"resume", "eval_every", "probe_every", "log_every", "quiet"}
+            free = {"resume", "eval_every", "probe_every", "log_every", "quiet",
+                    "imagenet_val", "classnames", "val_data", "report_to"}
             diffs = [f"{k}: run has {old.get(k)!r}, now {config.get(k)!r}"
                      for k in sorted((set(old) | set(config)) - free) if old.get(k) != config.get(k)]
             if diffs:

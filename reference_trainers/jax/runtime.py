@@ -53,6 +53,15 @@ def check_jax_config(cfg: Any) -> Any:
     if getattr(cfg, "tokenizer", "word") != "word":
         refused.append(f"--tokenizer {cfg.tokenizer} (the JAX CLIP trainer's captions are "
                        "Fashion-MNIST's, with the word tokenizer)")
+    for field, flag in (("imagenet_val", "--imagenet-val"), ("val_data", "--val-data"),
+                        ("classnames", "--classnames")):
+        if getattr(cfg, field, None):
+            refused.append(f"{flag} {getattr(cfg, field)} (evaluation on your data is the "
+                           "PyTorch trainer's for now)")
+    if getattr(cfg, "report_to", None) not in (None, "", "none"):
+        refused.append(f"--report-to {cfg.report_to} (the JAX trainers write metrics.jsonl only)")
+    if getattr(cfg, "workers", 0):
+        refused.append(f"--workers {cfg.workers} (the JAX trainers hold Fashion-MNIST in memory)")
     if refused:
         raise TrainerError("not supported with --framework jax: " + "; ".join(refused) + ".")
     return dataclasses.replace(cfg, framework="jax")

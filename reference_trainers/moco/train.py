@@ -115,6 +115,12 @@ def epoch_batches(data: Any, plan: Any, sampler: ScanSampler, cfg: MocoConfig,
                  for images, ids in _fold_stream(loader))
         return crops, _stream_steps(data, plan, cfg.batch_size)
     id_batches = _fold_lone_last(list(sampler.batches(cfg.batch_size)))
+    if isinstance(data, moco_data.CorpusCrops):  # decoded in --workers processes (workers.py)
+        from reference_trainers.common.workers import raw_corpus_batches
+
+        raw = raw_corpus_batches(data.corpus, id_batches, workers=cfg.workers, fill_bad=True)
+        return ((*moco_data.spec_two_crops(images.to(device), data.spec, generator, data.views),
+                 served.numpy()) for images, _, served in raw), len(id_batches)
     return (data.crops(ids, generator, device) for ids in id_batches), len(id_batches)
 
 
@@ -165,12 +171,23 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
 
 # == 5. Checkpoints: save_checkpoint / load_checkpoint (common/lifecycle.py) =====================
 # == 6. The run ===================================================================================
+def _check_workers(cfg: MocoConfig, train: Any) -> None:
+    from reference_trainers.common.errors import TrainerError
+    from reference_trainers.common.workers import check_workers
+
+    if check_workers(cfg.workers) and hasattr(train, "steps_per_rank"):
+        raise TrainerError(f"--workers {cfg.workers} with --data {cfg.data}: MoCo reads a shard "
+                           "stream in the trainer's process for now; drop --workers (folder: "
+                           "and csv: corpora take it)")
+
+
 def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
         model: MoCo | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Train (or continue, with resume) the run in `out`; returns the summary.
     model: any MoCo (e.g. around another backbone); default build_moco(cfg.backbone, ...)."""
     rank, world, run_dir = lifecycle.open_run(cfg, out, resume=resume)
     train, probe_train, test = build_data(cfg, rank=rank, world=world)
+    _check_workers(cfg, train)
     if rank == 0:
         moco_data.check_corpus(run_dir, train, resume=resume)
     torch.manual_seed(cfg.seed)  # the trainer's own process: model initialisation only

@@ -25,7 +25,8 @@ REPO_ROOT = PACKAGE_DIR.parent
 # common/'s modules that import torch; common/corpora/ decodes into torch tensors today (its
 # torch part leaves for the torch floor with the data layer, issue 16).
 TORCH_COMMON = {"common.accel", "common.augment", "common.evaluation", "common.lifecycle",
-                "common.torch_data", "common.corpora"}
+                "common.torch_data", "common.corpora", "common.workers",
+                "common.user_eval", "common.tb_report"}
 
 MAY_IMPORT = {
     "shared": {"shared"},
