@@ -42,6 +42,9 @@ from scan_core.errors import (ScanResumeError, ScanStoreCorruptError, ScanStoreE
 STORE_SCHEMA = 1
 KEEP_SNAPSHOTS = 2
 _CHUNK_BYTES = 1 << 22
+# History chunks run along samples, all views in one chunk, so history.py can read N = 1e9
+# samples a slice at a time (a row-major chunk would be a whole 2 GB row).
+HISTORY_CHUNK_SAMPLES = 1 << 20
 
 
 def _crc(array: np.ndarray) -> int:
@@ -296,8 +299,8 @@ class LossStore:
         hist = self._group.require_group("history")
         node = hist.create_group(f"epoch_{epoch:08d}", overwrite=True)
         value = losses.astype(dtype)
-        arr = node.create_array("losses", shape=value.shape, dtype=value.dtype,
-                                chunks=_chunks(value.shape, value.dtype.itemsize))
+        chunks = (max(value.shape[0], 1), max(1, min(value.shape[1], HISTORY_CHUNK_SAMPLES)))
+        arr = node.create_array("losses", shape=value.shape, dtype=value.dtype, chunks=chunks)
         arr[...] = value
         node.attrs.update({"complete": True})
 
@@ -308,7 +311,11 @@ class LossStore:
                 if self._group["history"][n].attrs.get("complete") is True]
 
     def read_history(self, epoch: int) -> np.ndarray:
-        return np.asarray(self._group[f"history/epoch_{epoch:08d}/losses"][...])
+        return np.asarray(self.history_array(epoch)[...])
+
+    def history_array(self, epoch: int) -> Any:
+        """The zarr array of a history epoch, unread: slice it ([:, lo:hi]) to read a chunk."""
+        return self._group[f"history/epoch_{epoch:08d}/losses"]
 
 
 _STORE_ENTRIES = {"snapshots", "history", lock_module.LOCK_NAME}
