@@ -125,10 +125,16 @@ def _check(window: int, chunk_samples: int, num_epochs: int) -> None:
 
 
 def history_features(arrays: Sequence[Any], window: int = 2,
-                     chunk_samples: int = DEFAULT_CHUNK_SAMPLES) -> dict[str, np.ndarray]:
-    """Features of the histories `arrays` (oldest first; each (num_views, N), a zarr array or
-    anything sliceable as [:, lo:hi]), read `chunk_samples` samples at a time."""
+                     chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
+                     names: Sequence[str] = FEATURES) -> dict[str, np.ndarray]:
+    """Features `names` of the histories `arrays` (oldest first; each (num_views, N), a zarr
+    array or anything sliceable as [:, lo:hi]), read `chunk_samples` samples at a time.
+    RAM: 4 bytes per sample per name asked for, plus the chunk."""
     _check(window, chunk_samples, len(arrays))
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown or not names:
+        raise ScanInputError(f"names must be a non-empty subset of {FEATURES}, got "
+                             f"{list(names)!r}.")
     num_views, num_samples = arrays[0].shape
     for arr in arrays:
         if tuple(arr.shape) != (num_views, num_samples):
@@ -138,11 +144,13 @@ def history_features(arrays: Sequence[Any], window: int = 2,
     for lo in range(0, num_samples, chunk_samples):
         _chunk_moments(_read(arrays, lo, min(num_samples, lo + chunk_samples)), moments)
     mean, inv_std = _standardise(moments)
-    out = {name: np.empty(num_samples, np.float32) for name in FEATURES}
+    out = {name: np.empty(num_samples, np.float32) for name in names}
     for lo in range(0, num_samples, chunk_samples):
         hi = min(num_samples, lo + chunk_samples)
-        _chunk_features(_read(arrays, lo, hi), mean, inv_std, int(window), out["last"][lo:hi],
-                        out["persist"][lo:hi], out["delta"][lo:hi], out["mean"][lo:hi])
+        part = {name: np.empty(hi - lo, np.float32) for name in FEATURES}
+        _chunk_features(_read(arrays, lo, hi), mean, inv_std, int(window), *part.values())
+        for name in names:
+            out[name][lo:hi] = part[name]
     return out
 
 
@@ -151,11 +159,13 @@ def _read(arrays: Sequence[Any], lo: int, hi: int) -> np.ndarray:
 
 
 def store_features(store: Any, epochs: Sequence[int] | None = None, window: int = 2,
-                   chunk_samples: int = DEFAULT_CHUNK_SAMPLES) -> dict[str, np.ndarray]:
+                   chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
+                   names: Sequence[str] = FEATURES) -> dict[str, np.ndarray]:
     """`history_features` over a LossStore's history epochs (all complete ones by default)."""
     epochs = list(store.history_epochs() if epochs is None else epochs)
     missing = sorted(set(epochs) - set(store.history_epochs()))
     if missing:
         raise ScanInputError(f"history epochs {missing} are not in the store (it holds "
                              f"{store.history_epochs()}); pass epochs it holds.")
-    return history_features([store.history_array(e) for e in epochs], window, chunk_samples)
+    return history_features([store.history_array(e) for e in epochs], window, chunk_samples,
+                            names)

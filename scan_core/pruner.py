@@ -421,7 +421,7 @@ class ScanPruner:
             self._red, self._ill, self._ema = global_candidates(
                 epoch_losses, self._ema, cfg, epoch, self.rho_low, self.rho_high)
         if self.loss_history and self._store is not None and epoch_losses is not None:
-            self._store.write_history(epoch, epoch_losses.mean(), self.loss_history)
+            self._store.write_history(epoch, epoch_losses, self.loss_history)
         self._num_preparations += 1
         self._collecting = False
 

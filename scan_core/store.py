@@ -292,16 +292,22 @@ class LossStore:
             shutil.rmtree(os.path.join(self.path, "snapshots", name), ignore_errors=True)
 
     # -- loss history -----------------------------------------------------------------------
-    def write_history(self, epoch: int, losses: np.ndarray, dtype: str) -> None:
-        """Per-view losses of a preparation epoch, (num_views, N), NaN where unseen."""
+    def write_history(self, epoch: int, losses: Any, dtype: str) -> None:
+        """Per-view losses of a preparation epoch, (num_views, N), NaN where unseen: an array,
+        or an object with `.sum.shape` and `.mean(lo, hi)` (EpochLosses), written one chunk of
+        samples at a time so that no (num_views, N) copy is made."""
         if not self.writable:
             return
         hist = self._group.require_group("history")
         node = hist.create_group(f"epoch_{epoch:08d}", overwrite=True)
-        value = losses.astype(dtype)
-        chunks = (max(value.shape[0], 1), max(1, min(value.shape[1], HISTORY_CHUNK_SAMPLES)))
-        arr = node.create_array("losses", shape=value.shape, dtype=value.dtype, chunks=chunks)
-        arr[...] = value
+        shape = tuple(losses.shape if isinstance(losses, np.ndarray) else losses.sum.shape)
+        step = max(1, min(shape[1], HISTORY_CHUNK_SAMPLES))
+        arr = node.create_array("losses", shape=shape, dtype=np.dtype(dtype),
+                                chunks=(max(shape[0], 1), step))
+        for lo in range(0, shape[1], step):
+            hi = min(shape[1], lo + step)
+            part = losses[:, lo:hi] if isinstance(losses, np.ndarray) else losses.mean(lo, hi)
+            arr[:, lo:hi] = part.astype(dtype)
         node.attrs.update({"complete": True})
 
     def history_epochs(self) -> list[int]:

@@ -92,10 +92,28 @@ def test_the_store_keeps_history_in_sample_chunks_and_reads_it_back(tmp_path, mo
     for e in epochs:
         assert store.history_array(e).chunks == (2, 64)
     whole = np.stack([store.read_history(e) for e in epochs]).astype(np.float32)
+    # Written 64 samples at a time, the history equals one written in a single chunk.
+    monkeypatch.setattr(store_module, "HISTORY_CHUNK_SAMPLES", 1 << 20)
+    other = ScanPruner(n, 2, ScanConfig(seed=2), store=tmp_path / "one.zarr",
+                       loss_history="float16")
+    run(other, 9, LossStream(seed=51), 50)
+    assert other._store.history_array(epochs[0]).chunks == (2, n)
+    np.testing.assert_array_equal(
+        np.stack([other._store.read_history(e) for e in epochs]).astype(np.float32), whole)
+    other.close()
     assert_features_equal(store_features(store, chunk_samples=50), features_numpy(whole))
     assert_features_equal(store_features(store, epochs[:1], window=1),
                           features_numpy(whole[:1], 1))
     pruner.close()
+
+
+def test_asking_for_some_features_returns_those_only_and_the_same_values():
+    hist = random_history(8, 3, 2, 150, 0.1)
+    full = history_features(list(hist), chunk_samples=40)
+    some = history_features(list(hist), chunk_samples=40, names=("persist", "delta"))
+    assert set(some) == {"persist", "delta"}
+    for name in some:
+        np.testing.assert_array_equal(some[name], full[name])
 
 
 def test_the_default_history_chunk_is_a_million_samples():
@@ -106,6 +124,8 @@ def test_the_default_history_chunk_is_a_million_samples():
     ({"window": 0}, "window must be an int >= 1"),
     ({"window": 1.5}, "window must be an int >= 1"),
     ({"chunk_samples": 0}, "chunk_samples must be an int >= 1"),
+    ({"names": ("persist", "slope")}, r"names must be a non-empty subset of \('last'"),
+    ({"names": ()}, "names must be a non-empty subset"),
 ])
 def test_bad_arguments_raise_typed_errors_naming_the_value(kw, match):
     with pytest.raises(ScanInputError, match=match):
