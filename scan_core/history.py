@@ -169,3 +169,14 @@ def store_features(store: Any, epochs: Sequence[int] | None = None, window: int 
                              f"{store.history_epochs()}); pass epochs it holds.")
     return history_features([store.history_array(e) for e in epochs], window, chunk_samples,
                             names)
+
+
+def persistent_ill(raw: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ill_persistence: (ill-matched candidates, the new rows of previous raw ends). A sample
+    counts when it is in this preparation's raw end and in each of the len(prev) previous ones
+    (rows start all zero, so none counts before that many preparations). New arrays only:
+    end_epoch's rollback relies on nothing being changed in place."""
+    ill = raw.copy()
+    for row in prev:
+        ill &= row
+    return ill, np.concatenate([raw[None, :], prev[:-1]])

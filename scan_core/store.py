@@ -36,6 +36,7 @@ import numpy as np
 import zarr
 
 from scan_core import lock as lock_module
+from scan_core.config import with_later_defaults
 from scan_core.errors import (ScanResumeError, ScanStoreCorruptError, ScanStoreError,
                               ScanStoreMismatchError)
 
@@ -385,7 +386,7 @@ def _compare_meta(path: str, stored: dict[str, Any], wanted: dict[str, Any]) -> 
     for key in ("num_samples", "num_views"):
         if stored.get(key) != wanted.get(key):
             diffs.append(f"{key}: store has {stored.get(key)!r}, this run has {wanted.get(key)!r}")
-    s_cfg, w_cfg = stored.get("config", {}), wanted.get("config", {})
+    s_cfg, w_cfg = with_later_defaults(stored.get("config", {})), wanted.get("config", {})
     for key in sorted(set(s_cfg) | set(w_cfg)):
         if s_cfg.get(key) != w_cfg.get(key):
             diffs.append(f"config.{key}: store has {s_cfg.get(key)!r}, "
