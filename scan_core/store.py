@@ -386,7 +386,8 @@ def _compare_meta(path: str, stored: dict[str, Any], wanted: dict[str, Any]) -> 
     for key in ("num_samples", "num_views"):
         if stored.get(key) != wanted.get(key):
             diffs.append(f"{key}: store has {stored.get(key)!r}, this run has {wanted.get(key)!r}")
-    s_cfg, w_cfg = with_later_defaults(stored.get("config", {})), wanted.get("config", {})
+    s_cfg = with_later_defaults(stored.get("config", {}))
+    w_cfg = with_later_defaults(wanted.get("config", {}))
     for key in sorted(set(s_cfg) | set(w_cfg)):
         if s_cfg.get(key) != w_cfg.get(key):
             diffs.append(f"config.{key}: store has {s_cfg.get(key)!r}, "

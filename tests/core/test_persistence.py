@@ -39,6 +39,7 @@ def test_the_default_is_the_paper_and_stores_written_before_the_field_still_matc
     del old["ill_persistence"]  # a config written before the field existed
     meta = {"config": ScanConfig().to_dict(), "num_samples": N, "num_views": 2, "world_size": 1}
     _compare_meta("s.zarr", {**meta, "config": old}, meta)  # no ScanStoreMismatchError
+    _compare_meta("s.zarr", {**meta, "config": old}, {**meta, "config": old})  # read_meta()
     pruner = ScanPruner(N, 2, ScanConfig())
     state = {**pruner.state_dict(), "config": old}
     check_state(state, config=ScanConfig().to_dict(), num_samples=N, num_views=2, world_size=1)
