@@ -107,7 +107,7 @@ def table(rows: list[dict], epochs: int, args_line: str, values: str) -> str:
              "|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['n']:.0e} | {r['disk_bytes_per_epoch'] / mib:.1f} MiB "
+            f"| {r['n']:.3g} | {r['disk_bytes_per_epoch'] / mib:.1f} MiB "
             f"({r['disk_bytes_per_epoch'] / r['n']:.2f} B/sample) | "
             f"{r['write_peak_bytes'] / mib:.1f} MiB | {r['read_one_peak_bytes'] / mib:.1f} MiB, "
             f"{r['read_one_seconds']:.2f} | {r['read_all_peak_bytes'] / mib:.1f} MiB, "
