@@ -18,7 +18,9 @@ their precision and recall are comparable with SCAN's at the same set size:
 - scan_not_falling (d): SCAN's ill end without the samples whose z fell since the previous
   preparation (the hard pairs being learned are kept);
 - persist@share (c): the top share of N by persist, the set a retire rule would drop for the
-  rest of the run under a cap of that share.
+  rest of the run under a cap of that share; last@share: the same from one epoch alone;
+- persist@same_size, last@same_size: the top |scan_and_previous| by persist / by last, to
+  compare intersecting SCAN's ends with ranking at one set size.
 
     python -m reference_trainers.experiments.history_detectors RUN_DIR [--snapshots DIR]
 """
@@ -92,6 +94,8 @@ def detectors(run_dir: Path, snapshot_dir: Path | None = None) -> list[dict[str,
             rows["scan_recomputed"] = score(ill_now, planted)
         rows["global_last"] = score(top(feats["last"], m), planted)
         rows["mean"] = score(top(feats["mean"], m), planted)
+        for share in RETIRE_SHARES:
+            rows[f"last@{share:.2f}N"] = score(top(feats["last"], int(share * n)), planted)
         if k > 1:
             rows["persist"] = score(top(feats["persist"], m), planted)
             rows["rising"] = score(top(feats["delta"], m), planted)
@@ -103,7 +107,11 @@ def detectors(run_dir: Path, snapshot_dir: Path | None = None) -> list[dict[str,
                     falling = feats["delta"] < 0
                 rows["scan_not_falling"] = score(ill_now & ~falling, planted)
                 if ill_prev is not None:
-                    rows["scan_and_previous"] = score(ill_now & ill_prev, planted)
+                    both = ill_now & ill_prev
+                    rows["scan_and_previous"] = score(both, planted)
+                    size = int(both.sum())  # the same size, ranked instead of intersected
+                    rows["persist@same_size"] = score(top(feats["persist"], size), planted)
+                    rows["last@same_size"] = score(top(feats["last"], size), planted)
         out += [{"epoch": epoch, "k": k, "detector": name, **row} for name, row in rows.items()]
     store.close()
     return out

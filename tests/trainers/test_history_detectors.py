@@ -65,7 +65,8 @@ def test_each_detector_on_a_run_built_by_hand(tmp_path):
     run, snaps = make_run(tmp_path)
     rows = detectors(run, snaps)
     first, second = by_name(rows, 1), by_name(rows, 2)
-    assert set(first) == {"scan", "scan_recomputed", "global_last", "mean"}
+    assert set(first) == {"scan", "scan_recomputed", "global_last", "mean", "last@0.05N",
+                          "last@0.10N", "last@0.15N", "last@0.20N"}
     assert first["scan"] == (40, 0.5, 1.0) and first["scan_recomputed"] == (40, 0.5, 1.0)
     # One epoch cannot tell the hard pairs from the wrong ones: they are above them.
     assert first["global_last"] == (40, 0.5, 1.0)
@@ -78,6 +79,10 @@ def test_each_detector_on_a_run_built_by_hand(tmp_path):
     assert second["persist@0.20N"] == (20, 1.0, 1.0)
     assert second["persist@0.05N"] == (5, 1.0, 0.25)
     assert second["persist@0.10N"] == (10, 1.0, 0.5)
+    assert second["persist@same_size"] == (25, 0.8, 1.0)
+    # At 20% of N one epoch alone already ranks the wrong captions first (the hard ones fell).
+    assert second["last@0.20N"] == (20, 1.0, 1.0)
+    assert first["last@0.20N"][1] < 1.0  # at the first epoch the hard pairs are on top
 
 
 def test_the_command_prints_a_table_and_writes_json(tmp_path, capsys):
