@@ -27,7 +27,7 @@ RULE_NAMES: tuple[str, ...] = ("scan", "full", "random", "static", "redundant", 
 
 # Fields added after stores existed, with their defaults: a stored config without one of them
 # was written before it and used its default (store and state comparisons fill them in).
-LATER_FIELDS: dict[str, Any] = {"ill_persistence": 1}
+LATER_FIELDS: dict[str, Any] = {"ill_persistence": 1, "retire_share": 0.0}
 
 
 def with_later_defaults(stored: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +69,9 @@ class ScanConfig:
       ill_persistence: a history-aware option (issue 20): a sample is an ill-matched candidate
         only when it was in the ill-matched end of this many consecutive preparation epochs
         (1 = the paper). Wrong captions stay at the top while hard correct pairs are learned.
+      retire_share: a history-aware option (issue 20, rule (c)): at each preparation epoch the
+        ill-matched candidates with the highest epoch-wide z-scored loss are retired, dropped
+        from every later epoch of the run, until retire_share * N are (0 = the paper).
       infobatch_prune_ratio: InfoBatch's r, the share of below-mean-loss samples dropped.
       infobatch_delta: InfoBatch prunes while epoch < delta * num_epochs (full data after).
     """
@@ -91,6 +94,7 @@ class ScanConfig:
     full_tail_epochs: int = 0
     ill_every_mutation: bool = False
     ill_persistence: int = 1
+    retire_share: float = 0.0
     infobatch_prune_ratio: float = 0.5
     infobatch_delta: float = 0.875
 
@@ -133,6 +137,11 @@ class ScanConfig:
                 f"ill_persistence={self.ill_persistence} needs a rule that rebuilds D' at every "
                 f"preparation epoch (\"scan\" or \"random\"), got rule={self.rule!r}; use "
                 "ill_persistence=1 with it.")
+        _check_real("retire_share", self.retire_share, 0.0, 1.0, high_open=True)
+        if self.retire_share > 0 and self.rule != "scan":
+            raise ScanConfigError(
+                f"retire_share={self.retire_share} retires SCAN's ill-matched candidates: it "
+                f"needs rule=\"scan\", got rule={self.rule!r}; use retire_share=0 with it.")
         needs_epochs = [name for name, on in (
             ("target_rate", self.target_rate is not None),
             ("full_tail_epochs", self.full_tail_epochs > 0),

@@ -180,3 +180,35 @@ def persistent_ill(raw: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, np.nd
     for row in prev:
         ill &= row
     return ill, np.concatenate([raw[None, :], prev[:-1]])
+
+
+def epoch_z(losses: np.ndarray) -> np.ndarray:
+    """(N,) float64: each view's losses z-scored over the samples seen in it, averaged over the
+    views; NaN where a view is unseen (one epoch's `last` feature, from a (views, N) array)."""
+    x = np.asarray(losses, np.float64)
+    finite = np.isfinite(x)
+    count = np.maximum(finite.sum(axis=1, keepdims=True), 1)
+    mean = np.where(finite, x, 0.0).sum(axis=1, keepdims=True) / count
+    var = np.maximum((np.where(finite, x, 0.0) ** 2).sum(axis=1, keepdims=True) / count
+                     - mean**2, 0.0)
+    return ((x - mean) / (np.sqrt(var) + 1e-8)).mean(axis=0)
+
+
+def retire_more(losses: np.ndarray, ill_bits: np.ndarray, retired: np.ndarray,
+                cap: int) -> np.ndarray:
+    """retire_share: a new retired bitmap: `retired` plus the ill-matched candidates with the
+    highest epoch z (ties: the lower id), until `cap` samples are retired in all. Measured on
+    one run (docs/results.md, Beyond SCAN): the top 5-10% of N by z are 89-96% wrong captions.
+    """
+    num_samples = losses.shape[1]
+    room = cap - int(np.unpackbits(retired, count=num_samples, bitorder="little").sum())
+    out = retired.copy()
+    if room <= 0:
+        return out
+    eligible = np.unpackbits(ill_bits & ~retired, count=num_samples, bitorder="little")
+    z = epoch_z(losses)
+    ids = np.flatnonzero(eligible.astype(bool) & np.isfinite(z))
+    chosen = ids[np.lexsort((ids, -z[ids]))][:room]
+    mask = np.zeros(num_samples, bool)
+    mask[chosen] = True
+    return out | np.packbits(mask, bitorder="little")

@@ -21,15 +21,15 @@ STATE_SCHEMA = 2
 # The pruner's saved state, listed once: state key -> the ScanPruner attribute that holds it.
 # Scalars are JSON numbers; the warm-up state is saved as two keys and the log as a list of
 # dicts (handled by name); arrays are numpy (ema_losses, scores and ill_prev_bits, the raw
-# ill-matched ends of the last ill_persistence - 1 preparations, only under the configs that
-# use them). state_dict, load_state_dict (parse_state) and end_epoch's rollback read this.
+# ill-matched ends of the last ill_persistence - 1 preparations, retired_bits, the samples a
+# retire_share rule dropped for good, only under the configs that use them). state_dict, load_state_dict (parse_state) and end_epoch's rollback read this.
 SCALAR_FIELDS: dict[str, tuple[str, type]] = {
     "next_epoch": ("_next_epoch", int), "scale": ("_scale", float),
     "schedule_floor": ("_floor", float), "num_preparations": ("_num_preparations", int),
     "visits_kept": ("_visits_kept", int), "visits_full": ("_visits_full", int)}
 ARRAY_FIELDS: dict[str, str] = {"red_bits": "_red", "ill_bits": "_ill",
                                 "ema_losses": "_ema", "scores": "_scores",
-                                "ill_prev_bits": "_ill_prev"}
+                                "ill_prev_bits": "_ill_prev", "retired_bits": "_retired"}
 OTHER_ATTRIBUTES = ("_warmup", "_log")  # warmup_prev_loss + warmup_e0, and log
 STATE_ATTRIBUTES = tuple(a for a, _ in SCALAR_FIELDS.values()) + tuple(ARRAY_FIELDS.values()) \
     + OTHER_ATTRIBUTES
@@ -63,7 +63,8 @@ def check_state(state: dict[str, Any], *, config: dict[str, Any], num_samples: i
 
 
 def parse_state(state: dict[str, Any], *, num_views: int, num_samples: int, with_ema: bool,
-                with_scores: bool, ill_prev_rows: int = 0) -> dict[str, Any]:
+                with_scores: bool, ill_prev_rows: int = 0,
+                with_retired: bool = False) -> dict[str, Any]:
     """The pruner attributes a checked `state` restores, as {attribute name: value}, built
     without touching any pruner; ScanResumeError naming the field when one is missing, of the
     wrong type, or inconsistent with the others (an edited state)."""
@@ -115,6 +116,9 @@ def parse_state(state: dict[str, Any], *, num_views: int, num_samples: int, with
     if ill_prev_rows:
         values["_ill_prev"] = _array(state, "ill_prev_bits", np.uint8,
                                      (ill_prev_rows, bitset.num_bytes(num_samples)))
+    if with_retired:
+        values["_retired"] = _array(state, "retired_bits", np.uint8,
+                                    (bitset.num_bytes(num_samples),))
     return values
 
 
