@@ -22,7 +22,8 @@ STATE_SCHEMA = 2
 # Scalars are JSON numbers; the warm-up state is saved as two keys and the log as a list of
 # dicts (handled by name); arrays are numpy (ema_losses, scores and ill_prev_bits, the raw
 # ill-matched ends of the last ill_persistence - 1 preparations, retired_bits, the samples a
-# retire_share rule dropped for good, only under the configs that use them). state_dict, load_state_dict (parse_state) and end_epoch's rollback read this.
+# retire_share rule dropped for good, only under the configs that use them). state_dict,
+# load_state_dict (parse_state) and end_epoch's rollback read this.
 SCALAR_FIELDS: dict[str, tuple[str, type]] = {
     "next_epoch": ("_next_epoch", int), "scale": ("_scale", float),
     "schedule_floor": ("_floor", float), "num_preparations": ("_num_preparations", int),
