@@ -25,6 +25,16 @@ GlobalNormalization = Literal["none", "batch"]
 RULE_NAMES: tuple[str, ...] = ("scan", "full", "random", "static", "redundant", "ill", "infobatch")
 
 
+# Fields added after stores existed, with their defaults: a stored config without one of them
+# was written before it and used its default (store and state comparisons fill them in).
+LATER_FIELDS: dict[str, Any] = {"ill_persistence": 1, "retire_share": 0.0}
+
+
+def with_later_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config dict with LATER_FIELDS it lacks filled in at their defaults."""
+    return {**LATER_FIELDS, **stored}
+
+
 @dataclasses.dataclass(frozen=True)
 class ScanConfig:
     """Everything that decides a run's plans. Two runs with equal configs, equal dataset sizes
@@ -56,6 +66,12 @@ class ScanConfig:
       full_tail_epochs: train the last this-many epochs on full data (a variant; 0 = paper).
       ill_every_mutation: a variant: drop all ill-matched candidates in every mutation epoch,
         redundant ones following the cosine schedule.
+      ill_persistence: a history-aware option (issue 20): a sample is an ill-matched candidate
+        only when it was in the ill-matched end of this many consecutive preparation epochs
+        (1 = the paper). Wrong captions stay at the top while hard correct pairs are learned.
+      retire_share: a history-aware option (issue 20, rule (c)): at each preparation epoch the
+        ill-matched candidates with the highest epoch-wide z-scored loss are retired, dropped
+        from every later epoch of the run, until retire_share * N are (0 = the paper).
       infobatch_prune_ratio: InfoBatch's r, the share of below-mean-loss samples dropped.
       infobatch_delta: InfoBatch prunes while epoch < delta * num_epochs (full data after).
     """
@@ -77,6 +93,8 @@ class ScanConfig:
     target_rate: float | None = None
     full_tail_epochs: int = 0
     ill_every_mutation: bool = False
+    ill_persistence: int = 1
+    retire_share: float = 0.0
     infobatch_prune_ratio: float = 0.5
     infobatch_delta: float = 0.875
 
@@ -113,6 +131,17 @@ class ScanConfig:
         if not isinstance(self.ill_every_mutation, bool):
             raise ScanConfigError(
                 f"ill_every_mutation must be a bool, got {self.ill_every_mutation!r}.")
+        _check_int("ill_persistence", self.ill_persistence, 1)
+        if self.ill_persistence > 1 and self.rule not in ("scan", "random"):
+            raise ScanConfigError(
+                f"ill_persistence={self.ill_persistence} needs a rule that rebuilds D' at every "
+                f"preparation epoch (\"scan\" or \"random\"), got rule={self.rule!r}; use "
+                "ill_persistence=1 with it.")
+        _check_real("retire_share", self.retire_share, 0.0, 1.0, high_open=True)
+        if self.retire_share > 0 and self.rule != "scan":
+            raise ScanConfigError(
+                f"retire_share={self.retire_share} retires SCAN's ill-matched candidates: it "
+                f"needs rule=\"scan\", got rule={self.rule!r}; use retire_share=0 with it.")
         needs_epochs = [name for name, on in (
             ("target_rate", self.target_rate is not None),
             ("full_tail_epochs", self.full_tail_epochs > 0),

@@ -38,11 +38,13 @@ class EpochLosses:
         out.count = comm.all_reduce(self.count, "sum")
         return out
 
-    def mean(self) -> np.ndarray:
-        """(num_views, N) float32 mean loss per sample and view; NaN where never recorded."""
-        out = np.full(self.sum.shape, np.nan, np.float32)
-        seen = self.count > 0
-        out[:, seen] = self.sum[:, seen] / self.count[seen]
+    def mean(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """(num_views, hi - lo) float32 mean loss per view of samples [lo, hi) (all by default);
+        NaN where never recorded. A slice lets the store write history a chunk at a time."""
+        total, count = self.sum[:, lo:hi], self.count[lo:hi]
+        out = np.full(total.shape, np.nan, np.float32)
+        seen = count > 0
+        out[:, seen] = total[:, seen] / count[seen]
         return out
 
     def updated_scores(self, scores: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from scan_core.coverage import POLICIES as COVERAGE_POLICIES
 from scan_core.coverage import check_coverage
 from scan_core.errors import ScanConfigError, ScanDistributedError, ScanStateError
 from scan_core.inputs import as_ids, as_losses, raise_bad_batch
+from scan_core.history import persistent_ill, retire_more
 from scan_core.plan import EpochPlan
 from scan_core.select import SALT_HIGH, SALT_LOW, k_of, record_batch, stream_key
 from scan_core.state import (ARRAY_FIELDS, SCALAR_FIELDS, STATE_ATTRIBUTES, STATE_SCHEMA,
@@ -155,13 +156,15 @@ class ScanPruner:
         drop, weight_bits, weight, num_candidates = rules.mutation_drop(
             cfg, epoch, rho, n, self._red, self._ill, self._scores) if phase == "mutate" \
             else (None, None, 1.0, 0)
+        if self._retired is not None and phase != "warmup":  # retired: gone for the run
+            drop = self._retired.copy() if drop is None else drop | self._retired
         collecting = rules.collects_candidates(cfg, phase, self._num_preparations)
         num_kept = n - (bitset.popcount(drop) if drop is not None else 0)
         plan = EpochPlan(epoch=epoch, phase=phase, rho_cur=rho, num_samples=n,
                          num_candidates=num_candidates, num_kept=num_kept, seed=cfg.seed,
                          drop_bits=drop, weight_bits=weight_bits, weight=weight)
-        want_losses = (collecting and (cfg.scope == "global" or self.loss_history)) \
-            or cfg.rule == "infobatch"
+        want_losses = (collecting and (cfg.scope == "global" or self.loss_history
+                                       or cfg.retire_share > 0)) or cfg.rule == "infobatch"
         epoch_losses = EpochLosses(self.num_views, n) if want_losses else None
         keys = (stream_key(cfg.seed, epoch, SALT_LOW), stream_key(cfg.seed, epoch, SALT_HIGH))
         seen = bitset.new_bits(n) if self.coverage != "off" else None
@@ -333,7 +336,9 @@ class ScanPruner:
         check_state(state, config=self.config.to_dict(), num_samples=self.num_samples,
                     num_views=self.num_views, world_size=self.world_size)
         values = parse_state(state, num_views=self.num_views, num_samples=self.num_samples,
-                             with_ema=self._ema is not None, with_scores=self._scores is not None)
+                             with_ema=self._ema is not None, with_scores=self._scores is not None,
+                             ill_prev_rows=self.config.ill_persistence - 1,
+                             with_retired=self._retired is not None)
         for name, value in values.items():  # nothing below can raise: all or nothing
             setattr(self, name, value)
 
@@ -364,6 +369,9 @@ class ScanPruner:
         use_ema = cfg.scope == "global" and cfg.global_ema > 0
         self._ema = np.full((self.num_views, n), np.nan, np.float32) if use_ema else None
         self._scores = np.full(n, np.inf, np.float32) if cfg.rule == "infobatch" else None
+        self._ill_prev = np.zeros((cfg.ill_persistence - 1, bitset.num_bytes(n)), np.uint8) \
+            if cfg.ill_persistence > 1 else None
+        self._retired = bitset.new_bits(n) if cfg.retire_share > 0 else None
         self._plan: EpochPlan | None = None
         self._collecting = self._collect_batch = False
         self._epoch_losses: EpochLosses | None = None
@@ -420,8 +428,14 @@ class ScanPruner:
             assert epoch_losses is not None
             self._red, self._ill, self._ema = global_candidates(
                 epoch_losses, self._ema, cfg, epoch, self.rho_low, self.rho_high)
+        if self._ill_prev is not None:
+            self._ill, self._ill_prev = persistent_ill(self._ill, self._ill_prev)
+        if self._retired is not None:
+            assert epoch_losses is not None
+            self._retired = retire_more(epoch_losses.mean(), self._ill, self._retired,
+                                        int(cfg.retire_share * self.num_samples))
         if self.loss_history and self._store is not None and epoch_losses is not None:
-            self._store.write_history(epoch, epoch_losses.mean(), self.loss_history)
+            self._store.write_history(epoch, epoch_losses, self.loss_history)
         self._num_preparations += 1
         self._collecting = False
 

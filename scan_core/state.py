@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from scan_core import bitset
+from scan_core.config import with_later_defaults
 from scan_core.errors import ScanResumeError
 from scan_core.warmup import WarmupState
 
@@ -19,14 +20,17 @@ STATE_SCHEMA = 2
 
 # The pruner's saved state, listed once: state key -> the ScanPruner attribute that holds it.
 # Scalars are JSON numbers; the warm-up state is saved as two keys and the log as a list of
-# dicts (handled by name); arrays are numpy (ema_losses and scores only under the configs
-# that use them). state_dict, load_state_dict (parse_state) and end_epoch's rollback read this.
+# dicts (handled by name); arrays are numpy (ema_losses, scores and ill_prev_bits, the raw
+# ill-matched ends of the last ill_persistence - 1 preparations, retired_bits, the samples a
+# retire_share rule dropped for good, only under the configs that use them). state_dict,
+# load_state_dict (parse_state) and end_epoch's rollback read this.
 SCALAR_FIELDS: dict[str, tuple[str, type]] = {
     "next_epoch": ("_next_epoch", int), "scale": ("_scale", float),
     "schedule_floor": ("_floor", float), "num_preparations": ("_num_preparations", int),
     "visits_kept": ("_visits_kept", int), "visits_full": ("_visits_full", int)}
 ARRAY_FIELDS: dict[str, str] = {"red_bits": "_red", "ill_bits": "_ill",
-                                "ema_losses": "_ema", "scores": "_scores"}
+                                "ema_losses": "_ema", "scores": "_scores",
+                                "ill_prev_bits": "_ill_prev", "retired_bits": "_retired"}
 OTHER_ATTRIBUTES = ("_warmup", "_log")  # warmup_prev_loss + warmup_e0, and log
 STATE_ATTRIBUTES = tuple(a for a, _ in SCALAR_FIELDS.values()) + tuple(ARRAY_FIELDS.values()) \
     + OTHER_ATTRIBUTES
@@ -42,8 +46,9 @@ def check_state(state: dict[str, Any], *, config: dict[str, Any], num_samples: i
             f"state schema_version {state.get('schema_version')!r} is not one this scan_core "
             f"reads {READABLE_SCHEMAS}; it was written by a newer scan_core. Upgrade to resume.")
     mine = {"config": config, "num_samples": num_samples, "num_views": num_views}
-    diffs = [f"{k}: state has {state.get(k)!r}, this pruner has {v!r}"
-             for k, v in mine.items() if state.get(k) != v]
+    theirs = {**state, "config": with_later_defaults(state.get("config") or {})}
+    diffs = [f"{k}: state has {theirs.get(k)!r}, this pruner has {v!r}"
+             for k, v in mine.items() if theirs.get(k) != v]
     if diffs:
         raise ScanResumeError("state belongs to another run: " + "; ".join(diffs))
     if state.get("world_size") != world_size:
@@ -59,7 +64,8 @@ def check_state(state: dict[str, Any], *, config: dict[str, Any], num_samples: i
 
 
 def parse_state(state: dict[str, Any], *, num_views: int, num_samples: int, with_ema: bool,
-                with_scores: bool) -> dict[str, Any]:
+                with_scores: bool, ill_prev_rows: int = 0,
+                with_retired: bool = False) -> dict[str, Any]:
     """The pruner attributes a checked `state` restores, as {attribute name: value}, built
     without touching any pruner; ScanResumeError naming the field when one is missing, of the
     wrong type, or inconsistent with the others (an edited state)."""
@@ -108,6 +114,12 @@ def parse_state(state: dict[str, Any], *, num_views: int, num_samples: int, with
         values["_ema"] = _array(state, "ema_losses", np.float32, (num_views, num_samples))
     if with_scores:
         values["_scores"] = _array(state, "scores", np.float32, (num_samples,))
+    if ill_prev_rows:
+        values["_ill_prev"] = _array(state, "ill_prev_bits", np.uint8,
+                                     (ill_prev_rows, bitset.num_bytes(num_samples)))
+    if with_retired:
+        values["_retired"] = _array(state, "retired_bits", np.uint8,
+                                    (bitset.num_bytes(num_samples),))
     return values
 
 

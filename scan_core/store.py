@@ -36,12 +36,16 @@ import numpy as np
 import zarr
 
 from scan_core import lock as lock_module
+from scan_core.config import with_later_defaults
 from scan_core.errors import (ScanResumeError, ScanStoreCorruptError, ScanStoreError,
                               ScanStoreMismatchError)
 
 STORE_SCHEMA = 1
 KEEP_SNAPSHOTS = 2
 _CHUNK_BYTES = 1 << 22
+# History chunks run along samples, all views in one chunk, so history.py can read N = 1e9
+# samples a slice at a time (a row-major chunk would be a whole 2 GB row).
+HISTORY_CHUNK_SAMPLES = 1 << 20
 
 
 def _crc(array: np.ndarray) -> int:
@@ -289,16 +293,22 @@ class LossStore:
             shutil.rmtree(os.path.join(self.path, "snapshots", name), ignore_errors=True)
 
     # -- loss history -----------------------------------------------------------------------
-    def write_history(self, epoch: int, losses: np.ndarray, dtype: str) -> None:
-        """Per-view losses of a preparation epoch, (num_views, N), NaN where unseen."""
+    def write_history(self, epoch: int, losses: Any, dtype: str) -> None:
+        """Per-view losses of a preparation epoch, (num_views, N), NaN where unseen: an array,
+        or an object with `.sum.shape` and `.mean(lo, hi)` (EpochLosses), written one chunk of
+        samples at a time so that no (num_views, N) copy is made."""
         if not self.writable:
             return
         hist = self._group.require_group("history")
         node = hist.create_group(f"epoch_{epoch:08d}", overwrite=True)
-        value = losses.astype(dtype)
-        arr = node.create_array("losses", shape=value.shape, dtype=value.dtype,
-                                chunks=_chunks(value.shape, value.dtype.itemsize))
-        arr[...] = value
+        shape = tuple(losses.shape if isinstance(losses, np.ndarray) else losses.sum.shape)
+        step = max(1, min(shape[1], HISTORY_CHUNK_SAMPLES))
+        arr = node.create_array("losses", shape=shape, dtype=np.dtype(dtype),
+                                chunks=(max(shape[0], 1), step))
+        for lo in range(0, shape[1], step):
+            hi = min(shape[1], lo + step)
+            part = losses[:, lo:hi] if isinstance(losses, np.ndarray) else losses.mean(lo, hi)
+            arr[:, lo:hi] = part.astype(dtype)
         node.attrs.update({"complete": True})
 
     def history_epochs(self) -> list[int]:
@@ -308,7 +318,11 @@ class LossStore:
                 if self._group["history"][n].attrs.get("complete") is True]
 
     def read_history(self, epoch: int) -> np.ndarray:
-        return np.asarray(self._group[f"history/epoch_{epoch:08d}/losses"][...])
+        return np.asarray(self.history_array(epoch)[...])
+
+    def history_array(self, epoch: int) -> Any:
+        """The zarr array of a history epoch, unread: slice it ([:, lo:hi]) to read a chunk."""
+        return self._group[f"history/epoch_{epoch:08d}/losses"]
 
 
 _STORE_ENTRIES = {"snapshots", "history", lock_module.LOCK_NAME}
@@ -372,7 +386,8 @@ def _compare_meta(path: str, stored: dict[str, Any], wanted: dict[str, Any]) -> 
     for key in ("num_samples", "num_views"):
         if stored.get(key) != wanted.get(key):
             diffs.append(f"{key}: store has {stored.get(key)!r}, this run has {wanted.get(key)!r}")
-    s_cfg, w_cfg = stored.get("config", {}), wanted.get("config", {})
+    s_cfg = with_later_defaults(stored.get("config", {}))
+    w_cfg = with_later_defaults(wanted.get("config", {}))
     for key in sorted(set(s_cfg) | set(w_cfg)):
         if s_cfg.get(key) != w_cfg.get(key):
             diffs.append(f"config.{key}: store has {s_cfg.get(key)!r}, "

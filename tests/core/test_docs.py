@@ -38,3 +38,4 @@ def test_the_store_reading_snippet_runs(tmp_path, monkeypatch):
     exec(compile(_python_blocks(ROOT / "docs" / "store.md")[0], "docs/store.md", "exec"), namespace)
     assert [row["epoch"] for row in namespace["log"]] == [0, 1]
     assert namespace["losses"].shape == (2, 300)
+    assert namespace["persist"].shape == (300,) and np.isfinite(namespace["persist"]).all()
