@@ -43,7 +43,7 @@ class SkippedLog:
 
     def __init__(self, run: RunDir, data: Any, *, write: bool = True) -> None:
         self.run, self.data, self.write = run, data, write  # write: this process is rank 0
-        self.written = -1
+        self.written = 0  # samples listed in the file so far (no file while none)
 
     def __call__(self, epoch: int, samples_trained: int) -> str | None:
         """Rewrite the file when the list grew; the line to print, or None. A run whose epoch
@@ -57,13 +57,13 @@ class SkippedLog:
                             f"could not be read ({len(found)} skipped, e.g. {reasons}). The "
                             f"list is in {self.run.path / 'skipped.jsonl'}; check the corpus's "
                             "images (and that Pillow reads their format).")
-        if len(found) == self.written:
+        if len(found) == self.written:  # nothing new (Fashion-MNIST: never anything)
             return None
-        new = len(found) - max(self.written, 0)
+        new = len(found) - self.written
         self._write(found)
         self.written = len(found)
         return (f"epoch {epoch}: {len(found)} samples skipped so far ({new} new), listed in "
-                f"{self.run.path / 'skipped.jsonl'}") if found else None
+                f"{self.run.path / 'skipped.jsonl'}")
 
     def _write(self, found: dict[int, tuple[str, str]]) -> None:
         if not self.write:
@@ -71,4 +71,3 @@ class SkippedLog:
         lines = "".join(json.dumps({"id": i, "source": src, "reason": why}) + "\n"
                         for i, (src, why) in sorted(found.items()))
         write_bytes_atomically(self.run.path / "skipped.jsonl", lines.encode(), "write")
-        self.written = len(found)

@@ -73,6 +73,18 @@ def test_skipped_samples_are_listed_with_path_or_key_and_reason(tmp_path, csv_co
     assert log(1, samples_trained=9) is None                  # nothing new: no line
 
 
+def test_data_without_bad_samples_writes_no_list_and_no_line(tmp_path):
+    """Fashion-MNIST in memory: no skipped.jsonl (the run directory is the same as before,
+    and as the JAX trainers', which have no corpora)."""
+    class InMemory:
+        images = None
+
+    run = RunDir(tmp_path / "run")
+    log = SkippedLog(run, InMemory())
+    assert log(0, samples_trained=64) is None and log(1, samples_trained=64) is None
+    assert not (run.path / "skipped.jsonl").exists()
+
+
 @needs_data
 def test_an_epoch_where_no_sample_could_be_read_says_so(tmp_path, csv_corpus):
     """Fails on main: 'ScanStateError: no losses were recorded in warmup epoch 0'."""
