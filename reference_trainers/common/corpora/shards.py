@@ -49,6 +49,7 @@ import numpy as np
 
 from reference_trainers.common.corpora.csv_corpus import (BadSampleError, ImageSpec, Tokenize,
                                                           decode_image)
+from reference_trainers.common.data_layer import Planted, no_planted
 from reference_trainers.common.errors import DataError
 from scan_core import EpochPlan
 
@@ -287,6 +288,32 @@ class ShardStream:
         self.num_workers = max(1, num_workers)
         self.seed, self.shuffle, self.shuffle_buffer = seed, shuffle, shuffle_buffer
         self.stats = StreamStats()
+
+    # -- TrainData (common/data_layer.py) --------------------------------------------------
+    batch_mode = "stream"
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.index)
+
+    def epoch_stats(self, plan: EpochPlan) -> dict[str, int]:
+        """Bad samples (at index time for this use, and at decode on this process) and the
+        epoch's repeats (top-ups and refills)."""
+        return {"skipped_samples": len(self.index.skipped_for(self.captions))
+                + len(self.stats.corrupt), "repeated_samples": self.repeated_samples(plan)}
+
+    def skipped_samples(self) -> dict[int, tuple[str, str]]:
+        found = {**self.index.skipped_for(self.captions), **self.stats.corrupt}
+        return {int(i): (str(self.index.keys[i]), str(r)) for i, r in found.items()}
+
+    def planted(self) -> Planted:
+        return no_planted()
+
+    def probe_set(self) -> None:
+        return None
+
+    def disk_corpus(self) -> None:
+        return None  # the index refuses changed shards by itself
 
     # -- the split -------------------------------------------------------------------------
     @property
