@@ -19,7 +19,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["BATCH_MODES", "BatchMode", "Planted", "TrainData", "no_planted"]
+__all__ = ["BATCH_MODES", "BatchMode", "HeldInMemory", "NothingPlanted", "Planted", "TrainData",
+           "check_train_data", "no_planted"]
 
 BatchMode = Literal["memory", "corpus", "stream"]
 # memory: `batch(ids, ...)` on tensors already held; corpus: `raw_batch(ids, ...)` decodes files
@@ -87,3 +88,40 @@ def check_train_data(data: Any) -> None:
     if data.batch_mode not in BATCH_MODES:
         raise TypeError(f"{type(data).__name__}.batch_mode is {data.batch_mode!r}; expected "
                         f"one of {BATCH_MODES}")
+
+
+class NothingPlanted:
+    """TrainData's answers for a source on disk: no planted noise, no labels for a probe."""
+
+    def planted(self) -> Planted:
+        return no_planted()
+
+    def probe_set(self) -> None:
+        return None
+
+
+class HeldInMemory:
+    """TrainData's answers for a labelled split held in memory (`images`, `labels`, any array
+    type): every id is served by `batch` / `crops`, none is skipped or repeated, the probe fits
+    on the split itself and no file on disk can change under a resume. Subclasses add
+    `planted()`."""
+
+    images: Any
+    labels: Any
+    batch_mode: BatchMode = "memory"
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.images)
+
+    def epoch_stats(self, plan: Any) -> dict[str, int]:
+        return {}
+
+    def skipped_samples(self) -> dict[int, tuple[str, str]]:
+        return {}
+
+    def probe_set(self) -> tuple[Any, Any]:
+        return self.images, self.labels
+
+    def disk_corpus(self) -> None:
+        return None

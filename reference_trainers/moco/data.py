@@ -30,7 +30,7 @@ import torch
 
 from reference_trainers.common.augment import ColourView, CropView, two_crops
 from reference_trainers.common.data import load_fashion_mnist, split_subset
-from reference_trainers.common.data_layer import Planted, no_planted
+from reference_trainers.common.data_layer import HeldInMemory, NothingPlanted, Planted
 from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.torch_data import normalise, resize_to_spec
@@ -54,7 +54,7 @@ def moco_views(crop_min: float, channels: int = 1) -> Views:
     return moco_view_pair(ColourView if channels == 3 else CropView, crop_min)
 
 
-class ImageData:
+class ImageData(HeldInMemory):
     """N images held as uint8 (N, 1, 28, 28) with int64 labels (N,) and duplicate_of (N,)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, duplicate_of: np.ndarray,
@@ -67,27 +67,9 @@ class ImageData:
     def __len__(self) -> int:
         return len(self.images)
 
-    # -- TrainData (common/data_layer.py) --------------------------------------------------
-    batch_mode = "memory"
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.images)
-
-    def epoch_stats(self, plan: Any) -> dict[str, int]:
-        return {}
-
-    def skipped_samples(self) -> dict[int, tuple[str, str]]:
-        return {}
-
+    # -- TrainData (common/data_layer.py): the rest comes from HeldInMemory ------------------
     def planted(self) -> Planted:
         return Planted(duplicate_of=self.duplicate_of.numpy())
-
-    def probe_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images, self.labels
-
-    def disk_corpus(self) -> None:
-        return None
 
     def two_crops(self, ids: np.ndarray,
                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +83,7 @@ class ImageData:
         return x1.to(device), x2.to(device), ids
 
 
-class CorpusCrops:
+class CorpusCrops(NothingPlanted):
     """A map-style image-only corpus (CsvCorpus / ImageFolderCorpus) served as two crops.
     Bad ids in a batch are refilled with repeats of the batch's good ids (fill_bad), so every
     rank keeps its batch size; a batch of bad ids only comes back empty."""
@@ -125,12 +107,6 @@ class CorpusCrops:
 
     def skipped_samples(self) -> dict[int, tuple[str, str]]:
         return self.corpus.skipped_samples()
-
-    def planted(self) -> Planted:
-        return no_planted()
-
-    def probe_set(self) -> None:
-        return None
 
     def disk_corpus(self) -> Any:
         return self.corpus

@@ -163,3 +163,16 @@ def test_an_object_that_is_not_train_data_is_refused_by_name():
     with pytest.raises(TypeError, match=r"batch_mode is 'disk'; expected one of "
                                         r"\('memory', 'corpus', 'stream'\)"):
         check_train_data(Odd())
+
+
+def test_the_numpy_arrays_the_jax_trainers_train_on_are_train_data():
+    """The JAX trainers ask the same protocol (jax/clip.py, jax/moco.py): checked here on the
+    framework-free classes, without importing JAX."""
+    from reference_trainers.common.pairs import build_image_text_arrays
+
+    arrays = build_image_text_arrays(_fmnist_like(), seed=0, mismatch_share=0.3)
+    check_train_data(arrays)
+    assert arrays.batch_mode == "memory" and arrays.num_samples == 20
+    assert arrays.planted().mismatched is arrays.mismatched and arrays.mismatched.sum() > 0
+    assert arrays.planted().duplicate_of is arrays.duplicate_of
+    assert arrays.probe_set()[1] is arrays.labels and arrays.epoch_stats(None) == {}

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from reference_trainers.common.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-from reference_trainers.common.data_layer import Planted, no_planted
+from reference_trainers.common.data_layer import NothingPlanted
 from reference_trainers.common.errors import DataError
 from reference_trainers.common.torch_data import random_crop_flip
 
@@ -143,7 +143,7 @@ def _sniff_delimiter(path: pathlib.Path, head: str) -> str:
         return "\t" if path.suffix.lower() == ".tsv" else ","
 
 
-class PathCorpus:
+class PathCorpus(NothingPlanted):
     """Images on disk, one id per path, decoded on demand; the shared part of `CsvCorpus` and
     `folder_corpus.ImageFolderCorpus`. Subclasses fill `paths` (N,) resolved image paths,
     `captions` (N,) str or None (an image-only corpus), `skipped` {id: reason} and `source`
@@ -177,12 +177,6 @@ class PathCorpus:
 
     def skipped_samples(self) -> dict[int, tuple[str, str]]:
         return {int(i): (str(self.paths[i]), str(r)) for i, r in self.skipped.items()}
-
-    def planted(self) -> Planted:
-        return no_planted()
-
-    def probe_set(self) -> None:
-        return None
 
     def disk_corpus(self) -> "PathCorpus":
         return self

@@ -49,7 +49,7 @@ import numpy as np
 
 from reference_trainers.common.corpora.csv_corpus import (BadSampleError, ImageSpec, Tokenize,
                                                           decode_image)
-from reference_trainers.common.data_layer import Planted, no_planted
+from reference_trainers.common.data_layer import NothingPlanted
 from reference_trainers.common.errors import DataError
 from scan_core import EpochPlan
 
@@ -264,7 +264,7 @@ class StreamStats:
     # stood in for corrupt images (beyond the split's top-up)
 
 
-class ShardStream:
+class ShardStream(NothingPlanted):
     """One rank's pruned stream over a ShardIndex; call it per worker (a WorkerSource).
 
     Args: index; tokenizer texts -> int64 (n, L) (None with captions=False); spec the
@@ -305,12 +305,6 @@ class ShardStream:
     def skipped_samples(self) -> dict[int, tuple[str, str]]:
         found = {**self.index.skipped_for(self.captions), **self.stats.corrupt}
         return {int(i): (str(self.index.keys[i]), str(r)) for i, r in found.items()}
-
-    def planted(self) -> Planted:
-        return no_planted()
-
-    def probe_set(self) -> None:
-        return None
 
     def disk_corpus(self) -> None:
         return None  # the index refuses changed shards by itself
