@@ -176,3 +176,12 @@ def test_the_numpy_arrays_the_jax_trainers_train_on_are_train_data():
     assert arrays.planted().mismatched is arrays.mismatched and arrays.mismatched.sum() > 0
     assert arrays.planted().duplicate_of is arrays.duplicate_of
     assert arrays.probe_set()[1] is arrays.labels and arrays.epoch_stats(None) == {}
+
+
+def test_the_docs_snippet_of_the_protocol_runs():
+    import re
+
+    text = (ROOT / "docs" / "corpora.md").read_text()
+    section = text[text.index("## 10. What a trainer asks of its data"):]
+    block = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    exec(compile(block, "docs/corpora.md", "exec"), {})
