@@ -25,6 +25,7 @@ from reference_trainers.common import evaluation, lifecycle
 from reference_trainers.common.accel import AmpSetup, place_model
 from reference_trainers.common.captions import class_prompts
 from reference_trainers.common.config import TrainConfig, build_parser, config_from_args
+from reference_trainers.common.data_layer import TrainData, check_train_data
 from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.lifecycle import load_checkpoint, save_checkpoint
 from reference_trainers.common.openclip_flags import (add_open_clip_flags,
@@ -133,11 +134,13 @@ def evaluate(model: torch.nn.Module, train: Any, test: Any, tokenizer: TextToken
         test_features = evaluation.extract_features(model.encode_image, test.images,
                                                     preprocess=preprocess, device=device)
     out["zero_shot_top1"] = evaluation.zero_shot_top1(test_features, test.labels, classifier)
-    if probe and hasattr(train, "images"):  # a probe needs labelled training images
-        train_features = evaluation.extract_features(model.encode_image, train.images,
+    probe_set = train.probe_set() if probe else None  # a probe needs labelled images
+    if probe_set is not None:
+        train_images, train_labels = probe_set
+        train_features = evaluation.extract_features(model.encode_image, train_images,
                                                      preprocess=preprocess, device=device)
         out["linear_probe_top1"] = evaluation.linear_probe_top1(
-            train_features, train.labels, test_features, test.labels, num_classes=10,
+            train_features, train_labels, test_features, test.labels, num_classes=10,
             seed=cfg.seed)
     model.train()
     return out
@@ -149,13 +152,13 @@ def epoch_batches(data: Any, plan: Any, sampler: ScanSampler, cfg: TrainConfig,
     """This rank's batches of the epoch, (images float32, tokens, ids), and how many there are.
     Map-style data is served by the sampler; a shard stream drops pruned samples before it
     reads them and tops up short workers so every rank runs the same number of steps."""
-    if hasattr(data, "steps_per_rank"):
+    if data.batch_mode == "stream":
         from reference_trainers.common.workers import stream_batches
 
         return (stream_batches(data, plan, batch_size=cfg.batch_size, workers=cfg.workers,
                                generator=generator), data.steps_per_rank(plan, cfg.batch_size))
     id_batches = list(sampler.batches(cfg.batch_size))
-    if hasattr(data, "raw_batch"):  # a corpus on disk: decoded in --workers processes
+    if data.batch_mode == "corpus":  # a corpus on disk: decoded in --workers processes
         from reference_trainers.common.workers import corpus_batches
 
         return (corpus_batches(data, id_batches, workers=cfg.workers, generator=generator),
@@ -210,9 +213,15 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
 
 # == 6. The run ===================================================================================
 def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False,
-        model: torch.nn.Module | None = None, stop_after: int | None = None) -> dict[str, Any]:
+        model: torch.nn.Module | None = None, stop_after: int | None = None,
+        data: tuple[TrainData, Any, TextTokenizer] | None = None) -> dict[str, Any]:
+    """Train (or continue, with resume) the run in `out`; returns the summary.
+    data: (train, test, tokenizer) to use instead of build_data(cfg) (e.g. a subset of the
+    training data: experiments/worker.py)."""
     rank, world, run_dir = lifecycle.open_run(cfg, out, resume=resume)
-    train, test, tokenizer = build_data(cfg)
+    train, test, tokenizer = build_data(cfg) if data is None else data
+    check_train_data(train)
+    planted = train.planted()
     user = UserEvaluation(imagenet_val=cfg.imagenet_val, val_data=cfg.val_data,
                           classnames=cfg.classnames, spec=image_spec(cfg), tokenizer=tokenizer)
     note = no_evaluation_note(cfg, test is not None)
@@ -227,7 +236,7 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     last, wall = load_checkpoint(run_dir, model, optimizer, generator,
                                  scaler=amp.scaler) if resume else (-1, 0.0)
-    num_samples = len(train.index) if hasattr(train, "index") else len(train)
+    num_samples = train.num_samples
     cfg = warmup_in_epochs(cfg, num_samples, world)  # --warmup STEPS, as epochs of the schedule
     pruner = ScanPruner(num_samples, 2, cfg.scan, store=run_dir.store,
                         communicator=TorchCommunicator() if world > 1 else None,
@@ -238,20 +247,17 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
         run_dir.truncate_metrics(last)
         reporter = open_reporter(cfg.report_to, run_dir.path, rank=rank,
                                  rows=run_dir.read_metrics())
-        if hasattr(train, "mismatched"):
-            run_dir.save_array("planted", mismatched=train.mismatched.numpy(),
-                               duplicate_of=train.duplicate_of.numpy())
+        if planted.any:
+            run_dir.save_array("planted", mismatched=planted.mismatched,
+                               duplicate_of=planted.duplicate_of)
     # After each preparation epoch: D''s churn and how well it finds planted noise (planted.py).
-    planted_stats = PreparationStats(pruner, mismatched=getattr(train, "mismatched", None),
-                                     duplicate_of=getattr(train, "duplicate_of", None))
+    planted_stats = PreparationStats(pruner, mismatched=planted.mismatched,
+                                     duplicate_of=planted.duplicate_of)
 
     def extra_stats() -> dict[str, Any]:
-        if hasattr(train, "skipped"):  # a CSV corpus: bad samples skipped, never trained on
-            return {"skipped_samples": len(train.skipped)}
-        if hasattr(train, "stats"):  # a shard stream: bad samples and top-up repeats
-            return {"skipped_samples": len(train.index.skipped) + len(train.stats.corrupt),
-                    "repeated_samples": train.repeated_samples(sampler.plan)}
-        return planted_stats()
+        # A corpus: its bad samples (and a stream's repeats); Fashion-MNIST: planted noise.
+        return train.epoch_stats(sampler.plan) if train.batch_mode != "memory" \
+            else planted_stats()
 
     row = lifecycle.epoch_loop(
         cfg, pruner, sampler, run_dir, rank=rank, world=world, wall=wall, stop_after=stop_after,

@@ -23,6 +23,7 @@ import numpy as np
 
 from reference_trainers.common.captions import make_captions
 from reference_trainers.common.data import ImageSplits, split_subset
+from reference_trainers.common.data_layer import HeldInMemory, Planted
 from reference_trainers.common.errors import DataError
 from reference_trainers.common.tokenizer import Tokenizer
 
@@ -30,7 +31,7 @@ __all__ = ["ImageTextArrays", "build_image_text_arrays"]
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageTextArrays:
+class ImageTextArrays(HeldInMemory):
     """N image-text pairs with the planted-noise records, all numpy.
 
     images: uint8 (N, 1, H, W); tokens: int64 (N, L); labels: int64 (N,) the image's class;
@@ -50,6 +51,10 @@ class ImageTextArrays:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def planted(self) -> Planted:
+        """TrainData (common/data_layer.py); the rest comes from HeldInMemory."""
+        return Planted(mismatched=self.mismatched, duplicate_of=self.duplicate_of)
 
 
 def build_image_text_arrays(splits: ImageSplits, *, train: bool = True,

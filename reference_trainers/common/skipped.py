@@ -23,19 +23,9 @@ __all__ = ["SkippedLog", "skipped_samples"]
 
 
 def skipped_samples(data: Any) -> dict[int, tuple[str, str]]:
-    """{id: (path or key, reason)} of the samples `data` has skipped so far ({} for in-memory
-    data such as Fashion-MNIST). `data`: a corpus, a MoCo corpus wrapper (`.corpus`), or a
-    shard stream (`.index` and `.stats`)."""
-    corpus = getattr(data, "corpus", data)
-    if hasattr(corpus, "skipped") and hasattr(corpus, "paths"):
-        return {int(i): (str(corpus.paths[i]), str(r)) for i, r in corpus.skipped.items()}
-    if hasattr(data, "index") and hasattr(data, "stats"):
-        index = data.index
-        at_index = index.skipped_for(getattr(data, "captions", True)) \
-            if hasattr(index, "skipped_for") else index.skipped
-        found = {**at_index, **data.stats.corrupt}
-        return {int(i): (str(index.keys[i]), str(r)) for i, r in found.items()}
-    return {}
+    """{id: (path or key, reason)} of the samples `data` (a TrainData, common/data_layer.py)
+    has skipped so far ({} for in-memory data such as Fashion-MNIST)."""
+    return data.skipped_samples()
 
 
 class SkippedLog:

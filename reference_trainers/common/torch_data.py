@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from reference_trainers.common.captions import make_captions  # noqa: F401
 from reference_trainers.common.data import (FASHION_MNIST_MEAN, FASHION_MNIST_STD,  # noqa: F401
                                             ImageSplits, plant_near_duplicates, subset_indices)
+from reference_trainers.common.data_layer import HeldInMemory, Planted
 from reference_trainers.common.errors import DataError
 from reference_trainers.common.pairs import build_image_text_arrays
 from reference_trainers.common.tokenizer import Tokenizer
@@ -37,7 +38,7 @@ from reference_trainers.common.tokenizer import Tokenizer
 CROP_PADDING = 2  # pixels of zero padding before the random 28 x 28 crop
 
 
-class ImageTextData(torch.utils.data.Dataset):
+class ImageTextData(HeldInMemory, torch.utils.data.Dataset):
     """N image-text pairs held as tensors, with the planted-noise records.
 
     images: uint8 (N, 1, H, W); tokens: int64 (N, L); labels: int64 (N,) the image's class;
@@ -68,6 +69,11 @@ class ImageTextData(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    # -- TrainData (common/data_layer.py): the rest comes from HeldInMemory ------------------
+    def planted(self) -> Planted:
+        return Planted(mismatched=self.mismatched.cpu().numpy(),
+                       duplicate_of=self.duplicate_of.cpu().numpy())
 
     @property
     def context_length(self) -> int:

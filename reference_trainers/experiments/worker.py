@@ -79,23 +79,16 @@ def build_config(spec: RunSpec, overrides: dict[str, Any]):
     return with_settings(config, **overrides)
 
 
-@contextlib.contextmanager
-def training_subset(module: Any, ids: np.ndarray | None):
-    """While open, `module.build_data` returns the training data cut to `ids` (CLIP only)."""
+def training_data(module: Any, cfg: Any, ids: np.ndarray | None) -> dict[str, Any]:
+    """The keyword arguments for `module.run`: {} (the trainer builds its data), or with `ids`
+    {"data": (train cut to ids, test, tokenizer)} (CLIP only: a coreset retraining)."""
     if ids is None:
-        yield
-        return
-    original = module.build_data
-
-    def build_data(cfg):
-        train, *rest = original(cfg)
-        return (subset_image_text(train, ids), *rest)
-
-    module.build_data = build_data
-    try:
-        yield
-    finally:
-        module.build_data = original
+        return {}
+    if module.__name__ != "reference_trainers.clip.train":
+        raise ValueError(f"a training subset (train_ids) needs the CLIP trainer, got "
+                         f"{module.__name__}; drop train_ids from this run's spec")
+    train, *rest = module.build_data(cfg)
+    return {"data": (subset_image_text(train, ids), *rest)}
 
 
 def subset_image_text(train: Any, ids: np.ndarray) -> Any:
@@ -103,8 +96,12 @@ def subset_image_text(train: Any, ids: np.ndarray) -> Any:
     the source image was left out)."""
     import torch
 
-    if not hasattr(train, "tokens"):
-        raise ValueError("a training subset (train_ids) needs the CLIP image-text data")
+    from reference_trainers.common.torch_data import ImageTextData
+
+    if not isinstance(train, ImageTextData):
+        raise ValueError(f"a training subset (train_ids) needs the CLIP image-text data "
+                         f"(Fashion-MNIST), got {type(train).__name__}; drop train_ids or "
+                         "--data")
     idx = torch.from_numpy(np.asarray(ids, dtype=np.int64))
     position = np.full(len(train), -1, dtype=np.int64)
     position[ids] = np.arange(len(ids))
@@ -186,9 +183,8 @@ def _execute(spec: RunSpec, root: Path, *, threads: int | None, data_dir: str | 
         result["config"] = cfg.to_dict()
         result["resumed"] = resume
         module = trainer_module(spec.trainer)[0]
-        with training_subset(module, ids):
-            summary = module.run(cfg, str(run_dir), resume=resume, quiet=True,
-                                 stop_after=stop_after)
+        summary = module.run(cfg, str(run_dir), resume=resume, quiet=True,
+                             stop_after=stop_after, **training_data(module, cfg, ids))
         if stop_after is not None:
             return result
         num_samples = len(ids) if ids is not None else _num_samples(run_dir)

@@ -154,12 +154,13 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
 
     box, mesh, pruner, sampler, wall = start_run(
         cfg, run_dir, resume=resume, fresh_state=lambda: init_state(model, tx, cfg), rng=rng,
-        num_samples=len(train))
+        num_samples=train.num_samples)
+    planted = train.planted()
     if rank == 0:
-        run_dir.save_array("planted", mismatched=train.mismatched,
-                           duplicate_of=train.duplicate_of)
-    planted_stats = PreparationStats(pruner, mismatched=train.mismatched,
-                                     duplicate_of=train.duplicate_of)
+        run_dir.save_array("planted", mismatched=planted.mismatched,
+                           duplicate_of=planted.duplicate_of)
+    planted_stats = PreparationStats(pruner, mismatched=planted.mismatched,
+                                     duplicate_of=planted.duplicate_of)
     step = compiled_step(model, cfg.weight_decay, cfg.lr, cfg.epochs, cfg.lr_warmup_epochs,
                          cfg.min_lr)
     make_batch = batch_maker(train, trim_tokens(train.tokens, tokenizer.eot_id), rng,

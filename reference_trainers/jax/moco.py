@@ -26,6 +26,7 @@ import numpy as np
 from reference_trainers.common import loop
 from reference_trainers.common.config import build_parser, config_from_args
 from reference_trainers.common.data import load_fashion_mnist, split_subset
+from reference_trainers.common.data_layer import HeldInMemory, Planted
 from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.progress import closing_line, epoch_line
 from reference_trainers.common.rundir import RunDir
@@ -47,7 +48,7 @@ HEADLINE = ("linear_probe_top1", "knn_top1")
 
 # == 1. Set-up: flags (runtime.check_jax_config), processes (processes.py), seeds in run() =====
 # == 2. Data: images only, in memory, two crops per batch =========================================
-class Images:
+class Images(HeldInMemory):
     """N images as uint8 (N, 1, 28, 28), int64 labels (N,), duplicate_of (N,) (-1: none)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, duplicate_of: np.ndarray) -> None:
@@ -57,6 +58,10 @@ class Images:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def planted(self) -> Planted:
+        """TrainData (common/data_layer.py); the rest comes from HeldInMemory."""
+        return Planted(duplicate_of=self.duplicate_of)
 
 
 def build_data(cfg: MocoConfig) -> tuple[Images, Images]:
@@ -154,10 +159,11 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
 
     box, mesh, pruner, sampler, wall = start_run(
         cfg, run_dir, resume=resume, fresh_state=lambda: init_state(model, tx, cfg.seed),
-        rng=rng, num_samples=len(train))
+        rng=rng, num_samples=train.num_samples)
+    planted = train.planted()
     if rank == 0:
-        run_dir.save_array("planted", duplicate_of=train.duplicate_of)
-    planted_stats = PreparationStats(pruner, duplicate_of=train.duplicate_of)
+        run_dir.save_array("planted", duplicate_of=planted.duplicate_of)
+    planted_stats = PreparationStats(pruner, duplicate_of=planted.duplicate_of)
     step = compiled_step(model, cfg.optimizer, cfg.weight_decay, base_lr, cfg.epochs,
                          cfg.lr_warmup_epochs, cfg.min_lr, cfg.momentum, cfg.temperature)
     make_batch = batch_maker(train, crop_views(cfg), rng, share=(rank, world))

@@ -30,13 +30,14 @@ import torch
 
 from reference_trainers.common.augment import ColourView, CropView, two_crops
 from reference_trainers.common.data import load_fashion_mnist, split_subset
+from reference_trainers.common.data_layer import HeldInMemory, NothingPlanted, Planted
 from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.torch_data import normalise, resize_to_spec
 from reference_trainers.common.views import moco_view_pair
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageData", "build_data", "check_corpus",
-           "corpus_stats", "eval_preprocess", "image_spec", "moco_views", "spec_two_crops"]
+           "eval_preprocess", "image_spec", "moco_views", "spec_two_crops"]
 
 # torchvision's ImageNet statistics, as MoCo v3's main_moco.py normalises.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -53,7 +54,7 @@ def moco_views(crop_min: float, channels: int = 1) -> Views:
     return moco_view_pair(ColourView if channels == 3 else CropView, crop_min)
 
 
-class ImageData:
+class ImageData(HeldInMemory):
     """N images held as uint8 (N, 1, 28, 28) with int64 labels (N,) and duplicate_of (N,)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, duplicate_of: np.ndarray,
@@ -65,6 +66,10 @@ class ImageData:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    # -- TrainData (common/data_layer.py): the rest comes from HeldInMemory ------------------
+    def planted(self) -> Planted:
+        return Planted(duplicate_of=self.duplicate_of.numpy())
 
     def two_crops(self, ids: np.ndarray,
                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +83,7 @@ class ImageData:
         return x1.to(device), x2.to(device), ids
 
 
-class CorpusCrops:
+class CorpusCrops(NothingPlanted):
     """A map-style image-only corpus (CsvCorpus / ImageFolderCorpus) served as two crops.
     Bad ids in a batch are refilled with repeats of the batch's good ids (fill_bad), so every
     rank keeps its batch size; a batch of bad ids only comes back empty."""
@@ -88,6 +93,23 @@ class CorpusCrops:
 
     def __len__(self) -> int:
         return len(self.corpus)
+
+    # -- TrainData (common/data_layer.py): the corpus's, with the batches' repeats -----------
+    batch_mode = "corpus"
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.corpus)
+
+    def epoch_stats(self, plan: Any) -> dict[str, int]:
+        return {"skipped_samples": len(self.corpus.skipped),
+                "repeated_samples": self.corpus.repeats}
+
+    def skipped_samples(self) -> dict[int, tuple[str, str]]:
+        return self.corpus.skipped_samples()
+
+    def disk_corpus(self) -> Any:
+        return self.corpus
 
     def crops(self, ids: np.ndarray, generator: torch.Generator,
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
@@ -178,30 +200,14 @@ def _corpus(cfg: Any, rank: int, world: int) -> Any:
     raise TrainerError(f"--data {cfg.data!r}: choose one of {', '.join(DATA_KINDS)}")
 
 
-def num_samples(train: Any) -> int:
-    """N for the pruner: the corpus's ids, bad ones included (ids never shift)."""
-    return len(train.index) if hasattr(train, "index") else len(train)
-
-
-def corpus_stats(train: Any, plan: Any) -> dict[str, int]:
-    """Skipped (bad) and repeated samples of a corpus so far; {} for Fashion-MNIST."""
-    if hasattr(train, "corpus"):
-        return {"skipped_samples": len(train.corpus.skipped),
-                "repeated_samples": train.corpus.repeats}
-    if hasattr(train, "stats"):
-        return {"skipped_samples": len(train.index.skipped_for(False))
-                + len(train.stats.corrupt), "repeated_samples": train.repeated_samples(plan)}
-    return {}
-
-
 def check_corpus(run_dir: RunDir, train: Any, *, resume: bool) -> None:
     """Write corpus.json (the corpus's size and a hash of its file list) and, for a folder
     tree, corpus_labels.npz; on resume refuse a corpus whose list changed, since its ids would
     then name other images than the pruner's store remembers."""
-    if not hasattr(train, "corpus"):
+    corpus = train.disk_corpus()
+    if corpus is None:
         return  # Fashion-MNIST is fixed; a shard index refuses changed shards by itself
-    corpus = train.corpus
-    listing = getattr(corpus, "relative", corpus.paths)
+    listing = corpus.listing
     record = {"num_samples": len(corpus),
               "fingerprint": hashlib.sha256("\n".join(listing).encode("utf-8")).hexdigest()}
     target = run_dir.path / "corpus.json"
@@ -213,6 +219,6 @@ def check_corpus(run_dir: RunDir, train: Any, *, resume: bool) -> None:
                                "other names); ids would name other images. Restore the corpus "
                                "or start a new run.")
     target.write_text(json.dumps(record) + "\n")
-    if hasattr(corpus, "class_names"):
+    if corpus.class_names is not None:
         run_dir.save_array("corpus_labels", labels=corpus.labels,
                            class_names=np.array(corpus.class_names, dtype=str))

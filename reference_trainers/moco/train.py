@@ -26,6 +26,7 @@ from reference_trainers.common import evaluation, lifecycle
 from reference_trainers.common.eval_maths import knn_top1
 from reference_trainers.common.accel import AmpSetup, place_model
 from reference_trainers.common.config import build_parser, config_from_args
+from reference_trainers.common.data_layer import check_train_data
 from reference_trainers.common.lifecycle import load_checkpoint, save_checkpoint
 from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.progress import EpochBar, closing_line, epoch_line
@@ -102,7 +103,7 @@ def epoch_batches(data: Any, plan: Any, sampler: ScanSampler, cfg: MocoConfig,
     """This rank's (x1, x2, ids) batches of the epoch and how many there are. Map-style data
     is served by the sampler's ids; a shard stream drops pruned samples before it reads them
     and serves the same number of samples on every rank (corpora/shards.py)."""
-    if hasattr(data, "steps_per_rank"):
+    if data.batch_mode == "stream":
         from adapters.torch.stream import PlanIterableDataset, collate_samples
 
         dataset = PlanIterableDataset(data)
@@ -115,7 +116,7 @@ def epoch_batches(data: Any, plan: Any, sampler: ScanSampler, cfg: MocoConfig,
                  for images, ids in _fold_stream(loader))
         return crops, _stream_steps(data, plan, cfg.batch_size)
     id_batches = _fold_lone_last(list(sampler.batches(cfg.batch_size)))
-    if isinstance(data, moco_data.CorpusCrops):  # decoded in --workers processes (workers.py)
+    if data.batch_mode == "corpus":  # decoded in --workers processes (workers.py)
         from reference_trainers.common.workers import raw_corpus_batches
 
         raw = raw_corpus_batches(data.corpus, id_batches, workers=cfg.workers, fill_bad=True)
@@ -175,7 +176,7 @@ def _check_workers(cfg: MocoConfig, train: Any) -> None:
     from reference_trainers.common.errors import TrainerError
     from reference_trainers.common.workers import check_workers
 
-    if check_workers(cfg.workers) and hasattr(train, "steps_per_rank"):
+    if check_workers(cfg.workers) and train.batch_mode == "stream":
         raise TrainerError(f"--workers {cfg.workers} with --data {cfg.data}: MoCo reads a shard "
                            "stream in the trainer's process for now; drop --workers (folder: "
                            "and csv: corpora take it)")
@@ -187,6 +188,8 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
     model: any MoCo (e.g. around another backbone); default build_moco(cfg.backbone, ...)."""
     rank, world, run_dir = lifecycle.open_run(cfg, out, resume=resume)
     train, probe_train, test = build_data(cfg, rank=rank, world=world)
+    check_train_data(train)
+    planted = train.planted()
     _check_workers(cfg, train)
     if rank == 0:
         moco_data.check_corpus(run_dir, train, resume=resume)
@@ -205,15 +208,15 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     last, wall = load_checkpoint(run_dir, model, optimizer, generator,
                                  scaler=amp.scaler) if resume else (-1, 0.0)
-    pruner = ScanPruner(moco_data.num_samples(train), 2, cfg.scan, store=run_dir.store,
+    pruner = ScanPruner(train.num_samples, 2, cfg.scan, store=run_dir.store,
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)
     if rank == 0:
         run_dir.truncate_metrics(last)
-        if hasattr(train, "duplicate_of"):
-            run_dir.save_array("planted", duplicate_of=train.duplicate_of.numpy())
-    planted_stats = PreparationStats(pruner, duplicate_of=getattr(train, "duplicate_of", None))
+        if planted.any:
+            run_dir.save_array("planted", duplicate_of=planted.duplicate_of)
+    planted_stats = PreparationStats(pruner, duplicate_of=planted.duplicate_of)
     row = lifecycle.epoch_loop(
         cfg, pruner, sampler, run_dir, rank=rank, world=world, wall=wall, stop_after=stop_after,
         train_epoch=lambda epoch: train_epoch(model, optimizer, sampler, pruner, train, cfg,
@@ -225,7 +228,7 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
                                                        generator, wall, scaler=amp.scaler),
         line=lambda row: epoch_line(row, accuracy=("knn_top1", "kNN")),
         extra_stats=lambda: {**planted_stats(),  # planted.py
-                             **moco_data.corpus_stats(train, sampler.plan)},
+                             **train.epoch_stats(sampler.plan)},
         skipped=SkippedLog(run_dir, train, write=rank == 0))
     return lifecycle.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
 

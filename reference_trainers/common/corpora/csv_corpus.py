@@ -33,11 +33,13 @@ import io
 import os
 import pathlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from reference_trainers.common.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from reference_trainers.common.data_layer import NothingPlanted
 from reference_trainers.common.errors import DataError
 from reference_trainers.common.torch_data import random_crop_flip
 
@@ -141,7 +143,7 @@ def _sniff_delimiter(path: pathlib.Path, head: str) -> str:
         return "\t" if path.suffix.lower() == ".tsv" else ","
 
 
-class PathCorpus:
+class PathCorpus(NothingPlanted):
     """Images on disk, one id per path, decoded on demand; the shared part of `CsvCorpus` and
     `folder_corpus.ImageFolderCorpus`. Subclasses fill `paths` (N,) resolved image paths,
     `captions` (N,) str or None (an image-only corpus), `skipped` {id: reason} and `source`
@@ -157,8 +159,32 @@ class PathCorpus:
     skipped: dict[int, str]
     source: str
 
+    class_names: list[str] | None = None  # a folder tree's classes (labels by id)
+
     def __len__(self) -> int:
         return len(self.paths)
+
+    # -- TrainData (common/data_layer.py) --------------------------------------------------
+    batch_mode = "corpus"
+
+    @property
+    def num_samples(self) -> int:
+        return len(self)
+
+    def epoch_stats(self, plan: Any) -> dict[str, int]:
+        """Bad samples skipped so far (CLIP's row; MoCo's CorpusCrops adds the repeats)."""
+        return {"skipped_samples": len(self.skipped)}
+
+    def skipped_samples(self) -> dict[int, tuple[str, str]]:
+        return {int(i): (str(self.paths[i]), str(r)) for i, r in self.skipped.items()}
+
+    def disk_corpus(self) -> "PathCorpus":
+        return self
+
+    @property
+    def listing(self) -> list[str]:
+        """The names fingerprinted in corpus.json (a folder tree: paths under its root)."""
+        return self.paths
 
     @property
     def good_ids(self) -> np.ndarray:

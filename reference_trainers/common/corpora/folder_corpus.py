@@ -79,3 +79,9 @@ class ImageFolderCorpus(PathCorpus):
             elif os.path.getsize(path) == 0:
                 self.skipped[i] = f"empty file {self.relative[i]}"
         self.fingerprint = hashlib.sha256("\n".join(self.relative).encode("utf-8")).hexdigest()
+
+    @property
+    def listing(self) -> list[str]:
+        """The names fingerprinted in corpus.json: POSIX paths under root (moving the tree
+        keeps a run resumable)."""
+        return self.relative

@@ -49,6 +49,7 @@ import numpy as np
 
 from reference_trainers.common.corpora.csv_corpus import (BadSampleError, ImageSpec, Tokenize,
                                                           decode_image)
+from reference_trainers.common.data_layer import NothingPlanted
 from reference_trainers.common.errors import DataError
 from scan_core import EpochPlan
 
@@ -263,7 +264,7 @@ class StreamStats:
     # stood in for corrupt images (beyond the split's top-up)
 
 
-class ShardStream:
+class ShardStream(NothingPlanted):
     """One rank's pruned stream over a ShardIndex; call it per worker (a WorkerSource).
 
     Args: index; tokenizer texts -> int64 (n, L) (None with captions=False); spec the
@@ -287,6 +288,26 @@ class ShardStream:
         self.num_workers = max(1, num_workers)
         self.seed, self.shuffle, self.shuffle_buffer = seed, shuffle, shuffle_buffer
         self.stats = StreamStats()
+
+    # -- TrainData (common/data_layer.py) --------------------------------------------------
+    batch_mode = "stream"
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.index)
+
+    def epoch_stats(self, plan: EpochPlan) -> dict[str, int]:
+        """Bad samples (at index time for this use, and at decode on this process) and the
+        epoch's repeats (top-ups and refills)."""
+        return {"skipped_samples": len(self.index.skipped_for(self.captions))
+                + len(self.stats.corrupt), "repeated_samples": self.repeated_samples(plan)}
+
+    def skipped_samples(self) -> dict[int, tuple[str, str]]:
+        found = {**self.index.skipped_for(self.captions), **self.stats.corrupt}
+        return {int(i): (str(self.index.keys[i]), str(r)) for i, r in found.items()}
+
+    def disk_corpus(self) -> None:
+        return None  # the index refuses changed shards by itself
 
     # -- the split -------------------------------------------------------------------------
     @property
