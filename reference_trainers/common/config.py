@@ -29,7 +29,7 @@ from scan_core import RULE_NAMES, ScanConfig
 # seed and num_epochs are the run's; rule and mode are named together by --pruning.
 SCAN_FLAG_FIELDS = ("rho_low", "rho_high", "t_cos", "warmup_threshold", "min_warmup_epochs",
                     "max_warmup_epochs", "warmup_epochs", "scope", "target_rate",
-                    "full_tail_epochs", "ill_every_mutation")
+                    "full_tail_epochs", "ill_every_mutation", "ill_persistence", "retire_share")
 # Flat names that differ from the field's (kept so command lines and run directories written
 # before the settings moved into ScanConfig mean the same).
 _FLAT_NAMES = {"warmup_epochs": "scan_warmup_epochs"}

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from reference_trainers.common.errors import CheckpointError, RunDirError, TrainerError
+from scan_core.config import LATER_FIELDS
 
 _CKPT = re.compile(r"^epoch_(\d{8})\.(pt|msgpack|npz)$")
 SUM_SUFFIX = ".crc32"
@@ -140,6 +141,9 @@ class RunDir:
             old = self.read_config()
             free = {"resume", "eval_every", "probe_every", "log_every", "quiet",
                     "imagenet_val", "classnames", "val_data", "report_to"}
+            # A setting added after the run was written reads as its default there (the
+            # history-aware rules of issue 20: ill_persistence 1, retire_share 0 = the paper).
+            old = {**LATER_FIELDS, **old}
             diffs = [f"{k}: run has {old.get(k)!r}, now {config.get(k)!r}"
                      for k in sorted((set(old) | set(config)) - free) if old.get(k) != config.get(k)]
             if diffs:

@@ -74,7 +74,8 @@ def test_the_pruning_flags_are_derived_from_scan_configs_fields():
     assert "T_cos" in by_name["t_cos"][2]                  # ScanConfig's docstring
     values = {"rho_low": "0.2", "rho_high": "0.25", "t_cos": "4", "warmup_threshold": "0.1",
               "min_warmup_epochs": "1", "max_warmup_epochs": "3", "scan_warmup_epochs": "2",
-              "scope": "global", "target_rate": "0.3", "full_tail_epochs": "1"}
+              "scope": "global", "target_rate": "0.3", "full_tail_epochs": "1",
+              "ill_persistence": "2", "retire_share": "0.05"}
     assert set(values) == set(by_name) - {"loss_history"}   # the pruner's, not ScanConfig's
     argv = ["--out", "x", "--epochs", "9", "--ill-every-mutation"]
     for name, value in values.items():
@@ -118,3 +119,21 @@ def test_moco_crop_min_flag_reaches_the_views_and_is_range_checked():
         with pytest.raises(TrainerError, match="crop-min"):
             config_from_args(parser.parse_args(["--out", "x", "--crop-min", bad]),
                              presets=PRESETS, flags=FLAGS)
+
+
+def test_a_run_written_before_the_history_rules_resumes_and_a_changed_rule_is_refused(tmp_path):
+    """config.json of a run from before --ill-persistence / --retire-share lacks both keys: a
+    resume with their defaults (the paper rule) matches it; asking for another value is refused
+    by name, as every other changed setting is."""
+    from reference_trainers.common.rundir import RunDir
+    from scan_core.config import LATER_FIELDS
+
+    flat = TrainConfig(epochs=4).to_dict()
+    assert {k: flat[k] for k in LATER_FIELDS} == LATER_FIELDS
+    older = {k: v for k, v in flat.items() if k not in LATER_FIELDS}
+    run = RunDir(tmp_path / "run")
+    (run.path / "config.json").write_text(json.dumps(older))
+    run.write_config(flat, resume=True)                       # the same run: accepted
+    (run.path / "config.json").write_text(json.dumps(older))
+    with pytest.raises(TrainerError, match="retire_share: run has 0.0, now 0.1"):
+        run.write_config({**flat, "retire_share": 0.1}, resume=True)
