@@ -76,8 +76,10 @@ def test_skipped_samples_are_listed_with_path_or_key_and_reason(tmp_path, csv_co
 def test_data_without_bad_samples_writes_no_list_and_no_line(tmp_path):
     """Fashion-MNIST in memory: no skipped.jsonl (the run directory is the same as before,
     and as the JAX trainers', which have no corpora)."""
-    class InMemory:
-        images = None
+    from reference_trainers.common.data_layer import HeldInMemory
+
+    class InMemory(HeldInMemory):      # the TrainData answers of every in-memory split
+        images = labels = None
 
     run = RunDir(tmp_path / "run")
     log = SkippedLog(run, InMemory())
