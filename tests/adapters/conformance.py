@@ -20,6 +20,9 @@ Invariants (one test each; hypothesis where the input space is large):
   shape, leaving the input alone, and refuses any other op.
 - Driving ScanPruner through the adapter on two simulated ranks covers every kept id of every
   epoch exactly once (coverage="error").
+- On two real ranks (processes for torch and JAX: `case.two_ranks` runs `two_rank_body` on
+  each), the default adapter knows its rank, its communicator's reductions equal numpy's over
+  both ranks' inputs, and the ranks' batches split the plan.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class AdapterCase:
     array: a host numpy array -> the framework's array holding the same values in host memory.
     address: a framework array -> the address of its first byte (to prove no copy).
     dtypes: the numpy dtypes the framework holds as host arrays.
+    two_ranks: runs `two_rank_body(adapter)` on two real ranks, each with its default
+      adapter (over the framework's process group); returns their results in rank order.
     """
 
     name: str
@@ -55,6 +60,7 @@ class AdapterCase:
     array: Callable[[np.ndarray], Any]
     address: Callable[[Any], int]
     dtypes: tuple[np.dtype, ...]
+    two_ranks: Callable[[], list[dict[str, Any]]]
 
 
 class AgreeingRank:
@@ -248,3 +254,51 @@ def test_a_pruned_run_on_two_ranks_records_every_kept_id_once(case):
     assert logs[0] == logs[1]
     assert any(row["phase"] == "mutate" and row["num_kept"] < n for row in logs[0])
     assert all(row["num_unrecorded"] == 0 for row in logs[0])
+
+
+# -- two real ranks ---------------------------------------------------------------------------
+def rank_inputs(rank: int) -> dict[str, np.ndarray]:
+    """Rank-dependent arrays, one per reduction (float64 / int64 values a 32-bit framework
+    could not carry as its own arrays; bits whose or differs from their max)."""
+    return {"sum": np.array([0.1 * (rank + 1), 1e300 / (rank + 1), -3.5], np.float64),
+            "max": np.array([2**62 + rank, -(2**62) - rank, 7], np.int64),
+            "bor": (np.arange(40, dtype=np.uint8) * (rank + 3)).astype(np.uint8)}
+
+
+def two_rank_plan() -> EpochPlan:
+    """A plan of 101 samples with every third dropped (the same on every rank)."""
+    dropped = np.arange(0, 101, 3, dtype=np.int64)
+    return EpochPlan(epoch=3, phase="mutate", rho_cur=0.5, num_samples=101,
+                     num_candidates=len(dropped), num_kept=101 - len(dropped), seed=8,
+                     drop_bits=bitset.from_ids(dropped, 101))
+
+
+def two_rank_body(adapter: FrameworkAdapter) -> dict[str, Any]:
+    """What each real rank runs: its identity, the reductions of its inputs, its batches."""
+    comm = adapter.communicator()
+    out: dict[str, Any] = {"rank": adapter.rank, "world_size": adapter.world_size}
+    out.update({op: comm.all_reduce(array, op) for op, array in rank_inputs(adapter.rank).items()})
+    plan = two_rank_plan()
+    out["num_batches"] = adapter.num_batches(plan, 7)
+    out["batches"] = [np.asarray(b) for b in adapter.plan_batches(plan, 7)]
+    return out
+
+
+@pytest.mark.distributed
+def test_two_real_ranks_know_their_rank_reduce_exactly_and_split_the_plan(case):
+    results = case.two_ranks()
+    assert [(r["rank"], r["world_size"]) for r in results] == [(0, 2), (1, 2)]
+    inputs = [rank_inputs(0), rank_inputs(1)]
+    expected = {"sum": inputs[0]["sum"] + inputs[1]["sum"],
+                "max": np.maximum(inputs[0]["max"], inputs[1]["max"]),
+                "bor": inputs[0]["bor"] | inputs[1]["bor"]}
+    for result in results:
+        for op, want in expected.items():
+            assert result[op].dtype == want.dtype
+            np.testing.assert_array_equal(result[op], want)  # bit-exact, rank order
+    plan = two_rank_plan()
+    assert [len(r["batches"]) for r in results] == [results[0]["num_batches"]] * 2
+    served = np.concatenate([b for r in results for b in r["batches"]])
+    padding = 2 * plan.shard_length(2) - plan.num_kept
+    assert len(served) == plan.num_kept + padding
+    assert set(served.tolist()) == set(plan.kept_ids.tolist())

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from adapters.host import HostAdapter
+from scan_core import run_ranks
 from tests.adapters.conformance import *  # noqa: F401,F403 - the suite's tests
-from tests.adapters.conformance import AdapterCase
+from tests.adapters.conformance import AdapterCase, two_rank_body
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +15,8 @@ def case():
     return AdapterCase(
         name="numpy", make=HostAdapter, array=lambda host: host,
         address=lambda array: array.ctypes.data,
-        dtypes=tuple(np.dtype(d) for d in ("float32", "float64", "int32", "int64", "uint8")))
+        dtypes=tuple(np.dtype(d) for d in ("float32", "float64", "int32", "int64", "uint8")),
+        two_ranks=lambda: run_ranks(2, lambda comm: two_rank_body(HostAdapter(comm))))
 
 
 def test_the_framework_free_modules_run_their_examples_and_import_no_framework():

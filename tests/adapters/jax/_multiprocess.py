@@ -88,7 +88,15 @@ def pruner_run(rank: int, world: int) -> dict[str, Any]:
             "batches": batches, "devices": jax.device_count()}
 
 
-TASKS = {"all_reduce": all_reduce, "pruner": pruner_run}
+def conformance(rank: int, world: int) -> dict[str, Any]:
+    """tests/adapters/conformance.py's two-rank body with the default JaxAdapter."""
+    from adapters.jax import JaxAdapter
+    from tests.adapters.conformance import two_rank_body
+
+    return two_rank_body(JaxAdapter())
+
+
+TASKS = {"all_reduce": all_reduce, "pruner": pruner_run, "conformance": conformance}
 
 
 def main(process_id: int, num_processes: int, port: int, out_dir: str, task: str) -> None:

@@ -13,15 +13,19 @@ from scan_core import ScanConfig, ScanPruner, ScanStateError  # noqa: E402
 from scan_core.errors import ScanConfigError  # noqa: E402
 from tests.adapters.conformance import *  # noqa: F401,F403,E402 - the suite's tests
 from tests.adapters.conformance import AdapterCase, AgreeingRank  # noqa: E402
+from tests.adapters.jax.test_distributed import spawn  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def case():
+def case(tmp_path_factory):
     # float64 / int64 are refused by a JAX without jax_enable_x64 (it would cast them).
     return AdapterCase(
         name="jax", make=JaxAdapter, array=jnp.asarray,
         address=lambda array: array.unsafe_buffer_pointer(),
-        dtypes=tuple(np.dtype(d) for d in ("float32", "float16", "int32", "uint8")))
+        dtypes=tuple(np.dtype(d) for d in ("float32", "float16", "int32", "uint8")),
+        # two jax.distributed processes, each with JaxAdapter() over them
+        two_ranks=lambda: [r["conformance"] for r in spawn(
+            "conformance", tmp_path_factory.mktemp("conformance"))])
 
 
 def test_plan_batches_of_the_adapter_are_adapters_jax_plan_batches():

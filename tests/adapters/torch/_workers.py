@@ -242,5 +242,13 @@ def gather_exit_task(rank: int, world_size: int) -> dict[str, Any]:
     return {"grad_finite": bool(torch.isfinite(image.grad).all())}
 
 
+def conformance_task(rank: int, world_size: int) -> dict[str, Any]:
+    """tests/adapters/conformance.py's two-rank body with the default TorchAdapter."""
+    from adapters.torch import TorchAdapter
+    from tests.adapters.conformance import two_rank_body
+
+    return two_rank_body(TorchAdapter())
+
+
 TASKS = {"gather_exit": gather_exit_task, "comm": comm_task, "scan": scan_task, "warmup": warmup_task, "clip": clip_task,
-         "moco": moco_task}
+         "moco": moco_task, "conformance": conformance_task}

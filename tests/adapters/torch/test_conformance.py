@@ -10,14 +10,17 @@ from adapters.torch import ScanSampler, TorchAdapter
 from scan_core import ScanConfig, ScanPruner
 from tests.adapters.conformance import *  # noqa: F401,F403 - the suite's tests
 from tests.adapters.conformance import AdapterCase
+from tests.adapters.torch.test_distributed import spawn
 
 
 @pytest.fixture(scope="module")
-def case():
+def case(tmp_path_factory):
     return AdapterCase(
         name="torch", make=TorchAdapter, array=torch.from_numpy,
         address=lambda tensor: tensor.data_ptr(),
-        dtypes=tuple(np.dtype(d) for d in ("float32", "float64", "int32", "int64", "uint8")))
+        dtypes=tuple(np.dtype(d) for d in ("float32", "float64", "int32", "int64", "uint8")),
+        # two gloo processes, each with TorchAdapter() over the initialised group
+        two_ranks=lambda: spawn("conformance", 2, tmp_path_factory.mktemp("conformance")))
 
 
 def test_a_tensor_that_requires_grad_is_handed_over_without_a_copy():
