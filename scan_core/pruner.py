@@ -289,11 +289,14 @@ class ScanPruner:
         return bitset.popcount(self._red | self._ill)
 
     def candidate_ids(self, end: str = "both") -> np.ndarray:
-        """Sorted ids of D' ("both"), or of its "redundant" / "ill_matched" end."""
+        """Sorted ids of D' ("both"), of its "redundant" / "ill_matched" end, or the samples a
+        retire_share rule dropped for the rest of the run ("retired"; empty without the rule)."""
+        retired = self._retired if self._retired is not None else bitset.new_bits(self.num_samples)
         bits = {"both": lambda: self._red | self._ill, "redundant": lambda: self._red,
-                "ill_matched": lambda: self._ill}.get(end)
+                "ill_matched": lambda: self._ill, "retired": lambda: retired}.get(end)
         if bits is None:
-            raise ScanConfigError(f"end must be 'both', 'redundant' or 'ill_matched', got {end!r}.")
+            raise ScanConfigError(f"end must be 'both', 'redundant', 'ill_matched' or 'retired', "
+                                  f"got {end!r}.")
         return bitset.ids_of(bits(), self.num_samples, True)
 
     def coreset(self) -> np.ndarray:
