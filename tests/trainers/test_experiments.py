@@ -504,6 +504,27 @@ def test_suite_figures_are_valid_pngs(mini_grid):
             assert line["mean"] == pytest.approx([r[key] for r in preps]), key
 
 
+def test_accuracy_vs_pruned_has_a_panel_per_regime_and_a_colour_per_rule(mini_grid):
+    """The regimes figure: one panel per regime, each cell drawn once in its own panel, and
+    the legend names each rule once (it named every cell, 30 entries with repeated colours)."""
+    from reference_trainers.experiments.figures import split_cell, suite_figures
+
+    drawn = suite_figures("regimes", mini_grid, (0,), miniature=True)["accuracy_vs_pruned"]
+    _valid_png(Path(mini_grid) / "figures" / "regimes-mini" / drawn["file"])
+    cells = [s.cell for s in suite_runs("regimes", (0,), miniature=True)]
+    drawn_cells = {tuple(c.values()) for c in cells
+                   if " / ".join(c.values()) in drawn["labels"]}
+    assert drawn["panels"] == list(dict.fromkeys(c["regime"] for c in cells
+                                                 if tuple(c.values()) in drawn_cells))
+    assert drawn["series"] == list(dict.fromkeys(c["rule"] for c in cells
+                                                 if tuple(c.values()) in drawn_cells))
+    assert len(drawn["series"]) <= 10                 # distinct colours C0..C9
+    assert split_cell({"regime": "noise 20%", "rule": "scan"}, SUITES["regimes"]) == \
+        ("noise 20%", "scan")
+    assert split_cell({"rule": "scan"}, SUITES["clip-table"]) == ("", "scan")
+    assert split_cell({"noise": "40%", "scope": "global"}, SUITES["quality"]) == ("40%", "global")
+
+
 def test_the_cli_run_skips_finished_runs_and_writes_table_and_figures(mini_grid, fmnist_dir,
                                                                        capsys):
     assert cli(["run", "moco-table", "--miniature", "--workers", "0", "--threads", "1",
