@@ -443,10 +443,12 @@ class ScanPruner:
         self._collecting = False
 
     def _check_agreement(self, where: str, plan_fingerprint: str = "") -> None:
-        """All ranks must hold the same config, epoch, candidates and (just ended) plan."""
+        """All ranks must hold the same config, coverage policy, epoch, candidates and (just
+        ended) plan."""
         digest = hashlib.blake2b(digest_size=8)
         digest.update(json.dumps(self._meta(), sort_keys=True).encode())
         digest.update(plan_fingerprint.encode())
+        digest.update(self.coverage.encode())  # "off" skips a collective the others run
         digest.update(np.asarray([self._next_epoch, self._num_preparations], np.int64).tobytes())
         digest.update(self._red.tobytes())
         digest.update(self._ill.tobytes())
@@ -457,5 +459,5 @@ class ScanPruner:
             raise ScanDistributedError(
                 f"ranks disagree on the pruner state at {where} (rank {self.rank}: epoch "
                 f"{self._next_epoch}, |D'| {self.num_candidates}, plan {plan_fingerprint or '-'}, "
-                f"seed {self.config.seed}); every rank needs the same config, seed and store, "
-                "and must record its own batches.")
+                f"seed {self.config.seed}, coverage {self.coverage!r}); every rank needs the "
+                "same config, seed, coverage policy and store, and must record its own batches.")
