@@ -30,7 +30,8 @@ from scan_core.coverage import POLICIES as COVERAGE_POLICIES
 from scan_core.coverage import check_coverage
 from scan_core.errors import ScanConfigError, ScanDistributedError, ScanStateError
 from scan_core.inputs import as_ids, as_losses, raise_bad_batch
-from scan_core.history import persistent_ill, retire_more
+from scan_core.history import persistent_ill
+from scan_core.retire import retire_more_chunked
 from scan_core.plan import EpochPlan
 from scan_core.select import SALT_HIGH, SALT_LOW, k_of, record_batch, stream_key
 from scan_core.state import (ARRAY_FIELDS, SCALAR_FIELDS, STATE_ATTRIBUTES, STATE_SCHEMA,
@@ -435,8 +436,9 @@ class ScanPruner:
             self._ill, self._ill_prev = persistent_ill(self._ill, self._ill_prev)
         if self._retired is not None:
             assert epoch_losses is not None
-            self._retired = retire_more(epoch_losses.mean(), self._ill, self._retired,
-                                        int(cfg.retire_share * self.num_samples))
+            self._retired = retire_more_chunked(epoch_losses.mean, self.num_samples, self._ill,
+                                                self._retired,
+                                                int(cfg.retire_share * self.num_samples))
         if self.loss_history and self._store is not None and epoch_losses is not None:
             self._store.write_history(epoch, epoch_losses, self.loss_history)
         self._num_preparations += 1
