@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's scan_core
-from bench_bookkeeping import machine, proc_status_kib, reset_peak_rss  # noqa: E402
+from bench_env import machine, proc_status_kib, reset_peak_rss, write_docs  # noqa: E402
 
 from scan_core import LossStore, ScanConfig  # noqa: E402
 from scan_core.epoch_losses import EpochLosses  # noqa: E402
@@ -170,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     block = table(rows, args.epochs, cmd.strip(), values)
     print(block)
     if args.write_docs:
-        from bench_bookkeeping import write_docs
         write_docs(block, BEGIN, END)
     return 0
 

@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))  # this checkout's packages
-from bench_bookkeeping import machine, write_docs  # noqa: E402
+from bench_env import machine, write_docs  # noqa: E402
 
 BEGIN, END = "<!-- bench_workers:begin -->", "<!-- bench_workers:end -->"
 
