@@ -154,6 +154,10 @@ class TrainConfig(ScanSettings):
     classnames: str | None = None         # its class names, one line per sorted class folder
     val_data: str | None = None           # held-out (image, caption) CSV for retrieval recall@K
     report_to: str | None = None          # tensorboard: event files in RUN/tensorboard
+    # shards: URLs (corpora/run_index.py); None keeps runs written before them resumable
+    shard_index: str | None = None        # the key index's file (None: RUN/scan-index.npz)
+    train_num_samples: int | None = None  # open_clip's count, checked against the index
+    save_frequency: int | None = None     # also keep the checkpoint of every k-th epoch
 
 
 def cpu_fmnist() -> TrainConfig:
@@ -233,10 +237,21 @@ BOOKKEEPING_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--seed", "seed", int, "seed of data, model and pruning"),
     ("--threads", "threads", int, "torch CPU threads"),
 ]
+# Shard sources (corpora/run_index.py) and checkpoints kept (rundir.py), CLIP's and MoCo's.
+SHARD_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--shard-index", "shard_index", str, "the shards' key index file (default "
+     "RUN/scan-index.npz: the dataset folder is only read)"),
+    ("--train-num-samples", "train_num_samples", int, "open_clip's sample count of "
+     "--train-data; checked against the shard index (refused when it differs)"),
+    ("--save-frequency", "save_frequency", int, "also keep the checkpoint of every k-th "
+     "epoch (open_clip's; the two newest are always kept for --resume)"),
+]
 _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
     ("--data", "data", str, "training data: fmnist (default), csv:PATH (image,caption rows) "
-     "or shards:DIR (a folder of webdataset-style .tar shards, docs/corpora.md)"),
+     "or shards:SOURCE: a folder of webdataset-style .tar shards, a .tar, a brace pattern "
+     "'DIR/{00000..00009}.tar', a '::' list or pipe:COMMAND (docs/corpora.md)"),
+    *SHARD_FLAGS,
     ("--workers", "workers", int, "DataLoader worker processes decoding a csv:/shards: corpus "
      "(default 0: in the trainer's process; Fashion-MNIST is in memory and needs none)"),
     ("--tokenizer", "tokenizer", str, "word (default), bpe:PATH (train_tokenizer) or open_clip"),

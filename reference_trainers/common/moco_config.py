@@ -16,7 +16,7 @@ import dataclasses
 from typing import Any
 
 from reference_trainers.common.config import (BOOKKEEPING_FLAGS, LENGTH_FLAGS, PRUNING_FLAGS,
-                                              SUBSET_FLAGS, ScanSettings)
+                                              SHARD_FLAGS, SUBSET_FLAGS, ScanSettings)
 from reference_trainers.common.errors import TrainerError
 from scan_core import ScanConfig
 
@@ -59,6 +59,9 @@ class MocoConfig(ScanSettings):
     seed: int = 0
     threads: int | None = None
     workers: int | None = None            # DataLoader workers decoding folder:/csv: (None = 0)
+    shard_index: str | None = None        # shards: the key index file (None: in the run dir)
+    train_num_samples: int | None = None  # open_clip's count, checked against the index
+    save_frequency: int | None = None     # also keep the checkpoint of every k-th epoch
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,7 +95,9 @@ PRESETS = {"cpu-fmnist-moco": cpu_fmnist_moco, "cpu-tiny-moco": cpu_tiny_moco}
 FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
     ("--data", "data", str, "training images: fmnist (default), folder:DIR (DIR/<class>/<image>),"
-     " csv:PATH (an image column) or shards:DIR (tar shards, .txt not needed)"),
+     " csv:PATH (an image column) or shards:SOURCE (tar shards, .txt not needed; a folder, "
+     "a .tar, a brace pattern, a '::' list or pipe:COMMAND)"),
+    *SHARD_FLAGS,
     *SUBSET_FLAGS,
     ("--backbone", "backbone", str, "resnet, vit-tiny, or the GPU presets vit_small / vit_base"),
     ("--width", "width", int, "SmallResNet width"),

@@ -187,7 +187,7 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
     """Train (or continue, with resume) the run in `out`; returns the summary.
     model: any MoCo (e.g. around another backbone); default build_moco(cfg.backbone, ...)."""
     rank, world, run_dir = lifecycle.open_run(cfg, out, resume=resume)
-    train, probe_train, test = build_data(cfg, rank=rank, world=world)
+    train, probe_train, test = build_data(cfg, rank=rank, world=world, run_path=out)
     check_train_data(train)
     planted = train.planted()
     _check_workers(cfg, train)
