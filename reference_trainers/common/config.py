@@ -22,6 +22,7 @@ import typing
 from typing import Any
 
 from reference_trainers.common.errors import TrainerError
+from reference_trainers.common.resume_flag import RESUME_HELP, resolve_resume
 from scan_core import RULE_NAMES, ScanConfig
 
 
@@ -275,6 +276,18 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 
 
+class _TrainerParser(argparse.ArgumentParser):
+    """argparse with --resume latest|PATH resolved into (resume: bool, out) after parsing
+    (common/resume_flag.py), so every trainer's main sees what it always did."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        parsed = resolve_resume(parsed, self.error)
+        if parsed.out is None and not hasattr(parsed, "logs"):  # CLIP's --logs/--name: later
+            self.error("the run directory is required: --out DIR (or --resume RUN)")
+        return parsed, rest
+
+
 def build_parser(prog: str, *, presets: dict[str, Any] | None = None,
                  flags: list[tuple[str, str, Any, str]] | None = None,
                  default_preset: str = "cpu-fmnist",
@@ -283,12 +296,13 @@ def build_parser(prog: str, *, presets: dict[str, Any] | None = None,
     --stop-after, --ill-every-mutation, and `flags` (default CLIP's) over the preset's fields."""
     presets = PRESETS if presets is None else presets
     flags = _FLAGS if flags is None else flags
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = _TrainerParser(prog=prog, description=description)
     parser.add_argument("--preset", choices=sorted(presets), default=default_preset)
     parser.add_argument("--pruning", choices=RULE_NAMES, default=None,
                         help="pruning rule (default scan)")
-    parser.add_argument("--out", required=True, help="run directory")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--out", default=None, help="run directory (required, or --resume RUN)")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None,
+                        metavar="latest|PATH", help=RESUME_HELP)
     parser.add_argument("--ill-every-mutation", action="store_true", default=None,
                         help=_field_help("ill_every_mutation"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
