@@ -47,11 +47,13 @@ from scan_core import EpochPlan, ScanPruner
 HEADLINE = ("zero_shot_top1", "linear_probe_top1")
 
 # == 1. Data =====================================================================================
-def build_data(cfg: TrainConfig) -> tuple[TrainData, ImageTextData | None, TextTokenizer]:
+def build_data(cfg: TrainConfig, run_path: Any = None
+               ) -> tuple[TrainData, ImageTextData | None, TextTokenizer]:
     """Training data (Fashion-MNIST with captions, or a CSV corpus of image paths and captions)
     and Fashion-MNIST's test split for evaluation (None when the run evaluates on the user's
     sets or on nothing: common/user_eval.py). The tokenizer (`--tokenizer`, default the
-    word-level one at cfg.context_length) sets the context length of every token row."""
+    word-level one at cfg.context_length) sets the context length of every token row.
+    run_path: the run directory, where a shards: source keeps its key index (run_index.py)."""
     from reference_trainers.common.workers import check_workers
 
     check_workers(cfg.workers)
@@ -64,10 +66,13 @@ def build_data(cfg: TrainConfig) -> tuple[TrainData, ImageTextData | None, TextT
         train = CsvCorpus(cfg.data[4:], spec=image_spec(cfg),
                           tokenizer=tokenizer.encode)
     elif cfg.data.startswith("shards:"):
-        from reference_trainers.common.corpora import ShardIndex, ShardStream
+        from reference_trainers.common.corpora import ShardStream
+        from reference_trainers.common.corpora.run_index import index_for_run
 
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        train = ShardStream(ShardIndex.open(cfg.data[7:]), spec=image_spec(cfg),
+        index = index_for_run(cfg.data[7:], run_path=run_path, shard_index=cfg.shard_index,
+                              train_num_samples=cfg.train_num_samples)
+        train = ShardStream(index, spec=image_spec(cfg),
                             tokenizer=tokenizer.encode,
                             rank=rank, world_size=world, num_workers=check_workers(cfg.workers),
                             seed=cfg.seed)
@@ -218,7 +223,7 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
     # -- Setup: processes, threads, run directory (rank 0 writes its config).
     rank, world, run_dir = lifecycle.open_run(cfg, out, resume=resume)
     # -- Data.
-    train_data, test, tokenizer = build_data(cfg) if data is None else data
+    train_data, test, tokenizer = build_data(cfg, out) if data is None else data
     check_train_data(train_data)
     planted = train_data.planted()
     user = UserEvaluation(imagenet_val=cfg.imagenet_val, val_data=cfg.val_data,

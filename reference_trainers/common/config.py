@@ -22,6 +22,7 @@ import typing
 from typing import Any
 
 from reference_trainers.common.errors import TrainerError
+from reference_trainers.common.resume_flag import RESUME_HELP, resolve_resume
 from scan_core import RULE_NAMES, ScanConfig
 
 
@@ -154,6 +155,10 @@ class TrainConfig(ScanSettings):
     classnames: str | None = None         # its class names, one line per sorted class folder
     val_data: str | None = None           # held-out (image, caption) CSV for retrieval recall@K
     report_to: str | None = None          # tensorboard: event files in RUN/tensorboard
+    # shards: URLs (corpora/run_index.py); None keeps runs written before them resumable
+    shard_index: str | None = None        # the key index's file (None: RUN/scan-index.npz)
+    train_num_samples: int | None = None  # open_clip's count, checked against the index
+    save_frequency: int | None = None     # also keep the checkpoint of every k-th epoch
 
 
 def cpu_fmnist() -> TrainConfig:
@@ -261,11 +266,22 @@ BOOKKEEPING_FLAGS = flag_table("""
     --seed         int  seed of data, model and pruning
     --threads      int  torch CPU threads
 """)
+# Shard sources (corpora/run_index.py) and checkpoints kept (rundir.py), CLIP's and MoCo's.
+SHARD_FLAGS = flag_table("""
+    --shard-index        str  the shards' key index file (default RUN/scan-index.npz: the
+                              dataset folder is only read)
+    --train-num-samples  int  open_clip's sample count of --train-data; checked against the
+                              shard index (refused when it differs)
+    --save-frequency     int  also keep the checkpoint of every k-th epoch (open_clip's; the
+                              two newest are always kept for --resume)
+""")
 
 _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
     ("--data", "data", str, "training data: fmnist (default), csv:PATH (image,caption rows) "
-     "or shards:DIR (a folder of webdataset-style .tar shards, docs/corpora.md)"),
+     "or shards:SOURCE: a folder of webdataset-style .tar shards, a .tar, a brace pattern "
+     "'DIR/{00000..00009}.tar', a '::' list or pipe:COMMAND (docs/corpora.md)"),
+    *SHARD_FLAGS,
     ("--workers", "workers", int, "DataLoader worker processes decoding a csv:/shards: corpus "
      "(default 0: in the trainer's process; Fashion-MNIST is in memory and needs none)"),
     ("--tokenizer", "tokenizer", str, "word (default), bpe:PATH (train_tokenizer) or open_clip"),
@@ -289,6 +305,18 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 
 
+class _TrainerParser(argparse.ArgumentParser):
+    """argparse with --resume latest|PATH resolved into (resume: bool, out) after parsing
+    (common/resume_flag.py), so every trainer's main sees what it always did."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        parsed = resolve_resume(parsed, self.error)
+        if parsed.out is None and not hasattr(parsed, "logs"):  # CLIP's --logs/--name: later
+            self.error("the run directory is required: --out DIR (or --resume RUN)")
+        return parsed, rest
+
+
 def build_parser(prog: str, *, presets: dict[str, Any] | None = None,
                  flags: list[tuple[str, str, Any, str]] | None = None,
                  default_preset: str = "cpu-fmnist",
@@ -297,12 +325,13 @@ def build_parser(prog: str, *, presets: dict[str, Any] | None = None,
     --stop-after, --ill-every-mutation, and `flags` (default CLIP's) over the preset's fields."""
     presets = PRESETS if presets is None else presets
     flags = _FLAGS if flags is None else flags
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = _TrainerParser(prog=prog, description=description)
     parser.add_argument("--preset", choices=sorted(presets), default=default_preset)
     parser.add_argument("--pruning", choices=RULE_NAMES, default=None,
                         help="pruning rule (default scan)")
-    parser.add_argument("--out", required=True, help="run directory")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--out", default=None, help="run directory (required, or --resume RUN)")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None,
+                        metavar="latest|PATH", help=RESUME_HELP)
     parser.add_argument("--ill-every-mutation", action="store_true", default=None,
                         help=_field_help("ill_every_mutation"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -16,7 +16,8 @@ import dataclasses
 from typing import Any
 
 from reference_trainers.common.config import (BOOKKEEPING_FLAGS, LENGTH_FLAGS, PRUNING_FLAGS,
-                                              SUBSET_FLAGS, ScanSettings, flag_table)
+                                              SHARD_FLAGS, SUBSET_FLAGS, ScanSettings,
+                                              flag_table)
 from reference_trainers.common.errors import TrainerError
 from scan_core import ScanConfig
 
@@ -59,6 +60,9 @@ class MocoConfig(ScanSettings):
     seed: int = 0
     threads: int | None = None
     workers: int | None = None            # DataLoader workers decoding folder:/csv: (None = 0)
+    shard_index: str | None = None        # shards: the key index file (None: in the run dir)
+    train_num_samples: int | None = None  # open_clip's count, checked against the index
+    save_frequency: int | None = None     # also keep the checkpoint of every k-th epoch
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,8 +96,9 @@ PRESETS = {"cpu-fmnist-moco": cpu_fmnist_moco, "cpu-tiny-moco": cpu_tiny_moco}
 FLAGS = [*flag_table("""
     --data-dir  str  directory of the four Fashion-MNIST IDX files
     --data      str  training images: fmnist (default), folder:DIR (DIR/<class>/<image>),
-                     csv:PATH (an image column) or shards:DIR (tar shards, .txt not needed)
-"""), *SUBSET_FLAGS, *flag_table("""
+                     csv:PATH (an image column) or shards:SOURCE (tar shards, .txt not needed;
+                     a folder, a .tar, a brace pattern, a '::' list or pipe:COMMAND)
+"""), *SHARD_FLAGS, *SUBSET_FLAGS, *flag_table("""
     --backbone     str    resnet, vit-tiny, or the GPU presets vit_small / vit_base
     --width        int    SmallResNet width
     --precision    str    fp32 (default), bf16 or fp16 autocast

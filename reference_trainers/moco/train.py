@@ -186,7 +186,7 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
     # -- Setup: processes, threads, run directory (rank 0 writes its config).
     rank, world, run_dir = lifecycle.open_run(cfg, out, resume=resume)
     # -- Data: the training images; the labelled split and test split kNN / the probe use.
-    train_data, probe_train, test = build_data(cfg, rank=rank, world=world)
+    train_data, probe_train, test = build_data(cfg, rank=rank, world=world, run_path=out)
     check_train_data(train_data)
     planted = train_data.planted()
     _check_workers(cfg, train_data)
