@@ -7,7 +7,7 @@ What `ScanPruner.end_epoch` does with a preparation epoch's records, as one pure
 - ill_persistence > 1: the ill-matched end keeps only samples found in as many preparations
   in a row (`history.persistent_ill`);
 - retire_share > 0: the ill-matched samples with the highest epoch z leave the run for good
-  (`history.retire_more`).
+  (`retire.retire_more_chunked`, in chunks so RAM does not grow with N).
 Every array returned is new (or the one passed in, untouched): end_epoch's rollback on a
 failure puts the old references back and relies on nothing being changed in place.
 """
@@ -21,7 +21,8 @@ import numpy as np
 from scan_core.comm import Communicator
 from scan_core.config import ScanConfig
 from scan_core.epoch_losses import EpochLosses, global_candidates
-from scan_core.history import persistent_ill, retire_more
+from scan_core.history import persistent_ill
+from scan_core.retire import retire_more_chunked
 
 
 class Candidates(NamedTuple):
@@ -52,6 +53,6 @@ def after_preparation(before: Candidates, epoch_losses: EpochLosses | None, conf
         ill, ill_prev = persistent_ill(ill, ill_prev)
     if retired is not None:
         assert epoch_losses is not None
-        retired = retire_more(epoch_losses.mean(), ill, retired,
-                              int(config.retire_share * num_samples))
+        retired = retire_more_chunked(epoch_losses.mean, num_samples, ill, retired,
+                                      int(config.retire_share * num_samples))
     return Candidates(red, ill, ema, ill_prev, retired)

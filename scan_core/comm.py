@@ -145,7 +145,8 @@ def check_agreement(comm: Communicator, where: str, parts: Sequence[bytes],
     if high[0] != -high[1]:
         raise ScanDistributedError(
             f"ranks disagree on the pruner state at {where} ({described}); every rank needs "
-            "the same config, seed and store, and must record its own batches.")
+            "the same config, seed, coverage policy and store, and must record its own "
+            "batches.")
 
 
 def run_ranks(world_size: int, fn: Callable[[Communicator], T]) -> list[T]:

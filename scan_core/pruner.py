@@ -263,11 +263,14 @@ class ScanPruner:
         return bitset.popcount(self._red | self._ill)
 
     def candidate_ids(self, end: str = "both") -> np.ndarray:
-        """Sorted ids of D' ("both"), or of its "redundant" / "ill_matched" end."""
+        """Sorted ids of D' ("both"), of its "redundant" / "ill_matched" end, or the samples a
+        retire_share rule dropped for the rest of the run ("retired"; empty without the rule)."""
+        retired = self._retired if self._retired is not None else bitset.new_bits(self.num_samples)
         bits = {"both": lambda: self._red | self._ill, "redundant": lambda: self._red,
-                "ill_matched": lambda: self._ill}.get(end)
+                "ill_matched": lambda: self._ill, "retired": lambda: retired}.get(end)
         if bits is None:
-            raise ScanConfigError(f"end must be 'both', 'redundant' or 'ill_matched', got {end!r}.")
+            raise ScanConfigError(f"end must be 'both', 'redundant', 'ill_matched' or 'retired', "
+                                  f"got {end!r}.")
         return bitset.ids_of(bits(), self.num_samples, True)
 
     def coreset(self) -> np.ndarray:
@@ -379,11 +382,13 @@ class ScanPruner:
         self._collecting = False
 
     def _check_agreement(self, where: str, plan_fingerprint: str = "") -> None:
-        """All ranks must hold the same config, epoch, candidates and (just ended) plan."""
+        """All ranks must hold the same config, coverage policy, epoch, candidates and (just
+        ended) plan."""
         check_agreement(
             self._comm, where,
             [json.dumps(self._meta(), sort_keys=True).encode(), plan_fingerprint.encode(),
+             self.coverage.encode(),  # "off" skips a collective the others run
              np.asarray([self._next_epoch, self._num_preparations], np.int64).tobytes(),
              self._red.tobytes(), self._ill.tobytes()],
             f"rank {self.rank}: epoch {self._next_epoch}, |D'| {self.num_candidates}, plan "
-            f"{plan_fingerprint or '-'}, seed {self.config.seed}")
+            f"{plan_fingerprint or '-'}, seed {self.config.seed}, coverage {self.coverage!r}")

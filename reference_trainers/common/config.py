@@ -22,6 +22,7 @@ import typing
 from typing import Any
 
 from reference_trainers.common.errors import TrainerError
+from reference_trainers.common.resume_flag import RESUME_HELP, resolve_resume
 from scan_core import RULE_NAMES, ScanConfig
 
 
@@ -154,6 +155,10 @@ class TrainConfig(ScanSettings):
     classnames: str | None = None         # its class names, one line per sorted class folder
     val_data: str | None = None           # held-out (image, caption) CSV for retrieval recall@K
     report_to: str | None = None          # tensorboard: event files in RUN/tensorboard
+    # shards: URLs (corpora/run_index.py); None keeps runs written before them resumable
+    shard_index: str | None = None        # the key index's file (None: RUN/scan-index.npz)
+    train_num_samples: int | None = None  # open_clip's count, checked against the index
+    save_frequency: int | None = None     # also keep the checkpoint of every k-th epoch
 
 
 def cpu_fmnist() -> TrainConfig:
@@ -217,26 +222,66 @@ PRUNING_FLAGS = [*scan_flags(), ("--loss-history", "loss_history", str,
                                   "float16/float32: keep preparation losses")]
 
 
+def flag_table(table: str) -> list[tuple[str, str, Any, str]]:
+    """(flag, field, type, help) rows from a text table: one flag a line, `--flag TYPE help`
+    (TYPE int, float or str; the field is the flag's name with `_` for `-`), a help text
+    going on over the indented lines below it.
+
+    >>> flag_table('''
+    ...     --num-test   int   evaluation subset
+    ...                        size
+    ... ''')
+    [('--num-test', 'num_test', <class 'int'>, 'evaluation subset size')]
+    """
+    rows: list[tuple[str, str, Any, str]] = []
+    for line in table.strip("\n").splitlines():
+        words = line.split(maxsplit=2)
+        if words and words[0].startswith("--"):
+            kinds = {"int": int, "float": float, "str": str}
+            if len(words) < 2 or words[1] not in kinds:
+                raise TrainerError(f"flag table line {line.strip()!r}: the type after the flag "
+                                   f"must be one of {sorted(kinds)}")
+            flag, kind = words[0], kinds[words[1]]
+            rows.append((flag, flag[2:].replace("-", "_"), kind, words[2] if len(words) > 2
+                         else ""))
+        elif words:
+            flag, field, kind, text = rows[-1]
+            rows[-1] = (flag, field, kind, f"{text} {' '.join(words)}")
+    return rows
+
+
 # Flags every trainer has (MoCo's config.FLAGS uses them too): the Fashion-MNIST subset, the
 # run's length and batch, and the bookkeeping at the end of the list.
-SUBSET_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--num-train", "num_train", int, "class-balanced training subset size"),
-    ("--num-test", "num_test", int, "evaluation subset size"),
-    ("--duplicate-share", "duplicate_share", float, "share of near-duplicate images"),
-]
-LENGTH_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--epochs", "epochs", int, "training epochs"),
-    ("--batch-size", "batch_size", int, "per-rank batch size"),
-]
-BOOKKEEPING_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--probe-every", "probe_every", int, "linear probe every k epochs (0: end only)"),
-    ("--seed", "seed", int, "seed of data, model and pruning"),
-    ("--threads", "threads", int, "torch CPU threads"),
-]
+SUBSET_FLAGS = flag_table("""
+    --num-train        int    class-balanced training subset size
+    --num-test         int    evaluation subset size
+    --duplicate-share  float  share of near-duplicate images
+""")
+LENGTH_FLAGS = flag_table("""
+    --epochs      int  training epochs
+    --batch-size  int  per-rank batch size
+""")
+BOOKKEEPING_FLAGS = flag_table("""
+    --probe-every  int  linear probe every k epochs (0: end only)
+    --seed         int  seed of data, model and pruning
+    --threads      int  torch CPU threads
+""")
+# Shard sources (corpora/run_index.py) and checkpoints kept (rundir.py), CLIP's and MoCo's.
+SHARD_FLAGS = flag_table("""
+    --shard-index        str  the shards' key index file (default RUN/scan-index.npz: the
+                              dataset folder is only read)
+    --train-num-samples  int  open_clip's sample count of --train-data; checked against the
+                              shard index (refused when it differs)
+    --save-frequency     int  also keep the checkpoint of every k-th epoch (open_clip's; the
+                              two newest are always kept for --resume)
+""")
+
 _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
     ("--data", "data", str, "training data: fmnist (default), csv:PATH (image,caption rows) "
-     "or shards:DIR (a folder of webdataset-style .tar shards, docs/corpora.md)"),
+     "or shards:SOURCE: a folder of webdataset-style .tar shards, a .tar, a brace pattern "
+     "'DIR/{00000..00009}.tar', a '::' list or pipe:COMMAND (docs/corpora.md)"),
+    *SHARD_FLAGS,
     ("--workers", "workers", int, "DataLoader worker processes decoding a csv:/shards: corpus "
      "(default 0: in the trainer's process; Fashion-MNIST is in memory and needs none)"),
     ("--tokenizer", "tokenizer", str, "word (default), bpe:PATH (train_tokenizer) or open_clip"),
@@ -260,6 +305,18 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 
 
+class _TrainerParser(argparse.ArgumentParser):
+    """argparse with --resume latest|PATH resolved into (resume: bool, out) after parsing
+    (common/resume_flag.py), so every trainer's main sees what it always did."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        parsed = resolve_resume(parsed, self.error)
+        if parsed.out is None and not hasattr(parsed, "logs"):  # CLIP's --logs/--name: later
+            self.error("the run directory is required: --out DIR (or --resume RUN)")
+        return parsed, rest
+
+
 def build_parser(prog: str, *, presets: dict[str, Any] | None = None,
                  flags: list[tuple[str, str, Any, str]] | None = None,
                  default_preset: str = "cpu-fmnist",
@@ -268,12 +325,13 @@ def build_parser(prog: str, *, presets: dict[str, Any] | None = None,
     --stop-after, --ill-every-mutation, and `flags` (default CLIP's) over the preset's fields."""
     presets = PRESETS if presets is None else presets
     flags = _FLAGS if flags is None else flags
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = _TrainerParser(prog=prog, description=description)
     parser.add_argument("--preset", choices=sorted(presets), default=default_preset)
     parser.add_argument("--pruning", choices=RULE_NAMES, default=None,
                         help="pruning rule (default scan)")
-    parser.add_argument("--out", required=True, help="run directory")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--out", default=None, help="run directory (required, or --resume RUN)")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None,
+                        metavar="latest|PATH", help=RESUME_HELP)
     parser.add_argument("--ill-every-mutation", action="store_true", default=None,
                         help=_field_help("ill_every_mutation"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -3,7 +3,12 @@ open_clip user writes runs here. Our own names keep working; giving both spellin
 setting with different values is an error.
 
     open_clip              here
-    --train-data PATH      --data csv:PATH (a .csv/.tsv file) or shards:DIR (a folder of .tar)
+    --train-data PATH      --data csv:PATH (a .csv/.tsv file) or shards:SOURCE: a folder of
+                           .tar, a .tar, 'DIR/{00000..00331}.tar', a '::' list, pipe:COMMAND
+    --train-num-samples N  --train-num-samples N (checked against the shard index)
+    --resume latest|PATH   --resume latest, or --resume RUN (a run directory, or its newest
+                           checkpoint file); bare --resume = latest
+    --save-frequency N     --save-frequency N: also keep every N-th epoch's checkpoint
     --val-data CSV         --val-data CSV (the same)
     --imagenet-val DIR     --imagenet-val DIR (the same)
     --workers N            --workers N (the same)
@@ -16,8 +21,7 @@ setting with different values is an error.
     --logs DIR --name N    --out DIR/N
 
 Refused with the alternative: --precision pure_bf16 / pure_fp16 (weights cast to half; the
-trainer keeps fp32 weights under autocast), brace patterns, single .tar files, `::` lists and
-`pipe:` in --train-data (a later slice; point shards: at the folder). Our `--precision bf16` /
+trainer keeps fp32 weights under autocast). Our `--precision bf16` /
 `fp16` are autocast, where open_clip's bare `bf16` / `fp16` cast the weights.
 """
 
@@ -42,8 +46,9 @@ def add_open_clip_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     optional, as --logs with --name can name the run directory instead."""
     group = parser.add_argument_group("open_clip's names (docs/clip-trainer.md)")
     group.add_argument("--train-data", default=None,
-                       help="open_clip's name: a .csv/.tsv file (= --data csv:PATH) or a folder "
-                            "of .tar shards (= --data shards:DIR)")
+                       help="open_clip's name: a .csv/.tsv file (= --data csv:PATH) or tar "
+                            "shards (= --data shards:SOURCE): a folder, a .tar, a brace pattern "
+                            "'DIR/{00000..00009}.tar', a '::' list or pipe:COMMAND")
     group.add_argument("--warmup", dest="warmup_steps", type=int, default=None,
                        help="LR warm-up in optimiser steps (of a full epoch; replaces the "
                             "preset's warm-up in epochs)")
@@ -62,13 +67,12 @@ def add_open_clip_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def _train_data(value: str, parser: argparse.ArgumentParser) -> str:
+    from reference_trainers.common.corpora.shard_sources import is_url_source
+
     if value.startswith(("csv:", "shards:")) or value == "fmnist":
         return value
-    if any(mark in value for mark in ("{", "::")) or value.startswith("pipe:") \
-            or value.endswith(".tar"):
-        parser.error(f"--train-data {value}: brace patterns, single .tar files, '::' lists and "
-                     "pipe: are not read yet; point it at the folder of shards "
-                     "(--train-data DIR, = --data shards:DIR)")
+    if is_url_source(value):  # webdataset URLs: checked when the index is opened
+        return f"shards:{value}"
     if os.path.isdir(value):
         return f"shards:{value}"
     if value.lower().endswith((".csv", ".tsv")):

@@ -8,7 +8,8 @@
       planted.npz          ids of planted mismatched captions and near-duplicates, if any
       coreset.npy          ids outside the last candidate set (SCAN's coreset by-product)
       skipped.jsonl        corpus samples that could not be read: id, path or key, reason
-      checkpoints/epoch_00000007.pt          model + optimiser after epoch 7 (two newest kept)
+      checkpoints/epoch_00000007.pt          model + optimiser after epoch 7 (two newest kept,
+                                             and every k-th epoch's with --save-frequency k)
       checkpoints/epoch_00000007.pt.crc32    its size and CRC-32, checked before it is loaded
 
 Files are written to a temporary name and renamed, so a run killed mid-write leaves the
@@ -127,6 +128,7 @@ class RunDir:
         with guarded(self.path, "write in the run directory"):
             probe.write_bytes(b"")
             probe.unlink()
+        self.save_frequency = 0  # keep every k-th epoch's checkpoint too (write_config sets it)
 
     @property
     def store(self) -> Path:
@@ -137,10 +139,11 @@ class RunDir:
         """Write config.json; on resume, refuse a config that differs in anything but the
         fields a resume may change (epochs to run, evaluation cadence and sets, reporting)."""
         target = self.path / "config.json"
+        self.save_frequency = config.get("save_frequency") or 0  # checkpoints kept (below)
         if target.exists() and resume:
             old = self.read_config()
             free = {"resume", "eval_every", "probe_every", "log_every", "quiet",
-                    "imagenet_val", "classnames", "val_data", "report_to"}
+                    "imagenet_val", "classnames", "val_data", "report_to", "save_frequency"}
             # A setting added after the run was written reads as its default there (the
             # history-aware rules of issue 20: ill_persistence 1, retire_share 0 = the paper).
             old = {**LATER_FIELDS, **old}
@@ -212,14 +215,18 @@ class RunDir:
                          keep: int = 2) -> Path:
         """Write a serialised checkpoint and its checksum file beside it (each to a temporary
         name, then renamed: the checksum first, so a checkpoint in place always has one), then
-        drop all but the `keep` newest epochs."""
+        drop all but the `keep` newest epochs and, with save_frequency k in config.json
+        (open_clip's --save-frequency), the epochs whose count (epoch + 1) k divides."""
         target = self.checkpoint_path(epoch, suffix)
         sums = json.dumps(file_checksum(payload)).encode()
         write_bytes_atomically(target.with_name(target.name + SUM_SUFFIX), sums,
                                "write the checkpoint checksum")
         write_bytes_atomically(target, payload, "write the checkpoint")
         found = sorted({e for e, _ in self.checkpoints()})
+        every = self.save_frequency
         for old in found[:-keep]:
+            if every and (old + 1) % every == 0:
+                continue
             for entry in (self.path / "checkpoints").glob(f"epoch_{old:08d}.*"):
                 entry.unlink(missing_ok=True)
         return target

@@ -23,15 +23,25 @@ import numpy as np
 
 from adapters.jax import AsyncRecorder, JaxCommunicator, PlanSampler, data_mesh
 from reference_trainers.common.errors import TrainerError
+from reference_trainers.common import loop
+from reference_trainers.common.loop import RunConfig
 from reference_trainers.common.progress import EpochBar
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import progress
 from reference_trainers.jax.checkpoint import load_checkpoint
-from reference_trainers.jax.processes import agreed, check_process_count
+from reference_trainers.jax.processes import agreed, barrier, check_process_count
 from reference_trainers.jax.steps import place_batch, replicate
 from scan_core import ScanPruner
 
 __all__ = ["PlanSampler", "check_jax_config", "limit_threads", "run_epoch"]
+
+
+def open_run(cfg: RunConfig, out: str) -> tuple[Any, int, int, RunDir]:
+    """A JAX run's first steps (common/lifecycle.open_run's twin): XLA's threads (before
+    anything starts JAX's backend), the flags refused, this process's rank and the process
+    count, the run directory. -> (cfg with framework="jax", rank, world, run directory)."""
+    limit_threads(cfg.threads)
+    return check_jax_config(cfg), jax.process_index(), jax.process_count(), RunDir(out)
 
 
 def check_jax_config(cfg: Any) -> Any:
@@ -143,3 +153,11 @@ def start_run(cfg: Any, run_dir: RunDir, *, resume: bool, fresh_state: Callable[
     if rank == 0:
         run_dir.truncate_metrics(last)
     return {"state": replicate(mesh, state)}, mesh, pruner, sampler, wall
+
+
+def finish_run(run_dir: RunDir, pruner: ScanPruner, cfg: RunConfig, rank: int,
+               last_row: dict[str, Any], *, headline: tuple[str, ...]) -> dict[str, Any]:
+    """What both JAX trainers do after their last epoch: wait until process 0 has written
+    every metrics row, then common/loop.finish (the summary it reads them for)."""
+    barrier("epochs done")
+    return loop.finish(run_dir, pruner, cfg, rank, last_row, headline=headline)

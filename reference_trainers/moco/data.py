@@ -90,6 +90,7 @@ class CorpusCrops(NothingPlanted):
 
     def __init__(self, corpus: Any, views: Views) -> None:
         self.corpus, self.views, self.spec = corpus, views, corpus.spec
+        self._repeats_before = corpus.repeats  # at the start of the epoch being trained
 
     def __len__(self) -> int:
         return len(self.corpus)
@@ -102,8 +103,12 @@ class CorpusCrops(NothingPlanted):
         return len(self.corpus)
 
     def epoch_stats(self, plan: Any) -> dict[str, int]:
-        return {"skipped_samples": len(self.corpus.skipped),
-                "repeated_samples": self.corpus.repeats}
+        """Called once at the end of each epoch: the samples skipped so far, and the slots
+        this epoch refilled with a repeat (per epoch, as a shard stream counts its top-ups, so
+        a resumed run's rows equal an uninterrupted run's)."""
+        repeated, self._repeats_before = self.corpus.repeats - self._repeats_before, \
+            self.corpus.repeats
+        return {"skipped_samples": len(self.corpus.skipped), "repeated_samples": repeated}
 
     def skipped_samples(self) -> dict[int, tuple[str, str]]:
         return self.corpus.skipped_samples()
@@ -161,9 +166,11 @@ def _fmnist_split(splits: Any, train: bool, num: int | None, duplicate_share: fl
     return ImageData(images, labels, duplicate_of, views)
 
 
-def build_data(cfg: Any, *, rank: int = 0, world: int = 1) -> tuple[Any, ImageData, ImageData]:
+def build_data(cfg: Any, *, rank: int = 0, world: int = 1, run_path: Any = None
+               ) -> tuple[Any, ImageData, ImageData]:
     """(training data, the probe's training split, the test split). On Fashion-MNIST the first
-    two are the same object; on a corpus the probe trains on Fashion-MNIST's training split."""
+    two are the same object; on a corpus the probe trains on Fashion-MNIST's training split.
+    run_path: the run directory, where a shards: source keeps its key index."""
     splits = load_fashion_mnist(cfg.data_dir)
     views = moco_views(cfg.crop_min)
     if cfg.data == "fmnist":
@@ -173,13 +180,13 @@ def build_data(cfg: Any, *, rank: int = 0, world: int = 1) -> tuple[Any, ImageDa
         if cfg.duplicate_share:
             raise TrainerError(f"--duplicate-share {cfg.duplicate_share} plants duplicates in "
                                f"Fashion-MNIST only; drop it with --data {cfg.data}")
-        train = _corpus(cfg, rank, world)
+        train = _corpus(cfg, rank, world, run_path)
         probe_train = _fmnist_split(splits, True, cfg.num_train, 0.0, cfg.seed, views)
     test = _fmnist_split(splits, False, cfg.num_test, 0.0, cfg.seed, views)
     return train, probe_train, test
 
 
-def _corpus(cfg: Any, rank: int, world: int) -> Any:
+def _corpus(cfg: Any, rank: int, world: int, run_path: Any = None) -> Any:
     kind, _, where = cfg.data.partition(":")
     spec = image_spec(cfg)
     views = moco_views(cfg.crop_min, spec.channels)
@@ -193,9 +200,12 @@ def _corpus(cfg: Any, rank: int, world: int) -> Any:
         return CorpusCrops(CsvCorpus(where, spec=spec, tokenizer=None, caption_column=None),
                            views)
     if kind == "shards" and where:
-        from reference_trainers.common.corpora import ShardIndex, ShardStream
+        from reference_trainers.common.corpora import ShardStream
+        from reference_trainers.common.corpora.run_index import index_for_run
 
-        return ShardStream(ShardIndex.open(where), tokenizer=None, spec=spec, rank=rank,
+        index = index_for_run(where, run_path=run_path, shard_index=cfg.shard_index,
+                              train_num_samples=cfg.train_num_samples, captions=False)
+        return ShardStream(index, tokenizer=None, spec=spec, rank=rank,
                            world_size=world, seed=cfg.seed, captions=False)
     raise TrainerError(f"--data {cfg.data!r}: choose one of {', '.join(DATA_KINDS)}")
 

@@ -61,7 +61,7 @@ def test_the_experiments_pass_a_data_object_and_patch_no_module():
     source = inspect.getsource(worker)
     assert "module.build_data =" not in source and "build_data = " not in source
     assert "data" in inspect.signature(__import__(
-        "reference_trainers.clip.train", fromlist=["run"]).run).parameters
+        "reference_trainers.clip.train", fromlist=["train"]).train).parameters
 
 
 def _fmnist_like(n: int = 20) -> ImageSplits:

@@ -39,6 +39,9 @@ def test_open_clip_names_map_onto_ours(tmp_path):
     assert parse(["--train-data", "pairs.tsv", "--out", "o", "--precision", "amp"]).data == \
         "csv:pairs.tsv"
     assert parse(["--train-data", "x.csv", "--out", "o", "--precision", "amp"]).precision == "fp16"
+    for url in ("/d/{00000..00003}.tar", "pipe:curl -s x", "/d/a.tar::/e/{0..2}.tar",
+                "/d/00000.tar"):  # webdataset URLs: shards (corpora/shard_sources.py)
+        assert parse(["--train-data", url, "--out", "o"]).data == f"shards:{url}"
     # our own names are untouched
     ours = parse(["--data", "csv:x.csv", "--weight-decay", "0.2", "--precision", "bf16",
                   "--out", "o"])
@@ -47,8 +50,6 @@ def test_open_clip_names_map_onto_ours(tmp_path):
 
 @pytest.mark.parametrize("argv, words", [
     (["--precision", "pure_bf16", "--out", "o"], "use --precision amp_bf16"),
-    (["--train-data", "/d/{00000..00003}.tar", "--out", "o"], "brace patterns"),
-    (["--train-data", "pipe:curl -s x", "--out", "o"], "pipe:"),
     (["--train-data", "nowhere.parquet", "--out", "o"], "expected a .csv/.tsv file"),
     (["--wd", "0.1", "--weight-decay", "0.2", "--out", "o"], "--wd and --weight-decay"),
     (["--train-data", "a.csv", "--data", "csv:b.csv", "--out", "o"], "--train-data and --data"),

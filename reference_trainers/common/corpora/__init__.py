@@ -11,14 +11,26 @@
   (`--no-captions`: image-only shards).
 - `train_tokenizer`: the CLI that trains a byte-level BPE tokenizer on a corpus's captions.
 
-Decoding needs Pillow (`pip install pillow`); importing this package does not.
+- `shard_sources`: webdataset URLs (brace patterns, '::' lists, pipe:) and the pipe: stream reader;
+  `run_index`: the index a training run keeps in its run directory (or --shard-index PATH).
+
+Decoding needs Pillow (`pip install pillow`); importing this package does not, nor torch: the
+names below are imported from their modules on first use (shard_sources is numpy-free and
+torch-free, so a command-line parser may use it).
 """
 
-from reference_trainers.common.corpora.csv_corpus import (BadSampleError, CorruptImageError,
-                                                          CsvCorpus, ImageSpec, PathCorpus,
-                                                          decode_image)
-from reference_trainers.common.corpora.folder_corpus import ImageFolderCorpus
-from reference_trainers.common.corpora.shards import ShardIndex, ShardStream, StreamStats
+import importlib
 
-__all__ = ["BadSampleError", "CorruptImageError", "CsvCorpus", "ImageFolderCorpus", "ImageSpec",
-           "PathCorpus", "ShardIndex", "ShardStream", "StreamStats", "decode_image"]
+_WHERE = {"BadSampleError": "csv_corpus", "CorruptImageError": "csv_corpus",
+          "CsvCorpus": "csv_corpus", "ImageSpec": "csv_corpus", "PathCorpus": "csv_corpus",
+          "decode_image": "csv_corpus", "ImageFolderCorpus": "folder_corpus",
+          "ShardIndex": "shards", "ShardStream": "shards", "StreamStats": "shards"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

@@ -1,14 +1,17 @@
 """webdataset-style tar shards read as a pruned stream, without the webdataset package.
 
-Layout: a folder of `*.tar` shards; a sample is consecutive members `KEY.<image ext>` and
-`KEY.txt` (webdataset's convention: the key is the member path up to the first "." of its file
-name; other members such as KEY.json are ignored).
+Layout: `*.tar` shards given as a source (shard_sources.py: a folder, a .tar, a brace pattern
+'DIR/{00000..00331}.tar', a '::' list, pipe:COMMAND); a sample is consecutive members
+`KEY.<image ext>` and `KEY.txt` (webdataset's convention: the key is the member path up to the
+first "." of its file name; other members such as KEY.json are ignored).
 
-Ids. `ShardIndex.open(folder)` scans the shards once (tar headers only; no member is read) and
-gives every key a dense id in the order (shard file name, position in the shard), so ids are
-contiguous per shard. It is stored beside the shards as `scan-index.npz` and reused while the
-shard files keep their names and sizes, so ids stay stable across runs; a changed shard set is
-refused until the index is rebuilt. A key that occurs twice is an error naming both shards.
+Ids. `ShardIndex.open(source, index_path=)` scans the shards once (local files: tar headers
+only, no member is read; a pipe: shard is streamed through) and gives every key a dense id in
+the order (shard in the source's order, position in the shard), so ids are contiguous per shard.
+It is stored at `index_path` (default: `scan-index.npz` beside a folder's shards; the trainers
+keep it in the run directory, run_index.py) and reused while the shards keep their names and
+sizes, so ids stay stable across runs; a changed shard is refused by name until the index is
+rebuilt. A key that occurs twice is an error naming both shards.
 
 Bad samples keep their id and are never served: a key without a .txt or without an image, or
 with an empty .txt, is marked at index time (`index.skipped`); an image Pillow cannot decode is
@@ -21,7 +24,8 @@ bad, in shard order (shards permuted by (seed, epoch) when shuffle=True), K of t
 is cut into G = world_size * num_workers contiguous runs of floor(K / G) or ceil(K / G) ids;
 global worker g = rank * num_workers + worker_id reads run g, which spans one shard or a few,
 seeking from kept member to kept member. So every served id is read by exactly one worker of
-one rank, and a pruned sample's bytes are never read, let alone decoded. Each worker then
+one rank, and a pruned sample's bytes are never read, let alone decoded (a pipe: shard cannot
+seek: its pruned members stream past and are dropped before decode). Each worker then
 yields exactly M = ceil(K / G) samples: a worker with a shorter run (or with corrupt images)
 tops up with repeats of its own run's first ids, G * M - K repeats per epoch at most G - 1 plus
 the corrupt count. Every rank therefore yields the same number of samples and, with a
@@ -41,131 +45,76 @@ import logging
 import math
 import os
 import pathlib
-import re
-import tarfile
 from collections.abc import Iterator
 
 import numpy as np
 
 from reference_trainers.common.corpora.csv_corpus import (BadSampleError, ImageSpec, Tokenize,
                                                           decode_image)
+from reference_trainers.common.corpora.shard_sources import (IMAGE_EXTENSIONS, ShardList,  # noqa: F401
+                                                             describe_change, is_streamed,
+                                                             read_streamed, scan_shard)
 from reference_trainers.common.data_layer import NothingPlanted
 from reference_trainers.common.errors import DataError
 from scan_core import EpochPlan
 
 INDEX_NAME = "scan-index.npz"
 INDEX_VERSION = 1
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
-_KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 log = logging.getLogger(__name__)
 
 
-def split_member_name(name: str) -> tuple[str, str] | None:
-    """(key, lowercased extension) of a tar member name, None if it has no extension."""
-    match = _KEY_EXT.match(name)
-    return None if match is None else (match.group(1), match.group(2).lower())
-
-
-@dataclasses.dataclass
-class _Sample:
-    key: str
-    image: tuple[int, int, str] | None = None  # (data offset, size, extension)
-    text: tuple[int, int] | None = None        # (data offset, size)
-
-
-def _scan_shard(path: pathlib.Path) -> list[_Sample]:
-    samples: list[_Sample] = []
-    seen: set[str] = set()
-    data_end = 0
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for member in tar:
-                data_end = max(data_end, member.offset_data + member.size)
-                parts = split_member_name(member.name) if member.isfile() else None
-                if parts is None:
-                    continue
-                key, ext = parts
-                if not samples or samples[-1].key != key:
-                    if key in seen:
-                        raise DataError(f"key {key!r} occurs twice in shard {path}, not as "
-                                        "consecutive members: rewrite the shard")
-                    seen.add(key)
-                    samples.append(_Sample(key))
-                sample = samples[-1]
-                if ext == "txt":
-                    sample.text = (member.offset_data, member.size)
-                elif ext in IMAGE_EXTENSIONS and sample.image is None:
-                    sample.image = (member.offset_data, member.size, ext)
-            members_end = tar.offset
-    except (tarfile.TarError, OSError) as err:
-        raise DataError(f"cannot read shard {path} as an uncompressed tar: {err}; rewrite it "
-                        "(make_shards) or remove it from the folder") from err
-    _check_complete(path, data_end, members_end)
-    return samples
-
-
-def _check_complete(path: pathlib.Path, data_end: int, members_end: int) -> None:
-    """Refuse a shard cut short: tarfile stops silently at a truncated header, so a shard
-    truncated before it was first indexed lost its tail with no word (issue 15, item 16). A
-    complete tar holds every member's data and then its end marker (two 512-byte blocks)."""
-    size = path.stat().st_size
-    if data_end > size or members_end + 1024 > size:
-        raise DataError(f"shard {path} is truncated: {size} bytes, its members and end marker "
-                        f"need at least {max(data_end, members_end + 1024)}; the samples after "
-                        "the cut are lost. Rewrite the shard (make_shards) or remove it from "
-                        "the folder (ids are given per shard in order: decide before training)")
-
-
-def _reason(sample: _Sample) -> str:
-    if sample.image is None:
-        return "no image member"
-    if sample.text is None:
-        return "no .txt member"
-    return "empty .txt" if sample.text[1] == 0 else ""
-
-
 class ShardIndex:
-    """Keys -> dense ids for a folder of tar shards, with each member's byte range.
+    """Keys -> dense ids for the tar shards of a source (shard_sources: a folder, webdataset
+    URLs), with each member's byte range.
 
     Arrays, all of length N: keys (str), shard (int32, into shard_names), image_offset /
     image_size / text_offset / text_size (int64 bytes), image_ext (str), reasons (str, "" for
     a good sample). shard_starts (num_shards + 1,): ids of shard s are shard_starts[s] up to
-    shard_starts[s + 1].
+    shard_starts[s + 1]. shard_urls: what each shard is opened as (a path or pipe:COMMAND);
+    directory: the source folder, None for a URL source; path: the index file.
     """
 
-    def __init__(self, directory: pathlib.Path, shard_names: list[str], shard_bytes: list[int],
-                 arrays: dict[str, np.ndarray]):
-        self.directory, self.shard_names, self.shard_bytes = directory, shard_names, shard_bytes
+    def __init__(self, shards: ShardList, shard_bytes: list[int], arrays: dict[str, np.ndarray],
+                 path: pathlib.Path):
+        self.source, self.path = shards, path
+        self.directory, self.shard_names, self.shard_urls = shards.folder, shards.names, shards.urls
+        self.shard_bytes = shard_bytes
         self.keys = arrays["keys"]
         self.shard = arrays["shard"]
         self.image_offset, self.image_size = arrays["image_offset"], arrays["image_size"]
         self.text_offset, self.text_size = arrays["text_offset"], arrays["text_size"]
         self.image_ext, self.reasons = arrays["image_ext"], arrays["reasons"]
-        self.shard_starts = np.searchsorted(self.shard, np.arange(len(shard_names) + 1))
+        self.shard_starts = np.searchsorted(self.shard, np.arange(len(shards.names) + 1))
         self._key_to_id: dict[str, int] | None = None
 
     # -- building and loading --------------------------------------------------------------
     @staticmethod
-    def _shard_files(directory: pathlib.Path) -> list[pathlib.Path]:
-        if not directory.is_dir():
-            raise DataError(f"shard folder {directory} does not exist")
-        return sorted(directory.glob("*.tar"))
+    def _index_path(shards: ShardList, index_path: str | os.PathLike | None) -> pathlib.Path:
+        if index_path is not None:
+            return pathlib.Path(index_path)
+        if shards.folder is None:
+            raise DataError(f"shard source {shards.source!r} is a URL list: pass index_path= "
+                            "(the trainers keep the index in the run directory, or in "
+                            "--shard-index PATH)")
+        return shards.folder / INDEX_NAME
 
     @classmethod
-    def build(cls, directory: str | os.PathLike) -> "ShardIndex":
-        """Scan every `*.tar` in `directory` and write the index beside them."""
-        directory = pathlib.Path(directory)
-        files = cls._shard_files(directory)
+    def build(cls, source: str | os.PathLike, *,
+              index_path: str | os.PathLike | None = None) -> "ShardIndex":
+        """Scan every shard of `source` and write the index to `index_path` (default: beside
+        the shards of a folder source)."""
+        shards = ShardList.resolve(source)
+        path = cls._index_path(shards, index_path)
         owner: dict[str, str] = {}
         samples: list[_Sample] = []
         shard_of: list[int] = []
-        for s, path in enumerate(files):
-            for sample in _scan_shard(path):
+        for s, (name, url) in enumerate(zip(shards.names, shards.urls)):
+            for sample in scan_shard(url):
                 if sample.key in owner:
                     raise DataError(f"key {sample.key!r} is in shard {owner[sample.key]} and in "
-                                    f"shard {path.name}: keys must be unique across shards "
+                                    f"shard {name}: keys must be unique across shards "
                                     "(rename one, or write the shards again with make_shards)")
-                owner[sample.key] = path.name
+                owner[sample.key] = name
                 samples.append(sample)
                 shard_of.append(s)
         arrays = {
@@ -176,41 +125,53 @@ class ShardIndex:
             "image_ext": np.array([x.image[2] if x.image else "" for x in samples], dtype=str),
             "text_offset": np.array([x.text[0] if x.text else -1 for x in samples], np.int64),
             "text_size": np.array([x.text[1] if x.text else 0 for x in samples], np.int64),
-            "reasons": np.array([_reason(x) for x in samples], dtype=str),
+            "reasons": np.array([x.reason for x in samples], dtype=str),
         }
-        index = cls(directory, [p.name for p in files], [p.stat().st_size for p in files], arrays)
+        index = cls(shards, shards.sizes(), arrays, path)
         index._write()
         return index
 
     def _write(self) -> None:
         meta = {"version": INDEX_VERSION, "shards": self.shard_names, "bytes": self.shard_bytes}
-        tmp = self.directory / (INDEX_NAME + ".tmp.npz")
-        np.savez(tmp, meta=np.array(json.dumps(meta)), keys=self.keys, shard=self.shard,
-                 image_offset=self.image_offset, image_size=self.image_size,
-                 image_ext=self.image_ext, text_offset=self.text_offset,
-                 text_size=self.text_size, reasons=self.reasons)
-        os.replace(tmp, self.directory / INDEX_NAME)
+        # a name of this process's own: ranks that build the same index at once do not collide
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp.npz")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, meta=np.array(json.dumps(meta)), keys=self.keys, shard=self.shard,
+                     image_offset=self.image_offset, image_size=self.image_size,
+                     image_ext=self.image_ext, text_offset=self.text_offset,
+                     text_size=self.text_size, reasons=self.reasons)
+            os.replace(tmp, self.path)
+        except OSError as err:
+            raise DataError(f"cannot write the shard index {self.path}: {err}; a read-only "
+                            "dataset folder needs the index elsewhere: pass index_path= (the "
+                            "trainers' --shard-index PATH; by default they use the run "
+                            "directory)") from err
 
     @classmethod
-    def open(cls, directory: str | os.PathLike, *, rebuild: bool = False) -> "ShardIndex":
-        """The stored index if it matches the shards (names and sizes), else build it when
-        there is none (or rebuild=True); a stale stored index is refused, since rebuilding it
-        silently could change ids mid-run."""
-        directory = pathlib.Path(directory)
-        files = cls._shard_files(directory)
-        path = directory / INDEX_NAME
+    def open(cls, source: str | os.PathLike, *, index_path: str | os.PathLike | None = None,
+             rebuild: bool = False) -> "ShardIndex":
+        """The stored index at `index_path` if it matches the shards (names and sizes), else
+        build it when there is none (or rebuild=True); a stale stored index is refused, naming
+        the changed shard, since rebuilding it silently could change ids mid-run."""
+        shards = ShardList.resolve(source)
+        path = cls._index_path(shards, index_path)
         if rebuild or not path.exists():
-            return cls.build(directory)
-        with np.load(path, allow_pickle=False) as stored:
-            meta = json.loads(str(stored["meta"]))
-            arrays = {name: stored[name] for name in stored.files if name != "meta"}
-        current = ([p.name for p in files], [p.stat().st_size for p in files])
-        if meta.get("version") != INDEX_VERSION or (meta["shards"], meta["bytes"]) != current:
-            raise DataError(f"{path} was built for other shards ({len(meta['shards'])} files) "
-                            f"than {directory} holds now ({len(files)} files, or changed "
-                            "sizes); ids would change: delete the index or pass rebuild=True "
-                            "to re-index, and start the run afresh")
-        return cls(directory, meta["shards"], meta["bytes"], arrays)
+            return cls.build(source, index_path=path)
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                meta = json.loads(str(stored["meta"]))
+                arrays = {name: stored[name] for name in stored.files if name != "meta"}
+        except (OSError, ValueError, KeyError) as err:
+            raise DataError(f"cannot read the shard index {path}: {err}; delete it to re-index "
+                            "(and start the run afresh)") from err
+        changed = describe_change(meta.get("shards", []), meta.get("bytes", []), shards)
+        if meta.get("version") != INDEX_VERSION or changed:
+            raise DataError(f"{path} was built for other shards than {shards.source!r} holds "
+                            f"now: {changed or 'another index version'}; ids would change: "
+                            "restore the shards, or delete the index (or pass rebuild=True) to "
+                            "re-index and start the run afresh")
+        return cls(shards, meta["bytes"], arrays, path)
 
     # -- lookups -----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -374,7 +335,7 @@ class ShardStream(NothingPlanted):
         attempts = topups = 0
         while served < target:  # top up with repeats, from this run's first ids onwards
             if attempts >= total:
-                raise DataError(f"no kept sample of {self.index.directory} decodes: cannot "
+                raise DataError(f"no kept sample of {self.index.source.source} decodes: cannot "
                                 f"fill worker {g}'s {target} samples")
             sample_id = int(order[(start + attempts) % total])
             attempts += 1
@@ -389,20 +350,24 @@ class ShardStream(NothingPlanted):
                     yield sample
 
     def _read(self, ids: np.ndarray) -> Iterator[tuple[int, bytes, str]]:
-        index, handle, open_shard = self.index, None, -1
-        try:
-            for sample_id in ids.tolist():
-                shard = int(index.shard[sample_id])
-                if shard != open_shard:
-                    if handle is not None:
-                        handle.close()
-                    handle = open(index.directory / index.shard_names[shard], "rb")
-                    open_shard = shard
-                data, text = index.read(handle, sample_id, with_text=self.captions)
-                yield sample_id, data, text
-        finally:
-            if handle is not None:
-                handle.close()
+        """(id, image bytes, caption) of `ids` in order: local shards by seeking from kept
+        member to kept member, a pipe: shard streamed (shard_sources.read_streamed)."""
+        index, ids = self.index, ids.tolist()
+        start = 0
+        while start < len(ids):
+            shard = int(index.shard[ids[start]])
+            stop = start
+            while stop < len(ids) and int(index.shard[ids[stop]]) == shard:
+                stop += 1
+            run, url = ids[start:stop], index.shard_urls[shard]
+            if is_streamed(url):
+                yield from read_streamed(index, shard, run, with_text=self.captions)
+            else:
+                with open(url, "rb") as handle:
+                    for sample_id in run:
+                        data, text = index.read(handle, sample_id, with_text=self.captions)
+                        yield sample_id, data, text
+            start = stop
 
     def _shuffled(self, items: Iterator, rng: np.random.Generator) -> Iterator:
         if self.shuffle_buffer <= 1:

@@ -58,7 +58,7 @@ def captions_from_shards(directory: str | os.PathLike) -> Iterator[str]:
             if shard != open_shard:
                 if handle is not None:
                     handle.close()
-                handle = open(index.directory / index.shard_names[shard], "rb")
+                handle = open(index.shard_urls[shard], "rb")
                 open_shard = shard
             handle.seek(int(index.text_offset[sample_id]))
             text = handle.read(int(index.text_size[sample_id])).decode("utf-8", "replace").strip()
