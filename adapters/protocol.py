@@ -9,8 +9,8 @@ scan_core speaks numpy and one small collective protocol, `scan_core.comm.Commun
 - `communicator()`: the Communicator over the framework's collectives (torch.distributed,
   JAX multihost), for `ScanPruner(..., communicator=...)`; `rank` / `world_size` are its;
 - `num_batches` / `plan_batches`: this rank's id batches of an `EpochPlan`, with
-  DistributedSampler's arithmetic under the framework's own shuffle, the same number of
-  batches on every rank, known before the epoch starts.
+  DistributedSampler's arithmetic under the framework's own shuffle (`permutation`), the
+  same number of batches on every rank, known before the epoch starts.
 
 Implemented by `adapters.torch.TorchAdapter`, `adapters.jax.JaxAdapter` and the numpy
 `adapters.host.HostAdapter` they build on; tests/adapters/conformance.py is the one suite
@@ -30,6 +30,7 @@ from typing_extensions import Protocol, runtime_checkable
 
 from scan_core import EpochPlan
 from scan_core.comm import Communicator
+from scan_core.plan import Permutation
 
 
 @runtime_checkable
@@ -53,6 +54,11 @@ class FrameworkAdapter(Protocol):
 
     def communicator(self) -> Communicator:
         """The Communicator to hand to ScanPruner (the same object every call)."""
+        ...
+
+    def permutation(self, seed: int, epoch: int) -> Permutation:
+        """The epoch's shuffle, n -> a permutation of range(n): a pure function of
+        (seed, epoch), so every rank shuffles alike (`EpochPlan.shard`'s `permutation`)."""
         ...
 
     def num_batches(self, plan: EpochPlan, batch_size: int, *, drop_last: bool = False) -> int:
