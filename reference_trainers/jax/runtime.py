@@ -1,10 +1,11 @@
 """What the JAX CLIP and MoCo trainers share around their step: the flags they refuse, the
 epoch's plan and id batches, and the loop over one epoch's steps.
 
-`PlanSampler` gives common/loop.epoch_loop the `set_epoch` / `plan` face of the torch
-ScanSampler, with this process's ids from adapters.jax.plan_batches (DistributedSampler's
-arithmetic over the kept ids, shuffled by numpy's PCG64 with (seed, epoch); rank and world are
-`jax.process_index()` / `jax.process_count()`, see processes.py). `run_epoch` runs the steps:
+`adapters.jax.PlanSampler` (re-exported here) gives common/loop.epoch_loop the `set_epoch` /
+`plan` face of the torch ScanSampler, with this process's ids from adapters.jax.plan_batches
+(DistributedSampler's arithmetic over the kept ids, shuffled by numpy's PCG64 with
+(seed, epoch); rank and world are `jax.process_index()` / `jax.process_count()`, see
+processes.py), a lone last id folded in for BatchNorm (`fold_single`). `run_epoch` runs the steps:
 host batch -> `place_batch` -> jitted step (state donated) -> `AsyncRecorder.push` (one step
 late, so the host never waits for the step it just queued), with the EpochBar's loss also read
 one step late.
@@ -20,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from adapters.jax import AsyncRecorder, JaxCommunicator, data_mesh, plan_batches
+from adapters.jax import AsyncRecorder, JaxCommunicator, PlanSampler, data_mesh
 from reference_trainers.common.errors import TrainerError
 from reference_trainers.common import loop
 from reference_trainers.common.loop import RunConfig
@@ -84,34 +85,6 @@ def limit_threads(threads: int | None) -> None:
     flag = "--xla_cpu_multi_thread_eigen=false"
     if threads == 1 and flag not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
-
-
-class PlanSampler:
-    """The epoch's plan (`set_epoch` calls pruner.plan_epoch) and its id batches."""
-
-    def __init__(self, pruner: Any, seed: int) -> None:
-        self.pruner, self.seed, self._plan = pruner, seed, None
-        self.rank, self.world = jax.process_index(), jax.process_count()
-
-    def set_epoch(self, epoch: int) -> None:
-        self._plan = self.pruner.plan_epoch(epoch)
-
-    @property
-    def plan(self) -> Any:
-        if self._plan is None:
-            raise TrainerError("PlanSampler: set_epoch(epoch) first")
-        return self._plan
-
-    def batches(self, batch_size: int, *, fold_single: bool = False) -> list[np.ndarray]:
-        """This process's int64 id batches of the epoch, the same number and lengths on every
-        process (DistributedSampler pads by wrapping). fold_single: a lone last id joins the
-        batch before it (BatchNorm cannot train on one sample; the torch MoCo trainer does the
-        same); the lengths agree, so every process folds alike."""
-        batches = list(plan_batches(self.plan, batch_size, rank=self.rank,
-                                    world_size=self.world, seed=self.seed))
-        if fold_single and len(batches) > 1 and len(batches[-1]) == 1:
-            batches[-2:] = [np.concatenate(batches[-2:])]
-        return batches
 
 
 def run_epoch(state: Any, step: Callable, mesh: Any, pruner: Any, plan: Any,
