@@ -7,7 +7,7 @@ What `ScanPruner.end_epoch` does with a preparation epoch's records, as one pure
 - ill_persistence > 1: the ill-matched end keeps only samples found in as many preparations
   in a row (`history.persistent_ill`);
 - retire_share > 0: the ill-matched samples with the highest epoch z leave the run for good
-  (`retire.retire_more_chunked`, in chunks so RAM does not grow with N).
+  (`retire.retire_more_chunked`, in chunks; `history.retire_more` is its whole-array twin).
 Every array returned is new (or the one passed in, untouched): end_epoch's rollback on a
 failure puts the old references back and relies on nothing being changed in place.
 """

@@ -383,11 +383,11 @@ class ScanPruner:
 
     def _check_agreement(self, where: str, plan_fingerprint: str = "") -> None:
         """All ranks must hold the same config, coverage policy, epoch, candidates and (just
-        ended) plan."""
+        ended) plan ("off" skips a collective the other coverage policies run)."""
         check_agreement(
             self._comm, where,
             [json.dumps(self._meta(), sort_keys=True).encode(), plan_fingerprint.encode(),
-             self.coverage.encode(),  # "off" skips a collective the others run
+             self.coverage.encode(),
              np.asarray([self._next_epoch, self._num_preparations], np.int64).tobytes(),
              self._red.tobytes(), self._ill.tobytes()],
             f"rank {self.rank}: epoch {self._next_epoch}, |D'| {self.num_candidates}, plan "

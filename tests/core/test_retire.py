@@ -103,3 +103,20 @@ def test_every_rank_holds_the_same_retired_set_and_plans():
 def test_bad_retire_share_is_a_typed_error_naming_the_value(kw, match):
     with pytest.raises(ScanConfigError, match=match):
         ScanConfig(**kw)
+
+
+def test_candidate_ids_retired_names_the_retired_set_and_is_empty_without_the_rule():
+    """candidate_ids("retired") (882c984) must survive the pruner's split: it was lost on main
+    by the merge 6fe45fb ("end must be 'both', 'redundant' or 'ill_matched', got 'retired'")."""
+    pruner = ScanPruner(N, 2, ScanConfig(seed=3, retire_share=0.05))
+    plain = ScanPruner(N, 2, ScanConfig(seed=3))
+    for e in range(E):
+        rec = run_epoch(pruner, e, STREAM, B)
+        run_epoch(plain, e, STREAM, B)
+        if rec.phase == "prepare":
+            break
+    np.testing.assert_array_equal(pruner.candidate_ids("retired"), retired_ids(pruner))
+    assert len(pruner.candidate_ids("retired")) == int(0.05 * N)
+    assert plain.candidate_ids("retired").size == 0
+    with pytest.raises(ScanConfigError, match="'ill_matched' or 'retired', got 'gone'"):
+        pruner.candidate_ids("gone")
