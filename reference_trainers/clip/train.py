@@ -216,7 +216,8 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sample
 # == 4. The run: setup, data, model, pruner, loop (evaluation, checkpoint), save ===============
 def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False,
           model: torch.nn.Module | None = None, stop_after: int | None = None,
-          data: tuple[TrainData, Any, TextTokenizer] | None = None) -> dict[str, Any]:
+          data: tuple[TrainData, ImageTextData | None, TextTokenizer] | None = None
+          ) -> dict[str, Any]:
     """Train (or continue, with resume) the run in `out`; returns the summary.
     data: (train, test, tokenizer) to use instead of build_data(cfg) (e.g. a subset of the
     training data: experiments/worker.py)."""

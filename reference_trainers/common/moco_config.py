@@ -15,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from reference_trainers.common.config import (BOOKKEEPING_FLAGS, LENGTH_FLAGS, PRUNING_FLAGS,
-                                              SHARD_FLAGS, SUBSET_FLAGS, ScanSettings,
-                                              flag_table)
+from reference_trainers.common.config import PRUNING_FLAGS, ScanSettings
+from reference_trainers.common.flags import (BOOKKEEPING_FLAGS, LENGTH_FLAGS, SHARD_FLAGS,
+                                             SUBSET_FLAGS, flag_table)
 from reference_trainers.common.errors import TrainerError
 from scan_core import ScanConfig
 

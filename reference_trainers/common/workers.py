@@ -71,10 +71,6 @@ class _DecodedBatches(Dataset):
         return pixels, tokens, served, new, corpus.repeats - repeats
 
 
-def _first(items: list) -> Any:
-    return items[0]  # batch_size=None hands items one by one
-
-
 def raw_corpus_batches(corpus: Any, id_batches: Sequence[np.ndarray], *, workers: int | None,
                        fill_bad: bool = False
                        ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

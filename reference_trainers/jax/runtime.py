@@ -23,8 +23,7 @@ import numpy as np
 
 from adapters.jax import AsyncRecorder, JaxCommunicator, PlanSampler, data_mesh
 from reference_trainers.common.errors import TrainerError
-from reference_trainers.common import loop
-from reference_trainers.common.loop import RunConfig
+from reference_trainers.common.loop import RunConfig, finish
 from reference_trainers.common.progress import EpochBar
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import progress
@@ -160,4 +159,4 @@ def finish_run(run_dir: RunDir, pruner: ScanPruner, cfg: RunConfig, rank: int,
     """What both JAX trainers do after their last epoch: wait until process 0 has written
     every metrics row, then common/loop.finish (the summary it reads them for)."""
     barrier("epochs done")
-    return loop.finish(run_dir, pruner, cfg, rank, last_row, headline=headline)
+    return finish(run_dir, pruner, cfg, rank, last_row, headline=headline)

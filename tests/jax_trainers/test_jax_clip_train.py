@@ -19,6 +19,8 @@ pytest.importorskip("optax")
 from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR  # noqa: E402
 from reference_trainers.jax import clip as jax_clip  # noqa: E402
 from tests.jax_trainers.conftest import CLIP_ARGS  # noqa: E402
+from tests.trainers.runfiles import (assert_resumed_equals_uninterrupted,  # noqa: E402
+                                     latest_snapshot, metrics_rows)
 
 pytestmark = pytest.mark.skipif(
     not Path(DEFAULT_FASHION_MNIST_DIR).is_dir(),
@@ -26,21 +28,6 @@ pytestmark = pytest.mark.skipif(
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = CLIP_ARGS
-
-
-def _rows(out):
-    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
-def _store(out):
-    from scan_core import LossStore
-    store = LossStore.open(Path(out) / "scan.zarr", LossStore.read_meta(Path(out) / "scan.zarr"),
-                           writable=False)
-    return store.load_latest()
-
-
-def _store_log(out):
-    return _store(out)["log"]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +75,7 @@ def test_the_train_step_jits_donates_its_state_and_returns_per_sample_losses():
 
 
 def test_loss_goes_down_and_the_run_writes_its_directory(full_run):
-    rows = _rows(full_run)
+    rows = metrics_rows(full_run)
     assert [r["epoch"] for r in rows] == list(range(5))
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.2
     summary = json.loads((full_run / "summary.json").read_text())
@@ -100,7 +87,7 @@ def test_loss_goes_down_and_the_run_writes_its_directory(full_run):
 
 
 def test_a_pruned_run_skips_the_steps_it_claims(full_run):
-    rows = _rows(full_run)
+    rows = metrics_rows(full_run)
     assert any(r["phase"] == "mutate" for r in rows)
     for r in rows:
         assert r["samples"] == r["num_kept"]                       # every kept id once
@@ -119,15 +106,9 @@ def test_resume_continues_with_the_same_plans_and_losses(full_run, tmp_path):
     out = tmp_path / "resumed"
     args = ARGS + ["--epochs", "5", "--out", str(out)]
     assert jax_clip.main(args + ["--stop-after", "3"]) == 0
-    assert [r["epoch"] for r in _rows(out)] == [0, 1, 2]
+    assert [r["epoch"] for r in metrics_rows(out)] == [0, 1, 2]
     assert jax_clip.main(args + ["--resume"]) == 0
-    a, b = _rows(full_run), _rows(out)
-    assert [r["epoch"] for r in b] == list(range(5))
-    for ra, rb in zip(a, b):
-        assert (ra["phase"], ra["num_kept"], ra["num_candidates"], ra["steps"]) == \
-            (rb["phase"], rb["num_kept"], rb["num_candidates"], rb["steps"])
-        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-6)
-    assert _store_log(full_run) == _store_log(out)
+    assert_resumed_equals_uninterrupted(full_run, out, epochs=5, loss_rel=1e-6, exact=("steps",))
     sa = json.loads((full_run / "summary.json").read_text())
     sb = json.loads((out / "summary.json").read_text())
     assert sb["zero_shot_top1"] == pytest.approx(sa["zero_shot_top1"], abs=1e-9)
@@ -145,7 +126,7 @@ def test_the_run_directory_and_keys_match_the_torch_trainers(full_run, tmp_path,
     assert names(full_run) == names(out)
     assert json.loads((full_run / "summary.json").read_text()).keys() == \
         json.loads((out / "summary.json").read_text()).keys()
-    for ra, rb in zip(_rows(full_run), _rows(out)):
+    for ra, rb in zip(metrics_rows(full_run), metrics_rows(out)):
         assert sorted(ra) == sorted(rb)
     jax_config = json.loads((full_run / "config.json").read_text())
     torch_config = json.loads((out / "config.json").read_text())
@@ -226,7 +207,7 @@ def test_two_devices_train_as_one_does_and_torch_is_never_imported(full_run, tmp
     seen = _run_cli(ARGS + ["--epochs", "5", "--stop-after", "3", "--out", str(out)], devices=2)
     assert seen["devices"] == 2
     assert seen["torch"] == []
-    a, b = _rows(full_run)[:3], _rows(out)
+    a, b = metrics_rows(full_run)[:3], metrics_rows(out)
     assert [r["phase"] for r in b] == ["warmup", "prepare", "mutate"]
     for ra, rb in zip(a, b):
         assert (ra["phase"], ra["num_kept"], ra["steps"], ra["samples"]) == \
@@ -238,7 +219,7 @@ def test_two_devices_train_as_one_does_and_torch_is_never_imported(full_run, tmp
     # the candidate sets (the same in both stores since the preparation epoch) nearly agree,
     # and the pruned epoch, which trains on them, has nearly the same loss.
     for key in ("red_bits", "ill_bits"):
-        mine, theirs = (np.unpackbits(_store(run)[key]).astype(bool) for run in (full_run, out))
+        mine, theirs = (np.unpackbits(latest_snapshot(run)[key]).astype(bool) for run in (full_run, out))
         assert mine.sum() == theirs.sum() > 0
         assert (mine & theirs).sum() >= 0.98 * mine.sum()
     assert b[2]["train_loss"] == pytest.approx(a[2]["train_loss"], rel=1e-2)

@@ -19,6 +19,7 @@ pytest.importorskip("optax")
 
 from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR  # noqa: E402
 from reference_trainers.jax import moco as jax_moco  # noqa: E402
+from tests.trainers.runfiles import assert_resumed_equals_uninterrupted, metrics_rows  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not Path(DEFAULT_FASHION_MNIST_DIR).is_dir(),
@@ -27,17 +28,6 @@ pytestmark = pytest.mark.skipif(
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--framework", "jax", "--preset", "cpu-tiny-moco", "--num-train", "768", "--num-test",
         "300", "--batch-size", "64", "--scan-warmup-epochs", "1", "--threads", "1", "--quiet"]
-
-
-def _rows(out):
-    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
-def _store_log(out):
-    from scan_core import LossStore
-    store = LossStore.open(Path(out) / "scan.zarr", LossStore.read_meta(Path(out) / "scan.zarr"),
-                           writable=False)
-    return store.load_latest()["log"]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +69,7 @@ def test_the_step_updates_the_momentum_encoder_first_and_donates_its_state():
 
 
 def test_loss_goes_down_and_the_run_writes_its_directory(full_run):
-    rows = _rows(full_run)
+    rows = metrics_rows(full_run)
     assert [r["epoch"] for r in rows] == list(range(5))
     # Like with like: mutation epochs train on D's complement, whose mean loss is not the full
     # data's; warm-up and preparation epochs both see every sample.
@@ -94,7 +84,7 @@ def test_loss_goes_down_and_the_run_writes_its_directory(full_run):
 
 
 def test_a_pruned_run_skips_the_steps_it_claims(full_run):
-    rows = _rows(full_run)
+    rows = metrics_rows(full_run)
     assert any(r["phase"] == "mutate" for r in rows)
     for r in rows:
         assert r["samples"] == r["num_kept"]
@@ -111,16 +101,10 @@ def test_resume_continues_with_the_same_plans_and_losses(full_run, tmp_path):
     out = tmp_path / "resumed"
     args = ARGS + ["--epochs", "5", "--out", str(out)]
     assert jax_moco.main(args + ["--stop-after", "3"]) == 0
-    assert [r["epoch"] for r in _rows(out)] == [0, 1, 2]
+    assert [r["epoch"] for r in metrics_rows(out)] == [0, 1, 2]
     assert jax_moco.main(args + ["--resume"]) == 0
-    a, b = _rows(full_run), _rows(out)
-    assert [r["epoch"] for r in b] == list(range(5))
-    for ra, rb in zip(a, b):
-        assert (ra["phase"], ra["num_kept"], ra["num_candidates"]) == \
-            (rb["phase"], rb["num_kept"], rb["num_candidates"])
-        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-6)
-        assert rb["momentum"] == ra["momentum"]
-    assert _store_log(full_run) == _store_log(out)
+    assert_resumed_equals_uninterrupted(full_run, out, epochs=5, loss_rel=1e-6,
+                                        exact=("momentum",))
     assert json.loads((out / "summary.json").read_text())["knn_top1"] == \
         json.loads((full_run / "summary.json").read_text())["knn_top1"]
 
@@ -136,7 +120,7 @@ def test_the_run_directory_and_keys_match_the_torch_trainers(full_run, tmp_path)
     assert names(full_run) == names(out)
     assert json.loads((full_run / "summary.json").read_text()).keys() == \
         json.loads((out / "summary.json").read_text()).keys()
-    for ra, rb in zip(_rows(full_run), _rows(out)):
+    for ra, rb in zip(metrics_rows(full_run), metrics_rows(out)):
         assert sorted(ra) == sorted(rb)
 
 
@@ -145,7 +129,7 @@ def test_the_vit_tiny_backbone_trains_with_adamw(tmp_path):
     assert jax_moco.main(ARGS + ["--backbone", "vit-tiny", "--optimizer", "adamw", "--lr",
                                  "1.5e-4", "--weight-decay", "0.1", "--num-train", "256",
                                  "--num-test", "200", "--epochs", "2", "--out", str(out)]) == 0
-    rows = _rows(out)
+    rows = metrics_rows(out)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert json.loads((out / "summary.json").read_text())["knn_top1"] > 0.2
 
@@ -190,7 +174,7 @@ def test_two_devices_train_as_one_does_and_torch_is_never_imported(full_run, tmp
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen == {"torch": [], "devices": 2}
-    a, b = _rows(full_run)[:3], _rows(out)
+    a, b = metrics_rows(full_run)[:3], metrics_rows(out)
     assert [r["phase"] for r in b] == ["warmup", "prepare", "mutate"]
     for ra, rb in zip(a[:2], b[:2]):
         assert (ra["phase"], ra["num_kept"], ra["steps"], ra["samples"]) == \

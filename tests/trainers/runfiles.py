@@ -28,22 +28,30 @@ def metrics_rows(out: str | Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
-def store_log(out: str | Path) -> list[dict[str, Any]]:
-    """The pruner's per-epoch log as the run's store holds it (its latest snapshot)."""
+def latest_snapshot(out: str | Path) -> dict[str, Any]:
+    """The pruner's state as the run's store last saved it (read-only)."""
     from scan_core import LossStore
 
     store = LossStore.open(Path(out) / "scan.zarr", LossStore.read_meta(Path(out) / "scan.zarr"),
                            writable=False)
-    return store.load_latest()["log"]
+    return store.load_latest()
 
 
-def assert_resumed_equals_uninterrupted(uninterrupted: Path, resumed: Path, epochs: int) -> None:
-    """A run stopped and resumed ran every epoch once, with the plans (phase, kept, |D'|),
-    training losses and store log of the run that never stopped."""
+def store_log(out: str | Path) -> list[dict[str, Any]]:
+    """The pruner's per-epoch log as the run's store holds it (its latest snapshot)."""
+    return latest_snapshot(out)["log"]
+
+
+def assert_resumed_equals_uninterrupted(uninterrupted: Path, resumed: Path, epochs: int, *,
+                                        loss_rel: float = 1e-5,
+                                        exact: tuple[str, ...] = ()) -> None:
+    """A run stopped and resumed ran every epoch once, with the plans (phase, kept, |D'|, and
+    the `exact` row keys), training losses (to `loss_rel`) and store log of the run that
+    never stopped."""
     a, b = metrics_rows(uninterrupted), metrics_rows(resumed)
     assert [r["epoch"] for r in b] == list(range(epochs))
+    keys = ("phase", "num_kept", "num_candidates", *exact)
     for ra, rb in zip(a, b):
-        assert (ra["phase"], ra["num_kept"], ra["num_candidates"]) == \
-            (rb["phase"], rb["num_kept"], rb["num_candidates"])
-        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5)
+        assert [ra[k] for k in keys] == [rb[k] for k in keys], f"epoch {ra['epoch']}"
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=loss_rel)
     assert store_log(uninterrupted) == store_log(resumed)

@@ -140,7 +140,7 @@ def test_a_run_written_before_the_history_rules_resumes_and_a_changed_rule_is_re
 
 
 def test_a_flag_table_gives_flag_field_type_and_a_help_that_runs_over_lines():
-    from reference_trainers.common.config import flag_table
+    from reference_trainers.common.flags import flag_table
 
     assert flag_table("""
         --num-test      int    evaluation subset
@@ -152,6 +152,17 @@ def test_a_flag_table_gives_flag_field_type_and_a_help_that_runs_over_lines():
              ("--data", "data", str, "")]
     with pytest.raises(TrainerError, match="'--fast  bool  go fast'.*'float', 'int', 'str'"):
         flag_table("--fast  bool  go fast")
+    with pytest.raises(TrainerError, match="'size'.*starts with a flag"):
+        flag_table("size\n--num-test  int  evaluation subset")
+
+
+def test_the_flag_tables_docstring_example_runs():
+    import doctest
+
+    from reference_trainers.common import flags
+
+    result = doctest.testmod(flags)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_every_moco_flag_sets_the_config_field_it_names():
