@@ -23,7 +23,7 @@ from typing import Any
 
 from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.flags import (BOOKKEEPING_FLAGS, LENGTH_FLAGS, SHARD_FLAGS,
-                                             SUBSET_FLAGS)
+                                             SUBSET_FLAGS, flag_table)
 from reference_trainers.common.resume_flag import RESUME_HELP, resolve_resume
 from scan_core import RULE_NAMES, ScanConfig
 
@@ -224,33 +224,33 @@ PRUNING_FLAGS = [*scan_flags(), ("--loss-history", "loss_history", str,
                                   "float16/float32: keep preparation losses")]
 
 
-_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
-    ("--data", "data", str, "training data: fmnist (default), csv:PATH (image,caption rows) "
-     "or shards:SOURCE: a folder of webdataset-style .tar shards, a .tar, a brace pattern "
-     "'DIR/{00000..00009}.tar', a '::' list or pipe:COMMAND (docs/corpora.md)"),
-    *SHARD_FLAGS,
-    ("--workers", "workers", int, "DataLoader worker processes decoding a csv:/shards: corpus "
-     "(default 0: in the trainer's process; Fashion-MNIST is in memory and needs none)"),
-    ("--tokenizer", "tokenizer", str, "word (default), bpe:PATH (train_tokenizer) or open_clip"),
-    ("--model", "model", str, "cpu (default) or a GPU preset: RN50, RN101, ViT-B-32"),
-    ("--precision", "precision", str, "fp32 (default), bf16 or fp16 autocast"),
-    *SUBSET_FLAGS,
-    ("--mismatch-share", "mismatch_share", float, "share of captions naming a wrong class"),
-    *LENGTH_FLAGS,
-    ("--lr", "lr", float, "peak learning rate (AdamW)"),
-    ("--weight-decay", "weight_decay", float, "AdamW weight decay"),
-    *PRUNING_FLAGS,
-    ("--eval-every", "eval_every", int, "evaluate every k epochs (0: end only)"),
-    ("--imagenet-val", "imagenet_val", str, "ImageFolder tree DIR/<class>/<image>: zero-shot "
-     "top-1/top-5 on your classes (replaces the Fashion-MNIST zero-shot)"),
-    ("--classnames", "classnames", str, "class names of --imagenet-val, one line per class "
-     "folder in sorted order (default: the folder names)"),
-    ("--val-data", "val_data", str, "held-out image,caption CSV: image<->text recall@1/5/10"),
-    ("--report-to", "report_to", str, "tensorboard: per-step train/* and per-epoch scan/*, "
-     "eval/* scalars in OUT/tensorboard (needs the tensorboard extra)"),
-    *BOOKKEEPING_FLAGS,
-]
+_FLAGS = [*flag_table("""
+    --data-dir  str  directory of the four Fashion-MNIST IDX files
+    --data      str  training data: fmnist (default), csv:PATH (image,caption rows) or
+                     shards:SOURCE: a folder of webdataset-style .tar shards, a .tar, a brace
+                     pattern 'DIR/{00000..00009}.tar', a '::' list or pipe:COMMAND
+                     (docs/corpora.md)
+"""), *SHARD_FLAGS, *flag_table("""
+    --workers    int  DataLoader worker processes decoding a csv:/shards: corpus (default 0: in
+                      the trainer's process; Fashion-MNIST is in memory and needs none)
+    --tokenizer  str  word (default), bpe:PATH (train_tokenizer) or open_clip
+    --model      str  cpu (default) or a GPU preset: RN50, RN101, ViT-B-32
+    --precision  str  fp32 (default), bf16 or fp16 autocast
+"""), *SUBSET_FLAGS, *flag_table("""
+    --mismatch-share  float  share of captions naming a wrong class
+"""), *LENGTH_FLAGS, *flag_table("""
+    --lr            float  peak learning rate (AdamW)
+    --weight-decay  float  AdamW weight decay
+"""), *PRUNING_FLAGS, *flag_table("""
+    --eval-every    int  evaluate every k epochs (0: end only)
+    --imagenet-val  str  ImageFolder tree DIR/<class>/<image>: zero-shot top-1/top-5 on your
+                         classes (replaces the Fashion-MNIST zero-shot)
+    --classnames    str  class names of --imagenet-val, one line per class folder in sorted
+                         order (default: the folder names)
+    --val-data      str  held-out image,caption CSV: image<->text recall@1/5/10
+    --report-to     str  tensorboard: per-step train/* and per-epoch scan/*, eval/* scalars in
+                         OUT/tensorboard (needs the tensorboard extra)
+"""), *BOOKKEEPING_FLAGS]
 
 
 class _TrainerParser(argparse.ArgumentParser):
