@@ -283,7 +283,7 @@ class _TrainerParser(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):
         parsed, rest = super().parse_known_args(args, namespace)
         parsed = resolve_resume(parsed, self.error)
-        if parsed.out is None and not hasattr(parsed, "logs"):  # CLIP's --logs/--name: later
+        if parsed.out is None and "logs" not in vars(parsed):  # CLIP's --logs/--name: later
             self.error("the run directory is required: --out DIR (or --resume RUN)")
         return parsed, rest
 
