@@ -62,6 +62,8 @@ class MocoConfig(ScanSettings):
     shard_index: str | None = None        # shards: the key index file (None: in the run dir)
     train_num_samples: int | None = None  # open_clip's count, checked against the index
     save_frequency: int | None = None     # also keep the checkpoint of every k-th epoch
+    eval_folder: str | None = None        # labelled ImageFolder for kNN / probe (moco_user_eval)
+    eval_train_folder: str | None = None  # its kNN bank / probe training images (default: half)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -113,6 +115,10 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--weight-decay", "weight_decay", float, "weight decay"),
     *PRUNING_FLAGS,
     ("--eval-every", "eval_every", int, "kNN top-1 every k epochs (0: end only)"),
+    ("--eval-folder", "eval_folder", str, "labelled ImageFolder DIR/<class>/<image>: kNN and "
+     "linear probe on your classes (replaces Fashion-MNIST; docs/moco-trainer.md)"),
+    ("--eval-train-folder", "eval_train_folder", str, "the kNN bank / probe's training "
+     "images, a tree with the same class folders (default: a seeded half of --eval-folder)"),
     ("--workers", "workers", int, "DataLoader worker processes decoding a folder:/csv: corpus "
      "(default 0: in the trainer's process)"),
     *BOOKKEEPING_FLAGS,

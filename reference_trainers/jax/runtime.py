@@ -54,7 +54,8 @@ def check_jax_config(cfg: Any) -> Any:
         refused.append(f"--data {cfg.data} (the JAX CLIP trainer takes fmnist, csv:PATH and "
                        "shards:SOURCE; the JAX MoCo trainer Fashion-MNIST only)")
     for field, flag in (("imagenet_val", "--imagenet-val"), ("val_data", "--val-data"),
-                        ("classnames", "--classnames")):
+                        ("classnames", "--classnames"), ("eval_folder", "--eval-folder"),
+                        ("eval_train_folder", "--eval-train-folder")):
         if getattr(cfg, field, None):
             refused.append(f"{flag} {getattr(cfg, field)} (evaluation on your data is the "
                            "PyTorch trainer's for now)")
