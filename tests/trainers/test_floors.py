@@ -28,8 +28,7 @@ REPO_ROOT = PACKAGE_DIR.parent
 # reads (arrays.py) are shared.
 TORCH_COMMON = {"common.accel", "common.augment", "common.evaluation", "common.lifecycle",
                 "common.torch_data", "common.workers", "common.user_eval", "common.tb_report",
-                *(f"common.corpora.{m}" for m in ("csv_corpus", "folder_corpus", "make_shards",
-                                                   "train_tokenizer"))}
+                *(f"common.corpora.{m}" for m in ("csv_corpus", "folder_corpus", "make_shards"))}
 
 MAY_IMPORT = {
     "shared": {"shared"},
