@@ -61,6 +61,7 @@ def pairs_csv(tmp_path_factory):
     return folder / "pairs.csv"
 
 
+@pytest.mark.slow  # a second JAX compile; the index and URLs are tested in test_shard_urls
 def test_jax_clip_trains_on_a_read_only_brace_pattern_of_shards(shards_dir, tmp_path):
     listing = sorted(p.name for p in shards_dir.iterdir())
     os.chmod(shards_dir, 0o555)
@@ -87,7 +88,7 @@ def test_jax_clip_on_a_csv_serves_bad_rows_as_counted_repeats_with_a_bpe_tokeniz
                                  "--vocab-size", "300", "--context-length", "16"]) == 0
     run = tmp_path / "run"
     assert jax_clip.main(ARGS + ["--data", f"csv:{pairs_csv}", "--tokenizer", f"bpe:{tok}",
-                                 "--out", str(run)]) == 0
+                                 "--batch-size", "20", "--out", str(run)]) == 0  # one shape
     rows = _rows(run)
     # 40 rows, 2 bad: every epoch trains 40 slots (the sampler serves every id during the
     # warm-up), the 2 bad ones as repeats of good ids of their batch.

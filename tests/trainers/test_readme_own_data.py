@@ -79,6 +79,7 @@ def _readme_commands() -> list[str]:
     return [line for line in block.splitlines() if line.startswith("python -m")]
 
 
+@pytest.mark.slow  # three trainer processes: about 80 s on the shared 2-core box
 def test_the_readme_own_data_commands_train_and_evaluate(tmp_path):
     commands = _readme_commands()
     assert 1 <= len(commands) <= 6
