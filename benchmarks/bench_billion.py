@@ -20,7 +20,6 @@ Expected cost at 1e9 on 2 cores: a few minutes (about 977k record calls) and < 1
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import sys
@@ -31,8 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's scan_core
-from bench_bookkeeping import (loss_pool, machine, proc_status_kib, reset_peak_rss,  # noqa: E402
-                               warm_up_numba, write_docs)
+from bench_bookkeeping import loss_pool, warm_up_numba  # noqa: E402
+from bench_env import (bench_parser, command_and_machine, machine, proc_status_kib,  # noqa: E402
+                       publish, reset_peak_rss)
 
 from scan_core import ScanConfig, ScanPruner  # noqa: E402
 
@@ -117,11 +117,7 @@ def run(num_samples: int, batch_size: int, pool_size: int, seed: int, iterate_ke
 def report(r: dict, command: str, info: dict[str, str]) -> str:
     mib = 2**20
     lines = [
-        f"Command: `{command}`",
-        "",
-        f"Machine: {info['nproc']} cores ({info['cpu']}), {info['ram_gib']} GiB RAM; Python "
-        f"{info['python']}, numpy {info['numpy']}, numba {info['numba']}; scan_core at "
-        f"{info['commit']}.",
+        *command_and_machine(command, info),
         "",
         "| quantity | measured |",
         "|---|---:|",
@@ -157,26 +153,19 @@ def report(r: dict, command: str, info: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num-samples", type=int, default=1_000_000_000)
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser = bench_parser(__doc__, num_samples=1_000_000_000, batch_size=1024)
     parser.add_argument("--pool", type=int, default=256, help="distinct synthetic loss arrays")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--iterate-kept", action="store_true",
                         help="also iterate plan.iter_kept_ids() and time it")
     parser.add_argument("--chunk-size", type=int, default=1 << 20)
-    parser.add_argument("--write-docs", action="store_true",
-                        help="also write the table into docs/benchmarks.md")
     args = parser.parse_args(argv)
     info = machine()
     result = run(args.num_samples, args.batch_size, args.pool, args.seed, args.iterate_kept,
                  args.chunk_size)
     command = ".venv/bin/python benchmarks/bench_billion.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    block = report(result, command.strip(), info)
-    print(block)
-    if args.write_docs:
-        write_docs(block, "<!-- bench_billion:begin -->", "<!-- bench_billion:end -->")
+    publish(report(result, command.strip(), info), "bench_billion",
+            write_docs_too=args.write_docs)
     return 0
 
 

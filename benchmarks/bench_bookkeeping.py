@@ -32,8 +32,6 @@ import argparse
 import gc
 import json
 import math
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,59 +42,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's scan_core
+from bench_env import (command_and_machine, machine, proc_status_kib, publish,  # noqa: E402
+                       reset_peak_rss)
 from released_baseline import ReleasedBookkeeping  # noqa: E402
 
 from scan_core import ScanConfig, ScanPruner  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "benchmarks.md"
 POOL_SIZE = 256   # distinct loss arrays; enough that no sort's branches are learnt by heart
 FIRST_MUTATION_RHO = 0.25  # rho_cur of the first mutation epoch with T_cos = 3
 TARGETS = {"per batch": 10.0, "mutation plan": 100.0, "memory per sample": 100.0}
-
-
-# -- measuring helpers -------------------------------------------------------------------------
-def proc_status_kib(field: str) -> int:
-    """A `Vm*` field of /proc/self/status, in KiB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where the kernel refuses."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def machine() -> dict[str, str]:
-    model = "unknown"
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_kib = 0
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    import numba
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return done.stdout.strip()
-    dirty = git("status", "--porcelain", "--", "scan_core")
-    return {"commit": git("rev-parse", "--short", "HEAD") + (
-                " + uncommitted scan_core changes" if dirty else ""),"nproc": str(os.cpu_count()), "cpu": model, "ram_gib": f"{mem_kib / 2**20:.1f}",
-            "python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__}
 
 
 def loss_pool(batch_size: int, seed: int, size: int = POOL_SIZE) -> np.ndarray:
@@ -188,72 +142,6 @@ def time_side_by_side(n: int, batch_size: int, repeat: int, seed: int) -> dict:
     }
 
 
-# -- record() of two checkouts of scan_core, side by side (issue 15: the cost of coverage) --------
-def import_other_scan_core(repo: str):
-    """The scan_core package of another checkout, imported beside this one: its modules are
-    loaded under their own names while this checkout's are set aside, then both are kept."""
-    mine = {k: v for k, v in sys.modules.items() if k == "scan_core" or k.startswith("scan_core.")}
-    for k in mine:
-        del sys.modules[k]
-    sys.path.insert(0, repo)
-    try:
-        import scan_core as other
-    finally:
-        sys.path.remove(repo)
-        for k in [k for k in sys.modules if k == "scan_core" or k.startswith("scan_core.")]:
-            del sys.modules[k]
-        sys.modules.update(mine)
-    if os.path.dirname(os.path.dirname(other.__file__)) != os.path.abspath(repo):
-        raise RuntimeError(f"imported {other.__file__}, not the scan_core of {repo}")
-    return other
-
-
-def compare_record(old_repo: str, n: int, batch_size: int, seed: int,
-                   coverage: str = "warn") -> dict:
-    """record() of the scan_core in `old_repo` and of this checkout, on the same shuffled
-    preparation epoch (the (a) workload), the two called alternately on every batch (the order
-    swaps every batch), in one process. Then each one's end_epoch()."""
-    import scan_core as new
-
-    old = import_other_scan_core(old_repo)
-    order = np.random.default_rng(seed).permutation(n)
-    pool = loss_pool(batch_size, seed)
-    pruners = {}
-    for name, sc in (("old", old), ("new", new)):
-        warm = sc.ScanPruner(4096, 2, sc.ScanConfig(warmup_epochs=0, seed=seed))
-        warm.plan_epoch(0)
-        for ids, losses in batches(np.arange(4096), pool[:4]):
-            warm.record(ids, losses)
-        warm.end_epoch()
-        kw = {"coverage": coverage} if name == "new" else {}
-        pruners[name] = sc.ScanPruner(n, 2, sc.ScanConfig(warmup_epochs=0, seed=seed), **kw)
-        assert pruners[name].plan_epoch(0).phase == "prepare"
-    times: dict[str, list[int]] = {"old": [], "new": []}
-    clock = time.perf_counter_ns
-    gc.collect()
-    for b, (ids, losses) in enumerate(batches(order, pool)):
-        for name in (("old", "new") if b % 2 == 0 else ("new", "old")):
-            t0 = clock()
-            pruners[name].record(ids, losses)
-            times[name].append(clock() - t0)
-    out: dict = {"n": n, "batches": len(times["old"]), "old_repo": old_repo, "coverage": coverage,
-                 "old_file": old.__file__, "new_file": new.__file__}
-    # Preemptions by other jobs on a shared box land on either side alike; a trimmed mean
-    # (both sides cut at the same rank) keeps the work and drops them.
-    for name, t in times.items():
-        t_sorted = sorted(t)
-        out[name + "_median_us"] = statistics.median(t) / 1e3
-        out[name + "_mean_us"] = statistics.fmean(t) / 1e3
-        out[name + "_trimmed95_us"] = statistics.fmean(t_sorted[:int(len(t) * 0.95)]) / 1e3
-        t0 = time.perf_counter()
-        summary = pruners[name].end_epoch()
-        out[name + "_end_epoch_s"] = time.perf_counter() - t0
-        out[name + "_candidates"] = summary.num_candidates
-    for stat in ("median", "mean", "trimmed95"):
-        out[stat + "_ratio"] = out[f"new_{stat}_us"] / out[f"old_{stat}_us"]
-    return out
-
-
 # -- (c): memory, one fresh subprocess per (implementation, N) -------------------------------------
 def memory_child(impl: str, n: int, batch_size: int, seed: int) -> dict:
     warm_up_numba(seed)
@@ -325,11 +213,7 @@ def fmt_ratio(value_bound: tuple[float, bool]) -> str:
 
 def report(rows: list[dict], command: str, info: dict[str, str]) -> str:
     lines = [
-        f"Command: `{command}`",
-        "",
-        f"Machine: {info['nproc']} cores ({info['cpu']}), {info['ram_gib']} GiB RAM; Python "
-        f"{info['python']}, numpy {info['numpy']}, numba {info['numba']}; scan_core at "
-        f"{info['commit']}.",
+        *command_and_machine(command, info),
         "",
         "| N | batches | released: us/batch (median) | scan_core: us/batch (median) | "
         "released: mutation plan (s) | scan_core: plan_epoch (s) | scan_core: + kept_ids (s) | "
@@ -384,17 +268,6 @@ def report(rows: list[dict], command: str, info: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(block: str, begin: str, end: str, path: Path = DOCS) -> None:
-    """Replace the text between the `begin` and `end` marker lines of docs/benchmarks.md."""
-    text = path.read_text()
-    if begin not in text or end not in text:
-        raise SystemExit(f"{path} lacks the markers {begin!r} / {end!r}; add them where the "
-                         "table should go.")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{begin}\n{block}\n{end}{tail}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
@@ -404,20 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-docs", action="store_true",
                         help="also write the tables into docs/benchmarks.md")
     parser.add_argument("--child", choices=("baseline", "scan"), help=argparse.SUPPRESS)
-    parser.add_argument("--compare-record", metavar="OLD_REPO",
-                        help="time record() of the scan_core in OLD_REPO (e.g. a checkout of "
-                             "main) against this checkout's, side by side in one process, at "
-                             "each --sizes (no released code)")
-    parser.add_argument("--coverage", default="warn", choices=("warn", "error", "off"),
-                        help="this checkout's ScanPruner(coverage=...) in --compare-record")
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(memory_child(args.child, args.sizes[0], args.batch_size, args.seed)))
-        return 0
-    if args.compare_record:
-        for n in args.sizes:
-            print(json.dumps(compare_record(args.compare_record, n, args.batch_size, args.seed,
-                                            args.coverage)), flush=True)
         return 0
     command = "benchmarks/bench_bookkeeping.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
@@ -435,11 +297,9 @@ def main(argv: list[str] | None = None) -> int:
                    hwm_reset=mem_base["hwm_reset"] and mem_scan["hwm_reset"])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    block = report(rows, ".venv/bin/python " + command.strip(), info)
     print()
-    print(block)
-    if args.write_docs:
-        write_docs(block, "<!-- bench_bookkeeping:begin -->", "<!-- bench_bookkeeping:end -->")
+    publish(report(rows, ".venv/bin/python " + command.strip(), info), "bench_bookkeeping",
+            write_docs_too=args.write_docs)
     return 0
 
 

@@ -4,7 +4,8 @@ For each N: an EpochLosses(2 views, N) filled with losses (gamma(2, 1) by defaul
 resampled from a real run's history with --values-from STORE, so that the compression ratio is
 a real one), then, as a pruner's end_epoch does, `LossStore.write_history` for `--epochs`
 preparation epochs (float16), then `history.store_features` over them, once with one feature
-(what a rule needs) and once with all four.
+(what a rule needs) and once with all four; and retire_share's step on the last epoch's
+losses (30% of N ill-matched, a 10% cap), chunked and its whole-array twin.
 
 Measured per phase: peak RSS growth over the RSS before it (VmHWM reset by /proc/self/
 clear_refs) and wall time; disk: the bytes of each history/epoch_* folder. The EpochLosses
@@ -31,11 +32,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's scan_core
-from bench_bookkeeping import machine, proc_status_kib, reset_peak_rss  # noqa: E402
+from bench_env import machine, proc_status_kib, reset_peak_rss, write_docs  # noqa: E402
 
 from scan_core import LossStore, ScanConfig  # noqa: E402
 from scan_core.epoch_losses import EpochLosses  # noqa: E402
-from scan_core.history import store_features  # noqa: E402
+from scan_core.history import retire_more, store_features  # noqa: E402
+from scan_core.retire import retire_more_chunked  # noqa: E402
 
 TARGET_N = 10**9
 BEGIN, END = "<!-- bench_history:begin -->", "<!-- bench_history:end -->"
@@ -80,6 +82,14 @@ def one_size(n: int, epochs: int, draw, root: str) -> dict:
         losses.count[:] = 1
         s, peak, _ = measure(lambda e=e: store.write_history(e, losses, "float16"))
         write_s, write_peak = write_s + s, max(write_peak, peak)
+    # retire_share's step on the last epoch's losses: 30% of N ill-matched, a 10% cap
+    ill = np.packbits(np.random.default_rng(n).random(n) < 0.3, bitorder="little")
+    none = np.zeros_like(ill)
+    for label, step in (("chunked", lambda: retire_more_chunked(losses.mean, n, ill, none,
+                                                                 n // 10)),
+                        ("twin", lambda: retire_more(losses.mean(), ill, none, n // 10))):
+        s, peak, _ = measure(step)
+        row[f"retire_{label}_seconds"], row[f"retire_{label}_peak_bytes"] = s, peak
     del losses
     disk = [folder_bytes(os.path.join(path, "history", f"epoch_{e:08d}")) for e in range(epochs)]
     row.update(write_seconds_per_epoch=write_s / epochs, write_peak_bytes=write_peak,
@@ -103,23 +113,29 @@ def extrapolate(rows: list[dict], key: str) -> tuple[float, float, float]:
 def table(rows: list[dict], epochs: int, args_line: str, values: str) -> str:
     mib = 2.0**20
     lines = [f"`{args_line}`, {epochs} preparation epochs of 2 views, float16, values: {values}.",
-             "", "| N | disk / epoch | write peak | read 1 feature: peak, s | read 4: peak, s |",
-             "|---|---|---|---|---|"]
+             "", "| N | disk / epoch | write peak | read 1 feature: peak, s | read 4: peak, s "
+             "| retire step, chunked: peak, s | retire, whole-array twin: peak, s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['n']:.3g} | {r['disk_bytes_per_epoch'] / mib:.1f} MiB "
             f"({r['disk_bytes_per_epoch'] / r['n']:.2f} B/sample) | "
             f"{r['write_peak_bytes'] / mib:.1f} MiB | {r['read_one_peak_bytes'] / mib:.1f} MiB, "
             f"{r['read_one_seconds']:.2f} | {r['read_all_peak_bytes'] / mib:.1f} MiB, "
-            f"{r['read_all_seconds']:.2f} |")
+            f"{r['read_all_seconds']:.2f} | {r['retire_chunked_peak_bytes'] / mib:.1f} MiB, "
+            f"{r['retire_chunked_seconds']:.2f} | {r['retire_twin_peak_bytes'] / mib:.1f} MiB, "
+            f"{r['retire_twin_seconds']:.2f} |")
     lines += ["", "Fitted a + b N through the two sizes, at N = 1e9:", ""]
     for key, what in (("disk_bytes_per_epoch", "disk per preparation epoch"),
                       ("write_peak_bytes", "RAM peak of writing one epoch (beyond EpochLosses)"),
                       ("read_one_peak_bytes", "RAM peak of reading 1 feature"),
-                      ("read_all_peak_bytes", "RAM peak of reading 4 features")):
+                      ("read_all_peak_bytes", "RAM peak of reading 4 features"),
+                      ("retire_chunked_peak_bytes", "RAM peak of the retire step (chunked)"),
+                      ("retire_twin_peak_bytes", "RAM peak of the retire step's whole-array "
+                                                 "twin (what ran before)")):
         fixed, slope, at = extrapolate(rows, key)
         if slope < 0.5:  # bounded by the chunk: a line through two noisy peaks means nothing
-            lines.append(f"- {what}: does not grow with N (bounded by the 2^20-sample chunk): "
+            lines.append(f"- {what}: does not grow with N (bounded by the chunk): "
                          f"at most {max(r[key] for r in rows) / mib:.0f} MiB measured")
             continue
         lines.append(f"- {what}: {slope:.2f} B/sample + {fixed / mib:.1f} MiB fixed "
@@ -154,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     block = table(rows, args.epochs, cmd.strip(), values)
     print(block)
     if args.write_docs:
-        from bench_bookkeeping import write_docs
         write_docs(block, BEGIN, END)
     return 0
 

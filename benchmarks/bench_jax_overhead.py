@@ -40,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_bookkeeping import machine, write_docs  # noqa: E402
+from bench_env import bench_parser, machine, publish  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -258,22 +258,15 @@ def report(result: dict, args: argparse.Namespace, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num-samples", type=int, default=16384)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser = bench_parser(__doc__, num_samples=16384, batch_size=256)
     parser.add_argument("--block", type=int, default=8, help="steps per timed block")
     parser.add_argument("--epochs", type=int, default=16, help="SCAN epochs to run")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--write-docs", action="store_true",
-                        help="also write the table into docs/benchmarks.md")
     args = parser.parse_args(argv)
     command = ".venv/bin/python benchmarks/bench_jax_overhead.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     result = run(args.num_samples, args.batch_size, args.block, args.epochs, args.seed)
-    block = report(result, args, command.strip())
-    print(block)
-    if args.write_docs:
-        write_docs(block, "<!-- bench_jax_overhead:begin -->", "<!-- bench_jax_overhead:end -->")
+    publish(report(result, args, command.strip()), "bench_jax_overhead",
+            write_docs_too=args.write_docs)
     return 0
 
 

@@ -8,6 +8,7 @@ bitmaps, and to check that all ranks agree. `ThreadGroup` simulates R ranks in o
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
@@ -129,6 +130,23 @@ def all_or_none(comm: Communicator, step: Callable[[], Any], what: str) -> None:
                 f"rank(s) {failed} failed while {what}; see their error. Every rank stops.")
     if error is not None:
         raise error
+
+
+def check_agreement(comm: Communicator, where: str, parts: Sequence[bytes],
+                    described: str) -> None:
+    """Raise ScanDistributedError on every rank unless every rank passes the same `parts`
+    (a collective). One int64 digest travels: the max over ranks of (d, -d) gives back d
+    only when every rank's d is equal. described: this rank's state, for the message."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        digest.update(part)
+    value = np.array([int.from_bytes(digest.digest(), "little") >> 2], dtype=np.int64)
+    high = comm.all_reduce(np.concatenate([value, -value]), "max")
+    if high[0] != -high[1]:
+        raise ScanDistributedError(
+            f"ranks disagree on the pruner state at {where} ({described}); every rank needs "
+            "the same config, seed, coverage policy and store, and must record its own "
+            "batches.")
 
 
 def run_ranks(world_size: int, fn: Callable[[Communicator], T]) -> list[T]:

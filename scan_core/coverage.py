@@ -10,6 +10,10 @@ epoch the ranks OR their bitmaps, as they do the candidates, and the counts foll
 PyTorch's DistributedSampler pads fewer than world_size ids, and drop_last cuts fewer than
 world_size ids from the shard and fewer than a batch from each rank's last batch; counts
 beyond those allowances are reported.
+
+`EpochTally` is what `record()` keeps for this between plan_epoch and end_epoch: the seen
+bitmap, the record count and the largest batch, with the loss total the warm-up's global mean
+loss needs.
 """
 
 from __future__ import annotations
@@ -54,5 +58,33 @@ def check_coverage(plan: EpochPlan, seen_bits: np.ndarray, num_records: int, max
                    "once, record each batch once, on every rank.")
         if policy == "error":
             raise ScanCoverageError(message)
-        warnings.warn(message, ScanCoverageWarning, stacklevel=4)
+        warnings.warn(message, ScanCoverageWarning, stacklevel=5)  # at end_epoch's caller
     return unrecorded, repeated
+
+
+class EpochTally:
+    """One rank's records of the open epoch. seen_bits is None under coverage "off" (no
+    bitmap kept; the record kernel then sets nothing)."""
+
+    def __init__(self, num_samples: int, policy: str) -> None:
+        self.loss_sum, self.num_records, self.max_batch = 0.0, 0, 0
+        self.seen_bits = bitset.new_bits(num_samples) if policy != "off" else None
+
+    def add(self, batch: int, loss_total: float) -> None:
+        """Count a recorded batch of `batch` ids whose losses sum to `loss_total`."""
+        self.loss_sum += loss_total
+        self.num_records += batch
+        if batch > self.max_batch:
+            self.max_batch = batch
+
+    def close(self, plan: EpochPlan, comm: Communicator,
+              policy: str) -> tuple[float | None, int, int, int]:
+        """(mean loss over every rank's records or None, their number, unrecorded, repeated):
+        a collective; the coverage check runs when anything was recorded and a bitmap kept.
+        Reads the tally only, so a failed end_epoch can close it again."""
+        stats = comm.all_reduce(np.array([self.loss_sum, self.num_records], np.float64), "sum")
+        count = int(stats[1])
+        mean_loss = float(stats[0] / count) if count else None
+        unrecorded, repeated = (0, 0) if not count or self.seen_bits is None else \
+            check_coverage(plan, self.seen_bits, count, self.max_batch, comm, policy)
+        return mean_loss, count, unrecorded, repeated

@@ -1,4 +1,5 @@
-"""What `ScanPruner.record` accepts, and the errors that name what it got instead."""
+"""What `ScanPruner` accepts (its constructor's arguments, `record`'s batches), and the errors
+that name what it got instead."""
 
 from __future__ import annotations
 
@@ -6,7 +7,33 @@ from typing import Any
 
 import numpy as np
 
-from scan_core.errors import ScanInputError
+from scan_core.config import ScanConfig
+from scan_core.coverage import POLICIES as COVERAGE_POLICIES
+from scan_core.errors import ScanConfigError, ScanInputError
+
+HISTORY_DTYPES = ("float16", "float32")
+
+
+def check_arguments(num_samples: Any, num_views: Any, config: Any, store: Any,
+                    loss_history: Any, coverage: Any) -> None:
+    """Refuse ScanPruner's constructor arguments that are not what its docstring allows."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
+            or num_samples < 1:
+        raise ScanConfigError(f"num_samples must be an int >= 1, got {num_samples!r}.")
+    if isinstance(num_views, bool) or not isinstance(num_views, (int, np.integer)) \
+            or num_views < 1:
+        raise ScanConfigError(f"num_views must be an int >= 1, got {num_views!r}.")
+    if config is not None and not isinstance(config, ScanConfig):
+        raise ScanConfigError(f"config must be a ScanConfig, got {type(config).__name__}.")
+    if loss_history is not None and loss_history not in HISTORY_DTYPES:
+        raise ScanConfigError(
+            f"loss_history must be None or one of {HISTORY_DTYPES}, got {loss_history!r}.")
+    if coverage not in COVERAGE_POLICIES:
+        raise ScanConfigError(
+            f"coverage must be one of {COVERAGE_POLICIES}, got {coverage!r}.")
+    if loss_history is not None and store is None:
+        raise ScanConfigError("loss_history needs a store to write the losses to.")
+
 
 # Codes returned by the record kernel (scan_core.select.record_batch).
 OUT_OF_RANGE, REPEATED, PRUNED, NON_FINITE = 1, 2, 3, 4

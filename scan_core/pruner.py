@@ -15,7 +15,6 @@ or), warm-up is decided on the global mean, and the state is persisted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any
@@ -23,24 +22,23 @@ from typing import Any
 import numpy as np
 
 from scan_core import bitset, rules
-from scan_core.epoch_losses import EpochLosses, global_candidates
-from scan_core.comm import Communicator, SingleProcess, all_or_none
+from scan_core.candidates import Candidates, after_preparation
+from scan_core.comm import Communicator, SingleProcess, all_or_none, check_agreement
 from scan_core.config import ScanConfig
-from scan_core.coverage import POLICIES as COVERAGE_POLICIES
-from scan_core.coverage import check_coverage
-from scan_core.errors import ScanConfigError, ScanDistributedError, ScanStateError
-from scan_core.inputs import as_ids, as_losses, raise_bad_batch
-from scan_core.history import persistent_ill, retire_more
+from scan_core.coverage import EpochTally
+from scan_core.epoch_losses import EpochLosses
+from scan_core.errors import ScanConfigError, ScanStateError
+from scan_core.inputs import HISTORY_DTYPES, as_ids, as_losses, check_arguments, raise_bad_batch
 from scan_core.plan import EpochPlan
 from scan_core.select import SALT_HIGH, SALT_LOW, k_of, record_batch, stream_key
 from scan_core.state import (ARRAY_FIELDS, SCALAR_FIELDS, STATE_ATTRIBUTES, STATE_SCHEMA,
                              check_state, parse_state)
-from scan_core.store import LossStore
+from scan_core.store import LossStore, open_on_ranks
 from scan_core.summary import EpochSummary
 from scan_core.target import check_reachable, floor_after_preparation, solve_at_warmup_end
 from scan_core.warmup import WarmupState, earliest_e0, end_of_epoch, initial_warmup
 
-HISTORY_DTYPES = ("float16", "float32")
+__all__ = ["HISTORY_DTYPES", "ScanPruner"]
 
 
 class ScanPruner:
@@ -69,22 +67,7 @@ class ScanPruner:
                  store: str | os.PathLike[str] | None = None, *,
                  communicator: Communicator | None = None, loss_history: str | None = None,
                  resume_epoch: int | None = None, coverage: str = "warn") -> None:
-        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
-                or num_samples < 1:
-            raise ScanConfigError(f"num_samples must be an int >= 1, got {num_samples!r}.")
-        if isinstance(num_views, bool) or not isinstance(num_views, (int, np.integer)) \
-                or num_views < 1:
-            raise ScanConfigError(f"num_views must be an int >= 1, got {num_views!r}.")
-        if config is not None and not isinstance(config, ScanConfig):
-            raise ScanConfigError(f"config must be a ScanConfig, got {type(config).__name__}.")
-        if loss_history is not None and loss_history not in HISTORY_DTYPES:
-            raise ScanConfigError(
-                f"loss_history must be None or one of {HISTORY_DTYPES}, got {loss_history!r}.")
-        if coverage not in COVERAGE_POLICIES:
-            raise ScanConfigError(
-                f"coverage must be one of {COVERAGE_POLICIES}, got {coverage!r}.")
-        if loss_history is not None and store is None:
-            raise ScanConfigError("loss_history needs a store to write the losses to.")
+        check_arguments(num_samples, num_views, config, store, loss_history, coverage)
         self.num_samples = int(num_samples)
         self.num_views = int(num_views)
         self.config = config if config is not None else ScanConfig()
@@ -101,7 +84,8 @@ class ScanPruner:
         if resume_epoch is not None and store is None:
             raise ScanConfigError("resume_epoch needs a store to resume from.")
         if store is not None:
-            self._open_store(store, resume_epoch)
+            self._store = open_on_ranks(store, self._meta(), self._comm, resume_epoch,
+                                        self.load_state_dict)
         if self.world_size > 1:  # a collective: every rank constructs its pruner
             self._check_agreement("construction" if store is None else "resume from the store")
 
@@ -167,15 +151,13 @@ class ScanPruner:
                                        or cfg.retire_share > 0)) or cfg.rule == "infobatch"
         epoch_losses = EpochLosses(self.num_views, n) if want_losses else None
         keys = (stream_key(cfg.seed, epoch, SALT_LOW), stream_key(cfg.seed, epoch, SALT_HIGH))
-        seen = bitset.new_bits(n) if self.coverage != "off" else None
         # -- commit -------------------------------------------------------------------------
         if collecting and cfg.scope == "batch":
             self._red[:] = 0
             self._ill[:] = 0
         self._collecting, self._plan, self._epoch_losses = collecting, plan, epoch_losses
         self._collect_batch = collecting and cfg.scope == "batch"
-        self._keys, self._seen = keys, seen
-        self._loss_sum, self._loss_count, self._max_batch = 0.0, 0, 0
+        self._keys, self._tally = keys, EpochTally(n, self.coverage)
         self._k_cache: dict[int, tuple[int, int]] = {}
         return plan
 
@@ -192,13 +174,10 @@ class ScanPruner:
         k_low, k_high = self._ks(batch) if collect else (0, 0)
         code, pos, total = record_batch(
             ids, losses, self.num_samples, plan.drop_bits, collect, k_low, k_high,
-            self._keys[0], self._keys[1], self._red, self._ill, self._seen)
+            self._keys[0], self._keys[1], self._red, self._ill, self._tally.seen_bits)
         if code:
             raise_bad_batch(code, pos, ids, losses, self.num_samples, plan.epoch)
-        self._loss_sum += total
-        self._loss_count += batch
-        if batch > self._max_batch:
-            self._max_batch = batch
+        self._tally.add(batch, total)
         if self._epoch_losses is not None:
             self._epoch_losses.add(ids, losses, normalize=self.config.global_normalization == "batch"
                                    and self.config.scope == "global")
@@ -232,16 +211,11 @@ class ScanPruner:
 
     def _end_epoch(self, plan: EpochPlan) -> EpochSummary:
         cfg = self.config
-        stats = self._comm.all_reduce(
-            np.array([self._loss_sum, self._loss_count], np.float64), "sum")
-        count = int(stats[1])
-        mean_loss = float(stats[0] / count) if count else None
+        mean_loss, count, unrecorded, repeated = self._tally.close(plan, self._comm, self.coverage)
         if mean_loss is None and plan.phase in ("warmup", "prepare"):
             raise ScanStateError(
                 f"end_epoch(): no losses were recorded in {plan.phase} epoch {plan.epoch} on any "
                 "rank; SCAN needs record(ids, losses) for every batch of such an epoch.")
-        unrecorded, repeated = (0, 0) if not count or self._seen is None else check_coverage(
-            plan, self._seen, count, self._max_batch, self._comm, self.coverage)
         epoch_losses = self._epoch_losses
         if epoch_losses is not None and self.world_size > 1:
             epoch_losses = epoch_losses.all_reduced(self._comm)
@@ -375,37 +349,13 @@ class ScanPruner:
         self._plan: EpochPlan | None = None
         self._collecting = self._collect_batch = False
         self._epoch_losses: EpochLosses | None = None
-        self._loss_sum, self._loss_count, self._max_batch = 0.0, 0, 0
-        self._seen: np.ndarray | None = None
+        self._tally = EpochTally(n, "off")
         self._keys = (np.uint64(0), np.uint64(0))
         self._k_cache = {}
 
     def _meta(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "num_samples": self.num_samples,
                 "num_views": self.num_views, "world_size": self.world_size}
-
-    def _open_store(self, path: str | os.PathLike[str], resume_epoch: int | None) -> None:
-        # Rank 0 creates or validates first, then the others open it read-only. Each phase ends
-        # in a collective that also carries failures, so a rank that fails (another config, a
-        # corrupt store) makes every rank raise instead of leaving the others in a collective.
-        def create() -> None:
-            if self.rank == 0:
-                self._store = LossStore.open(path, self._meta(), writable=True)
-
-        def join_and_load() -> None:
-            if self.rank != 0:
-                self._store = LossStore.open(path, self._meta(), writable=False)
-            assert self._store is not None
-            if resume_epoch is None:
-                state = self._store.load_latest()
-            else:
-                state = self._store.load_epoch(resume_epoch) if resume_epoch >= 0 else None
-                self._store.discard_after(resume_epoch)
-            if state is not None:
-                self.load_state_dict(state)
-
-        all_or_none(self._comm, create, f"opening the store {os.fspath(path)!r}")
-        all_or_none(self._comm, join_and_load, f"resuming from the store {os.fspath(path)!r}")
 
     def _end_warmup_step(self, epoch: int, mean_loss: float) -> None:
         self._warmup = end_of_epoch(self._warmup, epoch, mean_loss, self.config)
@@ -419,40 +369,23 @@ class ScanPruner:
                                               self.num_samples, self.num_candidates)
 
     def _finish_preparation(self, epoch: int, epoch_losses: EpochLosses | None) -> None:
-        cfg = self.config
-        if cfg.scope == "batch":
-            if self.world_size > 1:
-                self._red = self._comm.all_reduce(self._red, "bor")
-                self._ill = self._comm.all_reduce(self._ill, "bor")
-        else:
-            assert epoch_losses is not None
-            self._red, self._ill, self._ema = global_candidates(
-                epoch_losses, self._ema, cfg, epoch, self.rho_low, self.rho_high)
-        if self._ill_prev is not None:
-            self._ill, self._ill_prev = persistent_ill(self._ill, self._ill_prev)
-        if self._retired is not None:
-            assert epoch_losses is not None
-            self._retired = retire_more(epoch_losses.mean(), self._ill, self._retired,
-                                        int(cfg.retire_share * self.num_samples))
+        before = Candidates(self._red, self._ill, self._ema, self._ill_prev, self._retired)
+        self._red, self._ill, self._ema, self._ill_prev, self._retired = after_preparation(
+            before, epoch_losses, self.config, epoch, self.rho_low, self.rho_high,
+            self.num_samples, self._comm)
         if self.loss_history and self._store is not None and epoch_losses is not None:
             self._store.write_history(epoch, epoch_losses, self.loss_history)
         self._num_preparations += 1
         self._collecting = False
 
     def _check_agreement(self, where: str, plan_fingerprint: str = "") -> None:
-        """All ranks must hold the same config, epoch, candidates and (just ended) plan."""
-        digest = hashlib.blake2b(digest_size=8)
-        digest.update(json.dumps(self._meta(), sort_keys=True).encode())
-        digest.update(plan_fingerprint.encode())
-        digest.update(np.asarray([self._next_epoch, self._num_preparations], np.int64).tobytes())
-        digest.update(self._red.tobytes())
-        digest.update(self._ill.tobytes())
-        value = np.array([int.from_bytes(digest.digest(), "little") >> 2], dtype=np.int64)
-        both = np.concatenate([value, -value])
-        high = self._comm.all_reduce(both, "max")
-        if high[0] != -high[1]:
-            raise ScanDistributedError(
-                f"ranks disagree on the pruner state at {where} (rank {self.rank}: epoch "
-                f"{self._next_epoch}, |D'| {self.num_candidates}, plan {plan_fingerprint or '-'}, "
-                f"seed {self.config.seed}); every rank needs the same config, seed and store, "
-                "and must record its own batches.")
+        """All ranks must hold the same config, coverage policy, epoch, candidates and (just
+        ended) plan ("off" skips a collective the other coverage policies run)."""
+        check_agreement(
+            self._comm, where,
+            [json.dumps(self._meta(), sort_keys=True).encode(), plan_fingerprint.encode(),
+             self.coverage.encode(),
+             np.asarray([self._next_epoch, self._num_preparations], np.int64).tobytes(),
+             self._red.tobytes(), self._ill.tobytes()],
+            f"rank {self.rank}: epoch {self._next_epoch}, |D'| {self.num_candidates}, plan "
+            f"{plan_fingerprint or '-'}, seed {self.config.seed}, coverage {self.coverage!r}")

@@ -222,35 +222,32 @@ def one_end_numpy(ids: np.ndarray, losses: np.ndarray, k: int, lowest: bool,
         with np.errstate(over="ignore"):
             prio = _mix64_np(np.uint64(key) ^ (pool.astype(np.uint64) * np.uint64(_GAMMA)))
         u = (prio >> np.uint64(11)).astype(np.float64) / 2.0**53
-        need, remaining, pick = k - len(inter), len(pool), []
-        for q in range(len(pool)):  # selection sampling, as the kernel does
-            if need == 0:
-                break
-            if u[q] * remaining < need:
-                pick.append(pool[q])
-                need -= 1
-            remaining -= 1
-        chosen = np.concatenate([chosen, np.asarray(pick, dtype=np.int64)])
+        chosen = np.concatenate([chosen, _selection_sampling_numpy(pool, u, k - len(inter))])
     return np.sort(chosen)
 
 
 def draw_subset_numpy(cand_ids: np.ndarray, k: int, key: np.uint64) -> np.ndarray:
     """Twin of `draw_subset` over sorted candidate ids: the same stream, the same decisions."""
     total = len(cand_ids)
-    need = min(k, total)
-    drawn = []
     with np.errstate(over="ignore"):
         steps = np.arange(1, total + 1, dtype=np.uint64) * np.uint64(_GAMMA)
         u = (_mix64_np(np.uint64(key) + steps) >> np.uint64(11)).astype(np.float64) / 2.0**53
-    remaining = total
-    for j in range(total):
+    return _selection_sampling_numpy(cand_ids, u, min(k, total))
+
+
+def _selection_sampling_numpy(items: np.ndarray, u: np.ndarray, need: int) -> np.ndarray:
+    """Knuth's selection sampling (Algorithm S) as the kernels run it: walking `items` in
+    order, item q is taken when u[q] * (items left) < need, so exactly min(need, len(items))
+    are taken, each with equal probability. int64, in the items' order."""
+    picked, remaining = [], len(items)
+    for q in range(len(items)):
         if need == 0:
             break
-        if u[j] * remaining < need:
-            drawn.append(cand_ids[j])
+        if u[q] * remaining < need:
+            picked.append(items[q])
             need -= 1
         remaining -= 1
-    return np.asarray(drawn, dtype=np.int64)
+    return np.asarray(picked, dtype=np.int64)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -21,24 +21,25 @@ snapshots are kept.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 import shutil
-import uuid
 import warnings
 import weakref
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import zarr
 
 from scan_core import lock as lock_module
+from scan_core.comm import Communicator, all_or_none
 from scan_core.config import with_later_defaults
 from scan_core.errors import (ScanResumeError, ScanStoreCorruptError, ScanStoreError,
                               ScanStoreMismatchError)
+from scan_core.store_create import abandoned_creation, clear_abandoned, create_atomically
 
 STORE_SCHEMA = 1
 KEEP_SNAPSHOTS = 2
@@ -102,7 +103,7 @@ class LossStore:
             raise ScanStoreError(
                 f"SCAN store path {path!r} is a file, not a directory; point `store` at a "
                 "directory (it is created if missing), e.g. 'run/scan.zarr'.")
-        if os.path.isdir(path) and os.listdir(path) and not _abandoned_creation(path):
+        if os.path.isdir(path) and os.listdir(path) and not abandoned_creation(path):
             return cls._open_existing(path, meta, writable)
         if not writable:
             raise ScanStoreCorruptError(
@@ -112,8 +113,9 @@ class LossStore:
             warnings.warn(f"SCAN store {path!r} has no root zarr.json and no completed "
                           "snapshot (its creation was cut short); creating it afresh.",
                           stacklevel=3)
-            _clear_abandoned(path)
-        _create(path, meta)  # or another process created it first: open theirs alike
+            clear_abandoned(path)
+        # or another process created it first: open theirs alike
+        create_atomically(path, {"scan_store": STORE_SCHEMA, "meta": meta})
         return cls._open_existing(path, meta, writable)
 
     @classmethod
@@ -325,59 +327,37 @@ class LossStore:
         return self._group[f"history/epoch_{epoch:08d}/losses"]
 
 
-_STORE_ENTRIES = {"snapshots", "history", lock_module.LOCK_NAME}
+def open_on_ranks(path: str | os.PathLike[str], meta: dict[str, Any], comm: Communicator,
+                  resume_epoch: int | None, load_state: Callable[[dict[str, Any]], None]
+                  ) -> LossStore:
+    """Open a run's store on every rank (a collective) and hand the state to resume, if any,
+    to `load_state`: the newest snapshot (resume_epoch None), exactly `resume_epoch`'s (later
+    ones discarded), or none (-1: start afresh over the store).
 
+    Rank 0 creates or validates first, then the others open it read-only. Each phase ends in
+    a collective that also carries failures, so a rank that fails (another config, a corrupt
+    store) makes every rank raise instead of leaving the others in a collective."""
+    opened: list[LossStore] = []
 
-def _abandoned_creation(path: str) -> bool:
-    """A directory holding only the store's own folders, no root zarr.json and no completed
-    snapshot: what a kill during creation by scan_core <= 0.1 left (item 8 of issue 15)."""
-    entries = set(os.listdir(path))
-    if "zarr.json" in entries or not entries <= _STORE_ENTRIES:
-        return False
-    snaps = os.path.join(path, "snapshots")
-    names = os.listdir(snaps) if os.path.isdir(snaps) else []
-    for name in names:
-        try:
-            with open(os.path.join(snaps, name, "zarr.json"), encoding="utf-8") as fh:
-                if json.load(fh).get("attributes", {}).get("complete") is True:
-                    return False
-        except (OSError, ValueError, AttributeError):
-            continue
-    return True
+    def create() -> None:
+        if comm.rank == 0:
+            opened.append(LossStore.open(path, meta, writable=True))
 
+    def join_and_load() -> None:
+        if comm.rank != 0:
+            opened.append(LossStore.open(path, meta, writable=False))
+        store = opened[0]
+        if resume_epoch is None:
+            state = store.load_latest()
+        else:
+            state = store.load_epoch(resume_epoch) if resume_epoch >= 0 else None
+            store.discard_after(resume_epoch)
+        if state is not None:
+            load_state(state)
 
-def _clear_abandoned(path: str) -> None:
-    # A lock here is stale too: locks are taken only after the root exists.
-    for name in ("snapshots", "history"):
-        shutil.rmtree(os.path.join(path, name), ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(path, lock_module.LOCK_NAME))
-
-
-def _create(path: str, meta: dict[str, Any]) -> bool:
-    """Build a new store beside `path` and rename it into place (an empty directory at
-    `path` is replaced). False when another process created `path` first."""
-    parent = os.path.dirname(os.path.abspath(path))
-    temp = os.path.join(parent, f".{os.path.basename(path)}.creating-{uuid.uuid4().hex[:12]}")
-    try:
-        os.makedirs(parent, exist_ok=True)
-        group = zarr.open_group(temp, mode="w", zarr_format=3)
-        group.attrs.update({"scan_store": STORE_SCHEMA, "meta": meta})
-        try:
-            os.rename(temp, path)
-        except OSError:
-            if os.path.isdir(path) and os.listdir(path):
-                return False  # created meanwhile by another process: open theirs
-            raise
-        return True
-    except OSError as exc:
-        raise ScanStoreError(
-            f"cannot create the SCAN store {path!r} ({type(exc).__name__}: "
-            f"{exc.strerror or exc}): its parent must be a directory this process can write "
-            f"{'(the disk is full)' if exc.errno == errno.ENOSPC else ''}. Fix the path or the "
-            "permissions, or point `store` elsewhere.") from exc
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+    all_or_none(comm, create, f"opening the store {os.fspath(path)!r}")
+    all_or_none(comm, join_and_load, f"resuming from the store {os.fspath(path)!r}")
+    return opened[0]
 
 
 def _compare_meta(path: str, stored: dict[str, Any], wanted: dict[str, Any]) -> None:

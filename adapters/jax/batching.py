@@ -1,5 +1,8 @@
 """Host-side batching of an EpochPlan for JAX input pipelines.
 
+The arithmetic is framework-free and shared with every adapter (adapters/batching.py:
+`num_batches`, `fold_lone_last`, re-exported here); this module adds JAX's shuffle.
+
 A jitted step wants a stream of fixed-size id batches that a host loader turns into arrays.
 `plan_batches` yields this rank's batches of one epoch with the arithmetic of PyTorch's
 `DistributedSampler` over the plan's kept ids (`EpochPlan.shard`): one shuffle shared by all
@@ -21,32 +24,21 @@ run with the same seed shuffle differently (each is deterministic and rank-consi
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterator
 
 import numpy as np
 
+from adapters.batching import (check_batch_size, check_seed, fold_lone_last, num_batches,
+                               serve_batches)
 from scan_core import EpochPlan
-from scan_core.errors import ScanConfigError
 from scan_core.plan import default_permutation
+
+__all__ = ["fold_lone_last", "num_batches", "plan_batches", "plan_permutation"]
 
 
 def plan_permutation(seed: int, epoch: int):
     """The shuffle `plan_batches` uses: n -> numpy PCG64([seed, epoch]).permutation(n)."""
     return functools.partial(default_permutation, int(seed), int(epoch))
-
-
-def num_batches(plan: EpochPlan, batch_size: int, *, world_size: int = 1,
-                drop_last: bool = False) -> int:
-    """Batches each rank serves this epoch (equal on every rank).
-
-    drop_last=False: ceil(shard / batch_size), the last batch possibly smaller;
-    drop_last=True: floor(shard / batch_size), where shard is DistributedSampler's per-rank
-    length (`plan.shard_length(world_size, drop_last)`).
-    """
-    _check_batch_size(batch_size)
-    per_rank = plan.shard_length(world_size, drop_last)
-    return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
 
 
 def plan_batches(plan: EpochPlan, batch_size: int, *, rank: int = 0, world_size: int = 1,
@@ -71,17 +63,8 @@ def plan_batches(plan: EpochPlan, batch_size: int, *, rank: int = 0, world_size:
     >>> [len(b) for b in plan_batches(plan, 4, rank=0, world_size=2)]
     [4, 1]
     """
-    _check_batch_size(batch_size)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise ScanConfigError(f"seed must be an int or None, got {seed!r}.")
+    check_batch_size(batch_size)
+    check_seed(seed)
     permutation = plan_permutation(plan.seed if seed is None else seed, plan.epoch)
-    ids = plan.shard(rank, world_size, shuffle=shuffle, drop_last=drop_last,
-                     permutation=permutation)
-    count = num_batches(plan, batch_size, world_size=world_size, drop_last=drop_last)
-    return (ids[i * batch_size:(i + 1) * batch_size] for i in range(count))
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise ScanConfigError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+    return serve_batches(plan, batch_size, rank=rank, world_size=world_size,
+                         permutation=permutation, shuffle=shuffle, drop_last=drop_last)

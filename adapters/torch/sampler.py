@@ -19,11 +19,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from scan_core import EpochPlan, ScanPruner, ScanStateError
+from adapters.batching import EpochPlans, check_pruner_ranks
+from scan_core import ScanPruner
 from scan_core.errors import ScanConfigError
+from scan_core.plan import Permutation
 
 
-class ScanSampler(Sampler[int]):
+class ScanSampler(EpochPlans, Sampler[int]):
     """Args:
       pruner: the run's ScanPruner; `set_epoch` calls its `plan_epoch`.
       num_replicas / rank: default to torch.distributed's world size and rank (1 / 0 when it is
@@ -42,31 +44,13 @@ class ScanSampler(Sampler[int]):
         if not 0 <= self.rank < self.num_replicas:
             raise ScanConfigError(
                 f"rank must lie in [0, {self.num_replicas}), got {self.rank}.")
-        if (pruner.world_size, pruner.rank) != (self.num_replicas, self.rank):
-            # A pruner that believes it is alone would keep its own D' on each rank while the
-            # sampler splits the data: ranks diverge, ids are served twice or never.
-            raise ScanConfigError(
-                f"the pruner's communicator has rank {pruner.rank} of world_size "
-                f"{pruner.world_size} but the sampler serves rank {self.rank} of num_replicas="
-                f"{self.num_replicas}; give the pruner the communicator of the same process "
-                "group (ScanPruner(..., communicator=adapters.torch.TorchCommunicator())).")
+        check_pruner_ranks(pruner.rank, pruner.world_size, self.rank, self.num_replicas,
+                           communicator_hint="adapters.torch.TorchCommunicator()")
         self.pruner = pruner
         self.shuffle = shuffle
         self.seed = pruner.config.seed if seed is None else int(seed)
         self.drop_last = drop_last
-        self._plan: EpochPlan | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        """Fix the epoch's plan (pruner.plan_epoch) and so this sampler's length and order."""
-        self._plan = self.pruner.plan_epoch(epoch)
-
-    @property
-    def plan(self) -> EpochPlan:
-        if self._plan is None:
-            raise ScanStateError(
-                "ScanSampler: call sampler.set_epoch(epoch) before iterating or asking its "
-                "length (each epoch has its own plan).")
-        return self._plan
+        self._plan = None
 
     def indices(self) -> np.ndarray:
         """This rank's ids for the epoch, int64, in order."""
@@ -91,9 +75,18 @@ class ScanSampler(Sampler[int]):
         return self.plan.shard_length(self.num_replicas, self.drop_last)
 
     def _permutation(self, n: int) -> np.ndarray:
+        return torch_permutation(self.seed, self.plan.epoch)(n)
+
+
+def torch_permutation(seed: int, epoch: int) -> Permutation:
+    """DistributedSampler's shuffle: n -> torch.randperm(n) with a generator seeded
+    seed + epoch, as int64 numpy."""
+    def permutation(n: int) -> np.ndarray:
         generator = torch.Generator()
-        generator.manual_seed(self.seed + self.plan.epoch)
+        generator.manual_seed(int(seed) + int(epoch))
         return torch.randperm(n, generator=generator).numpy()
+
+    return permutation
 
 
 class PlanBatchSampler(Sampler[np.ndarray]):

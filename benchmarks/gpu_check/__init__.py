@@ -31,24 +31,27 @@ class PartSpec:
     title: str
 
 
-PARTS: tuple[PartSpec, ...] = (
-    PartSpec("env", "benchmarks.gpu_check.part_env:run", 30, 60,
-             "1. environment and imports"),
-    PartSpec("clip", "benchmarks.gpu_check.part_clip:run", 170, 90,
-             "2. CLIP RN50 / ViT-B-32 throughput and memory"),
-    PartSpec("scan_cost", "benchmarks.gpu_check.part_scan_cost:run", 45, 60,
-             "3. SCAN's per-step cost in a preparation epoch"),
-    PartSpec("nccl", "benchmarks.gpu_check.part_nccl:run", 20, 45,
-             "4. TorchCommunicator on NCCL vs gloo"),
-    PartSpec("trainer", "benchmarks.gpu_check.part_trainer:run", 100, 90,
-             "5. CLIP trainer run on shards: epoch time vs kept share"),
-    PartSpec("moco", "benchmarks.gpu_check.part_moco:run", 30, 45,
-             "6. MoCo v3 ViT-S/16 throughput and memory"),
-    PartSpec("jax", "benchmarks.gpu_check.part_jax:run", 60, 120,
-             "7a. JAX CLIP step with and without the recorder; JAX losses"),
-    PartSpec("jax_vs_torch", "benchmarks.gpu_check.part_jax_vs_torch:run", 15, 45,
-             "7b. JAX losses vs the torch adapter's"),
-)
+def _parts(table: str) -> tuple[PartSpec, ...]:
+    """PartSpecs from a text table, one part a line: name, budget_s, dry_budget_s, title; the
+    target is the module `benchmarks.gpu_check.part_<name>`'s `run`."""
+    specs = []
+    for line in table.strip().splitlines():
+        name, budget_s, dry_budget_s, title = line.split(maxsplit=3)
+        specs.append(PartSpec(name, f"benchmarks.gpu_check.part_{name}:run", float(budget_s),
+                              float(dry_budget_s), title))
+    return tuple(specs)
+
+
+PARTS = _parts("""
+    env            30   60  1. environment and imports
+    clip          170   90  2. CLIP RN50 / ViT-B-32 throughput and memory
+    scan_cost      45   60  3. SCAN's per-step cost in a preparation epoch
+    nccl           20   45  4. TorchCommunicator on NCCL vs gloo
+    trainer       100   90  5. CLIP trainer run on shards: epoch time vs kept share
+    moco           30   45  6. MoCo v3 ViT-S/16 throughput and memory
+    jax            60  120  7a. JAX CLIP step with and without the recorder; JAX losses
+    jax_vs_torch   15   45  7b. JAX losses vs the torch adapter's
+""")
 
 #: The whole GPU run's time box (issue 19: at most 8 minutes), and the dry run's. The dry
 #: budgets are a safety net for a shared 2-core CI box (under a load of 11 there, JAX alone

@@ -126,18 +126,8 @@ def _step_overhead(ctx: PartContext) -> None:
         run_block(variant)
     ctx.emit("JAX CLIP step: compile + warm-up", round(time.perf_counter() - t0, 1), "s",
              note=f"JAX trainer's CLIP (28x28 CNN + 2-layer text), batch {batch}, AdamW")
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for r in range(rounds):
-        if ctx.optional_left_s() < 8:
-            ctx.emit("rounds cut short", r, note="time box")
-            break
-        for variant in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):
-            t = time.perf_counter()
-            run_block(variant)
-            times[variant].append(time.perf_counter() - t)
+    times = ctx.interleaved_rounds(VARIANTS, rounds, run_block, reserve_s=8)
     done = len(times["base"])
-    if done == 0:
-        raise RuntimeError("no round finished inside the time box")
     base = np.array(times["base"])
     ctx.emit("JAX step without SCAN", round(1000 * base.sum() / (done * block), 3), "ms",
              note=f"{done} rounds of {block} steps")

@@ -12,16 +12,13 @@ import torch
 
 from benchmarks.gpu_check import torch_steps as ts
 from benchmarks.gpu_check.runner import PartContext
-from reference_trainers.common.accel import AmpSetup
 from reference_trainers.moco.model import build_moco
 
 
 def run(ctx: PartContext) -> None:
     dry = ctx.dry_run
     batch, warmup, steps = (4, 1, 2) if dry else (256, 5, 30)
-    dev = ts.device()
-    amp = AmpSetup.create(ts.precision(dry), device_type=dev.type)
-    torch.manual_seed(0)
+    dev, amp = ts.start(dry)
     model = (build_moco("resnet") if dry else build_moco("vit_small")).to(dev)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=1.5e-4, weight_decay=0.1)

@@ -20,7 +20,6 @@ Overhead = median over rounds of t_variant / t_mean - 1, and the ratio of the to
 from __future__ import annotations
 
 import statistics
-import time
 
 import numpy as np
 import torch
@@ -29,7 +28,6 @@ import torch.nn.functional as F
 from adapters.torch import clip_loss, record
 from benchmarks.gpu_check import torch_steps as ts
 from benchmarks.gpu_check.runner import PartContext
-from reference_trainers.common.accel import AmpSetup
 from scan_core import ScanConfig, ScanPruner
 
 VARIANTS = ("mean", "scan", "scan_late")
@@ -38,9 +36,7 @@ VARIANTS = ("mean", "scan", "scan_late")
 def run(ctx: PartContext) -> None:
     dry = ctx.dry_run
     batch, block, rounds = (4, 2, 2) if dry else (256, 5, 12)
-    dev = ts.device()
-    amp = AmpSetup.create(ts.precision(dry), device_type=dev.type)
-    torch.manual_seed(0)
+    dev, amp = ts.start(dry)
     model = ts.build_clip_model("ViT-B-32", dry).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1)
     images, tokens = ts.clip_inputs(batch, dev, dry)
@@ -77,21 +73,15 @@ def run(ctx: PartContext) -> None:
         for _ in range(block):
             step(variant)
     ts.sync(dev)
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for r in range(rounds):
-        if ctx.optional_left_s() < 10:
-            ctx.emit("rounds cut short", r, note="time box")
-            break
-        for variant in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):
-            t0 = time.perf_counter()
-            for _ in range(block):
-                step(variant)
-            ts.sync(dev)
-            times[variant].append(time.perf_counter() - t0)
+
+    def run_block(variant: str) -> None:
+        for _ in range(block):
+            step(variant)
+        ts.sync(dev)
+
+    times = ctx.interleaved_rounds(VARIANTS, rounds, run_block, reserve_s=10)
     late.flush()
     done = len(times["mean"])
-    if done == 0:
-        raise RuntimeError("no round finished inside the time box")
     base = np.array(times["mean"][:done])
     ctx.emit("step, open_clip mean loss", round(1000 * base.sum() / (done * block), 2), "ms",
              note=f"{ts.precision(dry)}, batch {batch}, {done} rounds of {block} steps")

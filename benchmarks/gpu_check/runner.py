@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks.gpu_check import PartSpec
@@ -69,6 +69,26 @@ class PartContext:
         with open(self.rows_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         print(f"[{self.name}] {item}: {row['value']} {unit} {note}".rstrip(), flush=True)
+
+    def interleaved_rounds(self, variants: Sequence[str], rounds: int,
+                           run_block: Callable[[str], None], *,
+                           reserve_s: float) -> dict[str, list[float]]:
+        """Seconds of `run_block(variant)` per round and variant, the variants in turn, their
+        order reversed every other round (so drift does not favour one); stops early, with a
+        "rounds cut short" row, when fewer than `reserve_s` optional seconds are left. Raises
+        when no round finished. `run_block` must wait for the device before it returns."""
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        for r in range(rounds):
+            if self.optional_left_s() < reserve_s:
+                self.emit("rounds cut short", r, note="time box")
+                break
+            for variant in (variants if r % 2 == 0 else variants[::-1]):
+                start = time.perf_counter()
+                run_block(variant)
+                times[variant].append(time.perf_counter() - start)
+        if not times[variants[0]]:
+            raise RuntimeError("no round finished inside the time box")
+        return times
 
 
 def _plain(value: Any) -> Any:

@@ -58,6 +58,15 @@ def precision(dry_run: bool) -> str:
     return DRY_PRECISION if dry_run else GPU_PRECISION
 
 
+def start(dry_run: bool) -> tuple[torch.device, AmpSetup]:
+    """A timed torch part's start: the device, its autocast at the part's precision, and
+    torch's generator seeded with 0 (the model's initialisation repeats run to run)."""
+    dev = device()
+    amp = AmpSetup.create(precision(dry_run), device_type=dev.type)
+    torch.manual_seed(0)
+    return dev, amp
+
+
 def build_clip_model(name: str, dry_run: bool) -> torch.nn.Module:
     """The GPU preset `name` (RN50, ViT-B-32: reference_trainers.models.build_clip), or in a
     dry run the cpu preset's small CLIP (28x28 grey, context 24) standing in for it."""

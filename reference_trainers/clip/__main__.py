@@ -3,11 +3,7 @@
 
 import sys
 
-from reference_trainers.common.loop import framework_of
+from reference_trainers.common.loop import command_line
 
 if __name__ == "__main__":
-    if framework_of(sys.argv[1:]) == "jax":
-        from reference_trainers.jax.clip import main
-    else:
-        from reference_trainers.clip.train import main
-    raise SystemExit(main())
+    raise SystemExit(command_line("clip", sys.argv[1:]))

@@ -20,10 +20,10 @@ Example:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from reference_trainers.models.clip import CLIP, check_clip_model
+from reference_trainers.models.vit import TransformerBlock
 
 __all__ = ["CLIP", "ImageCNN", "TextTransformer", "build_cpu_clip", "check_clip_model"]
 
@@ -58,28 +58,6 @@ class ImageCNN(nn.Module):
         return self.proj(self.blocks(images).mean(dim=(2, 3)))
 
 
-class _CausalBlock(nn.Module):
-    """Pre-LN transformer block: x + attn(LN(x)) with a causal mask, then x + MLP(LN(x))."""
-
-    def __init__(self, width: int, heads: int, mlp_ratio: int = 4):
-        super().__init__()
-        self.heads = heads
-        self.ln_attn = nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.out = nn.Linear(width, width)
-        self.ln_mlp = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        qkv = self.qkv(self.ln_attn(x)).view(batch, length, 3, self.heads, width // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, L, head_dim)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.out(attended.transpose(1, 2).reshape(batch, length, width))
-        return x + self.mlp(self.ln_mlp(x))
-
-
 class TextTransformer(nn.Module):
     """Text tower: token + learned positional embeddings, `layers` pre-LN causal blocks, a final
     LayerNorm, the hidden state at each sequence's <eot> token, a linear projection.
@@ -95,15 +73,13 @@ class TextTransformer(nn.Module):
                  layers: int = 2, heads: int = 4, embed_dim: int = 128, *, eot_id: int,
                  mlp_ratio: int = 4):
         super().__init__()
-        if width % heads:
-            raise ValueError(f"width={width} must be divisible by heads={heads}; "
-                             "pick a width that is a multiple of the head count")
         self.eot_id = eot_id
         self.context_length = context_length
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.randn(context_length, width) * 0.01)
         self.blocks = nn.ModuleList(
-            _CausalBlock(width, heads, mlp_ratio) for _ in range(layers))
+            TransformerBlock(width, heads, mlp_ratio=mlp_ratio, causal=True)
+            for _ in range(layers))
         self.ln_final = nn.LayerNorm(width)
         self.proj = nn.Linear(width, embed_dim, bias=False)
         nn.init.normal_(self.token_embedding.weight, std=0.02)

@@ -1,4 +1,5 @@
-"""CLIP pre-training with SCAN, in PyTorch: one readable trainer in labelled sections.
+"""CLIP pre-training with SCAN, in PyTorch: `train()` at the end reads top to bottom (setup,
+data, model, pruner, loop, evaluation, save); the sections above it are the steps it calls.
 
     python -m reference_trainers.clip --preset cpu-fmnist --out runs/clip           # 1 process
     torchrun --nproc_per_node=2 -m reference_trainers.clip --preset cpu-tiny --out runs/ddp
@@ -12,7 +13,6 @@ last completed epoch, with the same plans as a run that never stopped.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from adapters.torch import ScanSampler, TorchCommunicator, clip_loss, record
 from reference_trainers.clip.model import build_cpu_clip, check_clip_model
-from reference_trainers.common import evaluation, lifecycle
+from reference_trainers.common import evaluation, lifecycle, loop
 from reference_trainers.common.accel import AmpSetup, place_model
 from reference_trainers.common.captions import class_prompts
 from reference_trainers.common.config import TrainConfig, build_parser, config_from_args
@@ -32,24 +32,23 @@ from reference_trainers.common.openclip_flags import (add_open_clip_flags,
                                                       apply_open_clip_flags, warmup_in_epochs,
                                                       with_open_clip_settings)
 from reference_trainers.common.planted import PreparationStats
-from reference_trainers.common.progress import EpochBar, closing_line, epoch_line
+from reference_trainers.common.progress import EpochBar, epoch_line
 from reference_trainers.common.record_once import RecordOnce
-from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.skipped import SkippedLog
 from reference_trainers.common.tb_report import NullReporter, open_reporter, parse_report_to
 from reference_trainers.common.user_eval import (UserEvaluation, fashion_mnist_for,
                                                  no_evaluation_note)
 from reference_trainers.common.tokenizer_choice import TextTokenizer, load_tokenizer
-from reference_trainers.common.torch_data import (build_image_text_data, normalise,
-                                                  resize_to_spec)
-from scan_core import ScanPruner
+from reference_trainers.common.torch_data import (ImageTextData, build_image_text_data,
+                                                  normalise, resize_to_spec)
+from scan_core import EpochPlan, ScanPruner
 
 HEADLINE = ("zero_shot_top1", "linear_probe_top1")
 
-# == 1. Set-up: processes, threads, run directory: open_run (common/lifecycle.py); seeds in run()
-# == 2. Data ======================================================================================
-def build_data(cfg: TrainConfig, run_path: Any = None) -> tuple[Any, Any, TextTokenizer]:
+# == 1. Data =====================================================================================
+def build_data(cfg: TrainConfig, run_path: Any = None
+               ) -> tuple[TrainData, ImageTextData | None, TextTokenizer]:
     """Training data (Fashion-MNIST with captions, or a CSV corpus of image paths and captions)
     and Fashion-MNIST's test split for evaluation (None when the run evaluates on the user's
     sets or on nothing: common/user_eval.py). The tokenizer (`--tokenizer`, default the
@@ -120,10 +119,10 @@ def build_model(cfg: TrainConfig, tokenizer: TextTokenizer) -> torch.nn.Module:
                       eot_id=tokenizer.eot_id)
 
 
-# == 3. Evaluation (zero-shot with a prompt ensemble; linear probe on frozen features) ============
-def evaluate(model: torch.nn.Module, train: Any, test: Any, tokenizer: TextTokenizer,
-             cfg: TrainConfig, *, probe: bool, user: UserEvaluation | None = None
-             ) -> dict[str, float]:
+# == 2. Evaluation (zero-shot with a prompt ensemble; linear probe on frozen features) ============
+def evaluate(model: torch.nn.Module, train: TrainData, test: ImageTextData | None,
+             tokenizer: TextTokenizer, cfg: TrainConfig, *, probe: bool,
+             user: UserEvaluation | None = None) -> dict[str, float]:
     """Fashion-MNIST's zero-shot (and probe) when `test` is set, then the user's sets."""
     device = next(model.parameters()).device
     out = user(model, device) if user is not None and user.active else {}
@@ -150,8 +149,8 @@ def evaluate(model: torch.nn.Module, train: Any, test: Any, tokenizer: TextToken
     return out
 
 
-# == 4. One epoch of training =====================================================================
-def epoch_batches(data: Any, plan: Any, sampler: ScanSampler, cfg: TrainConfig,
+# == 3. One epoch of training =====================================================================
+def epoch_batches(data: TrainData, plan: EpochPlan, sampler: ScanSampler, cfg: TrainConfig,
                   generator: torch.Generator) -> tuple[Iterator[tuple], int]:
     """This rank's batches of the epoch, (images float32, tokens, ids), and how many there are.
     Map-style data is served by the sampler; a shard stream drops pruned samples before it
@@ -171,10 +170,12 @@ def epoch_batches(data: Any, plan: Any, sampler: ScanSampler, cfg: TrainConfig,
             len(id_batches))
 
 
-def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data: Any,
-                cfg: TrainConfig, epoch: int, generator: torch.Generator,
-                quiet: bool, amp: AmpSetup, device: torch.device,
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: ScanSampler,
+                pruner: ScanPruner, data: TrainData, cfg: TrainConfig, epoch: int,
+                generator: torch.Generator, quiet: bool, amp: AmpSetup, device: torch.device,
                 reporter: NullReporter = NullReporter()) -> dict[str, Any]:
+    """Train one epoch of this rank's kept ids and record their per-sample losses; returns
+    the epoch's steps, samples, last LR and mean training loss."""
     plan = sampler.plan
     batches, num_batches = epoch_batches(data, plan, sampler, cfg, generator)
     bar = EpochBar(epoch, num_batches, phase=plan.phase, kept_share=plan.keep_fraction,
@@ -212,25 +213,24 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
     return {"steps": steps, "samples": samples, "lr": lr, "train_loss": loss_sum / max(samples, 1)}
 
 
-# == 5. Checkpoints: save_checkpoint / load_checkpoint in common/lifecycle.py ==================
-
-
-# == 6. The run ===================================================================================
-def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False,
-        model: torch.nn.Module | None = None, stop_after: int | None = None,
-        data: tuple[TrainData, Any, TextTokenizer] | None = None) -> dict[str, Any]:
+# == 4. The run: setup, data, model, pruner, loop (evaluation, checkpoint), save ===============
+def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False,
+          model: torch.nn.Module | None = None, stop_after: int | None = None,
+          data: tuple[TrainData, Any, TextTokenizer] | None = None) -> dict[str, Any]:
     """Train (or continue, with resume) the run in `out`; returns the summary.
     data: (train, test, tokenizer) to use instead of build_data(cfg) (e.g. a subset of the
     training data: experiments/worker.py)."""
+    # -- Setup: processes, threads, run directory (rank 0 writes its config).
     rank, world, run_dir = lifecycle.open_run(cfg, out, resume=resume)
-    train, test, tokenizer = build_data(cfg, out) if data is None else data
-    check_train_data(train)
-    planted = train.planted()
+    # -- Data.
+    train_data, test, tokenizer = build_data(cfg, out) if data is None else data
+    check_train_data(train_data)
+    planted = train_data.planted()
     user = UserEvaluation(imagenet_val=cfg.imagenet_val, val_data=cfg.val_data,
                           classnames=cfg.classnames, spec=image_spec(cfg), tokenizer=tokenizer)
-    note = no_evaluation_note(cfg, test is not None)
-    if note and rank == 0:
-        print(note, flush=True)
+    if (no_eval := no_evaluation_note(cfg, test is not None)) and rank == 0:
+        print(no_eval, flush=True)
+    # -- Model, optimiser, augmentation generator; a resume continues all three.
     torch.manual_seed(cfg.seed)  # the trainer's own process: model initialisation only
     model = model if model is not None else build_model(cfg, tokenizer)
     check_clip_model(model)
@@ -240,9 +240,9 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     last, wall = load_checkpoint(run_dir, model, optimizer, generator,
                                  scaler=amp.scaler) if resume else (-1, 0.0)
-    num_samples = train.num_samples
-    cfg = warmup_in_epochs(cfg, num_samples, world)  # --warmup STEPS, as epochs of the schedule
-    pruner = ScanPruner(num_samples, 2, cfg.scan, store=run_dir.store,
+    # -- Pruner and sampler.
+    cfg = warmup_in_epochs(cfg, train_data.num_samples, world)  # --warmup STEPS, as epochs
+    pruner = ScanPruner(train_data.num_samples, 2, cfg.scan, store=run_dir.store,
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)
@@ -257,30 +257,33 @@ def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False
     # After each preparation epoch: D''s churn and how well it finds planted noise (planted.py).
     planted_stats = PreparationStats(pruner, mismatched=planted.mismatched,
                                      duplicate_of=planted.duplicate_of)
-
-    def extra_stats() -> dict[str, Any]:
+    skipped = SkippedLog(run_dir, train_data, write=rank == 0)
+    # -- Loop.
+    log = loop.EpochLog(run_dir, rank=rank, world=world, wall_seconds=wall)
+    for epoch in log.epochs(cfg, pruner, stop_after):
+        sampler.set_epoch(epoch)
+        stats = train_epoch(model, optimizer, sampler, pruner, train_data, cfg, epoch,
+                            generator, quiet or rank != 0, amp, device, reporter)
+        skipped_note = skipped(epoch, stats["samples"])
+        summary = pruner.end_epoch()
         # A corpus: its bad samples (and a stream's repeats); Fashion-MNIST: planted noise.
-        return train.epoch_stats(sampler.plan) if train.batch_mode != "memory" \
-            else planted_stats()
-
-    row = lifecycle.epoch_loop(
-        cfg, pruner, sampler, run_dir, rank=rank, world=world, wall=wall, stop_after=stop_after,
-        train_epoch=lambda epoch: train_epoch(model, optimizer, sampler, pruner, train, cfg,
-                                              epoch, generator, quiet or rank != 0, amp, device,
-                                              reporter),
-        evaluate=lambda probe: evaluate(core, train, test, tokenizer, cfg, probe=probe,
-                                        user=user),
-        checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, model, optimizer,
-                                                       generator, wall, scaler=amp.scaler),
-        line=lambda row: (reporter.epoch(row), epoch_line(row))[1], extra_stats=extra_stats,
-        skipped=SkippedLog(run_dir, train, write=rank == 0))
+        stats.update(train_data.epoch_stats(sampler.plan) if train_data.batch_mode != "memory"
+                     else planted_stats())
+        log.stop_clock()
+        # -- Evaluation (rank 0), the metrics row, the checkpoint (every rank: it gathers).
+        evaluate_now, probe = loop.evaluation_due(cfg, epoch)
+        scores = evaluate(core, train_data, test, tokenizer, cfg, probe=probe, user=user) \
+            if rank == 0 and evaluate_now else {}
+        reporter.epoch(log.write(summary, stats, scores, line=epoch_line, note=skipped_note))
+        save_checkpoint(run_dir, epoch, model, optimizer, generator, log.wall_seconds,
+                        scaler=amp.scaler)
     reporter.close()
-    return lifecycle.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
+    # -- Save: summary.json and the coreset.
+    return loop.finish(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = add_open_clip_flags(build_parser("python -m reference_trainers.clip"))
     args = apply_open_clip_flags(parser.parse_args(argv), parser)
-    return lifecycle.cli_main(lambda: with_open_clip_settings(config_from_args(args), args),
-                              args, run,
-                              functools.partial(closing_line, headline=HEADLINE))
+    return loop.run_command(train, lambda: with_open_clip_settings(config_from_args(args), args),
+                            args, HEADLINE, shutdown=lifecycle.leave_process_group)

@@ -1,7 +1,7 @@
-"""What every PyTorch reference trainer's run does outside its model: start the processes,
-save and load checkpoints. Shared by the CLIP and MoCo trainers. The framework-free part (the
-epoch loop, the summary, `fmt`, the command-line wrapper) lives in common/loop.py and is
-re-exported here under the same names.
+"""What every PyTorch reference trainer's run does outside its model: join and leave the
+processes, open the run directory, save and load checkpoints. Shared by the CLIP and MoCo
+trainers; the framework-free steps (the epochs, their rows, the summary, the command line's
+ending) are in common/loop.py.
 
 A checkpoint holds the model, the optimiser, every rank's augmentation generator and the
 wall-clock so far, with a checksum file beside it, written after the pruner's store snapshot of the same epoch; `load_checkpoint` returns the
@@ -13,20 +13,17 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from reference_trainers.common import loop
-from reference_trainers.common.loop import epoch_loop, finish, fmt  # noqa: F401 (re-exported)
 from reference_trainers.common.errors import CheckpointError
 from reference_trainers.common.resume import resume_point
 from reference_trainers.common.rundir import RunDir
 
-__all__ = ["cli_main", "epoch_loop", "finish", "fmt", "init_distributed", "load_checkpoint",
-           "open_run", "save_checkpoint"]
+__all__ = ["init_distributed", "leave_process_group", "load_checkpoint", "open_run",
+           "save_checkpoint"]
 
 
 def init_distributed() -> tuple[int, int]:
@@ -118,12 +115,7 @@ def load_checkpoint(run: RunDir, model, optimizer, generator, *,
     return int(state["epoch"]), float(state["wall_seconds"])
 
 
-def cli_main(make_config: Callable[[], Any], args: Any, run: Callable[..., dict[str, Any]],
-             closing_line: Callable[[dict[str, Any]], str]) -> int:
-    """common/loop.cli_main that leaves the torch.distributed process group at the end."""
-    return loop.cli_main(make_config, args, run, closing_line, shutdown=_leave_process_group)
-
-
-def _leave_process_group() -> None:
+def leave_process_group() -> None:
+    """The end of a PyTorch run's command line (common/loop.run_command's `shutdown`)."""
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -1,75 +1,105 @@
-"""What every reference trainer's run does outside its model and framework: the epoch loop,
-the summary, the closing line and the command-line wrapper. Shared by the CLIP and MoCo
-trainers, PyTorch and JAX (numpy only: a JAX run imports this without loading torch).
+"""The steps every reference trainer's `train()` takes around its model, as plain functions it
+calls in its own loop (big_vision's manner): which epochs to run, when to evaluate, the
+epoch's metrics row and line, the summary, and the command line's ending. Shared by the CLIP
+and MoCo trainers, PyTorch and JAX (numpy only: a JAX run imports this without loading torch).
 
-`common/lifecycle.py` re-exports every name here for the PyTorch trainers and adds what is
-torch's own (process groups, torch checkpoints).
+A trainer's loop reads, for every epoch: plan it (`sampler.set_epoch`), train it, close it
+in the pruner (`pruner.end_epoch()`), stop the epoch's clock (`EpochLog.stop_clock`),
+evaluate when `evaluation_due` says so (rank 0), write the row (`EpochLog.write`, rank 0)
+and checkpoint; then `finish` writes the summary.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from reference_trainers.common.rundir import RunDir
+from scan_core import EpochSummary, ScanPruner
 
-__all__ = ["cli_main", "epoch_loop", "finish", "fmt", "framework_of"]
+__all__ = ["EpochLog", "RunConfig", "command_line", "evaluation_due", "finish", "fmt",
+           "framework_of", "run_command"]
+
+
+class RunConfig(Protocol):
+    """What these steps read of a trainer's config (TrainConfig and MocoConfig have it)."""
+
+    preset: str
+    epochs: int
+    eval_every: int     # evaluate every k epochs (0: at the end only)
+    probe_every: int    # the linear probe every k epochs (0: at the end only)
+    threads: int | None
+
+    @property
+    def pruning(self) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 def _due(every: int, epoch: int) -> bool:
     return bool(every) and (epoch + 1) % every == 0
 
 
-def epoch_loop(cfg: Any, pruner: Any, sampler: Any, run_dir: RunDir, *, rank: int, world: int,
-               wall: float, stop_after: int | None,
-               train_epoch: Callable[[int], dict[str, Any]],
-               evaluate: Callable[[bool], dict[str, float]],
-               checkpoint: Callable[[int, float], None],
-               line: Callable[[dict[str, Any]], str],
-               extra_stats: Callable[[], dict[str, Any]] | None = None,
-               skipped: Callable[[int, int], str | None] | None = None) -> dict[str, Any]:
-    """The epochs of a run, the same for every trainer: plan (sampler.set_epoch), train, close
-    the epoch in the pruner, evaluate when due (cfg.eval_every / cfg.probe_every, and at the
-    end; `evaluate(probe)`), log a metrics row and print its line (rank 0), and checkpoint
-    (`checkpoint` is called on every rank, as it may gather; rank 0 writes the file).
-    `skipped(epoch, samples)` (common/skipped.SkippedLog): lists the samples that could not be
-    read, raises when none could, and gives a line to print when the list grew.
-    Returns the last row ({} when nothing was left to run)."""
-    row: dict[str, Any] = {}
-    stop = cfg.epochs if stop_after is None else min(cfg.epochs, pruner.next_epoch + stop_after)
-    for epoch in range(pruner.next_epoch, stop):
-        start = time.perf_counter()
-        sampler.set_epoch(epoch)
-        stats = train_epoch(epoch)
-        note = skipped(epoch, stats.get("samples", 1)) if skipped is not None else None
-        summary = pruner.end_epoch()
-        if extra_stats is not None:
-            stats.update(extra_stats())
-        train_seconds = time.perf_counter() - start
-        wall += train_seconds
-        last_epoch = epoch == cfg.epochs - 1
-        scores: dict[str, float] = {}
-        if rank == 0 and (last_epoch or _due(cfg.eval_every, epoch)
-                          or _due(cfg.probe_every, epoch)):
-            scores = evaluate(last_epoch or _due(cfg.probe_every, epoch))
-        row = {**summary.as_dict(), **stats, **scores, "kept_share": 1 - summary.pruned_share,
-               "seconds": train_seconds, "wall_seconds": wall, "world_size": world}
-        if rank == 0:
-            run_dir.append_metrics(row)
-            print(line(row), flush=True)
+def evaluation_due(cfg: RunConfig, epoch: int) -> tuple[bool, bool]:
+    """(evaluate now, with the linear probe): at the last epoch always and with the probe,
+    otherwise every cfg.eval_every epochs, and every cfg.probe_every with the probe."""
+    probe = epoch == cfg.epochs - 1 or _due(cfg.probe_every, epoch)
+    return probe or _due(cfg.eval_every, epoch), probe
+
+
+class EpochLog:
+    """The epochs a run has left, their clock and their metrics rows.
+
+    `seconds` of a row is the epoch's training time: planning, steps, closing the epoch in the
+    pruner and the epoch's statistics; evaluation and the checkpoint are not counted, nor are
+    they in `wall_seconds`, the run's training time so far (a resumed run continues it)."""
+
+    def __init__(self, run_dir: RunDir, *, rank: int, world: int, wall_seconds: float) -> None:
+        self.run_dir, self.rank, self.world = run_dir, rank, world
+        self.wall_seconds = wall_seconds
+        self.seconds = 0.0
+        self._start = 0.0
+        self.row: dict[str, Any] = {}  # the last row written ({} when no epoch ran)
+
+    def epochs(self, cfg: RunConfig, pruner: ScanPruner,
+               stop_after: int | None) -> Iterator[int]:
+        """The epochs left (from the pruner's next one), at most `stop_after` of them; each
+        epoch's clock starts when it is handed out."""
+        stop = cfg.epochs if stop_after is None else min(cfg.epochs,
+                                                         pruner.next_epoch + stop_after)
+        for epoch in range(pruner.next_epoch, stop):
+            self._start = time.perf_counter()
+            yield epoch
+
+    def stop_clock(self) -> None:
+        """End the epoch's training time (before evaluation)."""
+        self.seconds = time.perf_counter() - self._start
+        self.wall_seconds += self.seconds
+
+    def write(self, summary: EpochSummary, stats: dict[str, Any], scores: dict[str, float], *,
+              line: Callable[[dict[str, Any]], str], note: str | None = None) -> dict[str, Any]:
+        """The epoch's metrics row: the pruner's summary, the trainer's `stats` and `scores`,
+        the kept share and the clock; rank 0 appends it to metrics.jsonl and prints `line(row)`
+        (then `note`, e.g. common/skipped.py's)."""
+        self.row = {**summary.as_dict(), **stats, **scores, "kept_share": 1 - summary.pruned_share,
+                    "seconds": self.seconds, "wall_seconds": self.wall_seconds,
+                    "world_size": self.world}
+        if self.rank == 0:
+            self.run_dir.append_metrics(self.row)
+            print(line(self.row), flush=True)
             if note:
                 print(note, flush=True)
-        checkpoint(epoch, wall)  # every rank: each saves what is its own (rank 0 writes)
-    return row
+        return self.row
 
 
-def finish(run_dir: RunDir, pruner: Any, cfg: Any, rank: int, last_row: dict[str, Any], *,
-           headline: Sequence[str]) -> dict[str, Any]:
+def finish(run_dir: RunDir, pruner: ScanPruner, cfg: RunConfig, rank: int,
+           last_row: dict[str, Any], *, headline: Sequence[str]) -> dict[str, Any]:
     """Write summary.json (rank 0) and the coreset, and return the summary: the `headline`
     metrics of the last epoch, the counted pruned share, visits, steps and seconds."""
     rows = run_dir.read_metrics()
@@ -96,23 +126,30 @@ def fmt(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def cli_main(make_config: Callable[[], Any], args: Any, run: Callable[..., dict[str, Any]],
-             closing_line: Callable[[dict[str, Any]], str], *,
-             shutdown: Callable[[], None] | None = None) -> int:
-    """A trainer's `main` after parsing: build the config, run, turn our errors into exit code
-    2 with the message, print the closing line on rank 0, then `shutdown()` (the PyTorch
-    trainers leave their process group there)."""
+class Train(Protocol):
+    """A trainer's `train(cfg, out, ...)`, as the command line calls it."""
+
+    def __call__(self, cfg: Any, out: str, *, resume: bool, quiet: bool,
+                 stop_after: int | None) -> dict[str, Any]: ...
+
+
+def run_command(train: Train, make_config: Callable[[], RunConfig], args: argparse.Namespace,
+                headline: tuple[str, ...], *, shutdown: Callable[[], None] | None = None) -> int:
+    """Every trainer's `main` after parsing: build the config, train, turn our errors into
+    exit code 2 with the message, print the closing line on rank 0, then `shutdown()` (the
+    PyTorch trainers leave their process group there, the JAX ones their processes)."""
     from scan_core import ScanError
     from reference_trainers.common.errors import TrainerError
+    from reference_trainers.common.progress import closing_line
 
     try:
-        result = run(make_config(), args.out, resume=args.resume, quiet=args.quiet,
-                     stop_after=args.stop_after)
+        result = train(make_config(), args.out, resume=args.resume, quiet=args.quiet,
+                       stop_after=args.stop_after)
     except (ScanError, TrainerError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
-        print(closing_line(result), flush=True)
+        print(closing_line(result, headline), flush=True)
     if shutdown is not None:
         shutdown()
     return 0
@@ -122,9 +159,18 @@ def framework_of(argv: Sequence[str]) -> str:
     """The `--framework` a command line asks for ('torch' when absent), read without the
     trainer's full parser, so `python -m reference_trainers.clip` can pick its trainer before
     importing any framework. A bad value is left for the full parser to report."""
-    import argparse
-
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--framework", default="torch")
     known, _ = parser.parse_known_args(list(argv))
     return known.framework
+
+
+def command_line(paradigm: str, argv: Sequence[str]) -> int:
+    """`python -m reference_trainers.clip|moco ARGV`: the `main` of the paradigm's JAX
+    trainer (`--framework jax`: jax/<paradigm>.py, torch never imported) or PyTorch trainer
+    (<paradigm>/train.py)."""
+    import importlib
+
+    module = (f"reference_trainers.jax.{paradigm}" if framework_of(argv) == "jax"
+              else f"reference_trainers.{paradigm}.train")
+    return importlib.import_module(module).main(list(argv))

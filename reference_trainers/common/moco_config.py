@@ -16,7 +16,8 @@ import dataclasses
 from typing import Any
 
 from reference_trainers.common.config import (BOOKKEEPING_FLAGS, LENGTH_FLAGS, PRUNING_FLAGS,
-                                              SHARD_FLAGS, SUBSET_FLAGS, ScanSettings)
+                                              SHARD_FLAGS, SUBSET_FLAGS, ScanSettings,
+                                              flag_table)
 from reference_trainers.common.errors import TrainerError
 from scan_core import ScanConfig
 
@@ -94,32 +95,29 @@ def cpu_tiny_moco() -> MocoConfig:
 
 PRESETS = {"cpu-fmnist-moco": cpu_fmnist_moco, "cpu-tiny-moco": cpu_tiny_moco}
 
-FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--data-dir", "data_dir", str, "directory of the four Fashion-MNIST IDX files"),
-    ("--data", "data", str, "training images: fmnist (default), folder:DIR (DIR/<class>/<image>),"
-     " csv:PATH (an image column) or shards:SOURCE (tar shards, .txt not needed; a folder, "
-     "a .tar, a brace pattern, a '::' list or pipe:COMMAND)"),
-    *SHARD_FLAGS,
-    *SUBSET_FLAGS,
-    ("--backbone", "backbone", str, "resnet, vit-tiny, or the GPU presets vit_small / vit_base"),
-    ("--width", "width", int, "SmallResNet width"),
-    ("--precision", "precision", str, "fp32 (default), bf16 or fp16 autocast"),
-    ("--temperature", "temperature", float, "InfoNCE temperature"),
-    ("--momentum", "momentum", float, "base momentum m0 of the momentum encoder"),
-    ("--crop-min", "crop_min", float, "smallest crop area share (MoCo v3: 0.2 ResNet, 0.08 "
-     "ViT)"),
-    ("--optimizer", "optimizer", str, "lars or adamw"),
-    *LENGTH_FLAGS,
-    ("--lr", "lr", float, "base learning rate per 256 samples (scaled by global batch)"),
-    ("--lr-warmup-epochs", "lr_warmup_epochs", float, "linear LR warm-up, fractional epochs"),
-    ("--weight-decay", "weight_decay", float, "weight decay"),
-    *PRUNING_FLAGS,
-    ("--eval-every", "eval_every", int, "kNN top-1 every k epochs (0: end only)"),
-    ("--eval-folder", "eval_folder", str, "labelled ImageFolder DIR/<class>/<image>: kNN and "
-     "linear probe on your classes (replaces Fashion-MNIST; docs/moco-trainer.md)"),
-    ("--eval-train-folder", "eval_train_folder", str, "the kNN bank / probe's training "
-     "images, a tree with the same class folders (default: a seeded half of --eval-folder)"),
-    ("--workers", "workers", int, "DataLoader worker processes decoding a folder:/csv: corpus "
-     "(default 0: in the trainer's process)"),
-    *BOOKKEEPING_FLAGS,
-]
+FLAGS = [*flag_table("""
+    --data-dir  str  directory of the four Fashion-MNIST IDX files
+    --data      str  training images: fmnist (default), folder:DIR (DIR/<class>/<image>),
+                     csv:PATH (an image column) or shards:SOURCE (tar shards, .txt not needed;
+                     a folder, a .tar, a brace pattern, a '::' list or pipe:COMMAND)
+"""), *SHARD_FLAGS, *SUBSET_FLAGS, *flag_table("""
+    --backbone     str    resnet, vit-tiny, or the GPU presets vit_small / vit_base
+    --width        int    SmallResNet width
+    --precision    str    fp32 (default), bf16 or fp16 autocast
+    --temperature  float  InfoNCE temperature
+    --momentum     float  base momentum m0 of the momentum encoder
+    --crop-min     float  smallest crop area share (MoCo v3: 0.2 ResNet, 0.08 ViT)
+    --optimizer    str    lars or adamw
+"""), *LENGTH_FLAGS, *flag_table("""
+    --lr                float  base learning rate per 256 samples (scaled by global batch)
+    --lr-warmup-epochs  float  linear LR warm-up, fractional epochs
+    --weight-decay      float  weight decay
+"""), *PRUNING_FLAGS, *flag_table("""
+    --eval-every         int  kNN top-1 every k epochs (0: end only)
+    --eval-folder        str  labelled ImageFolder DIR/<class>/<image>: kNN and linear probe
+                              on your classes (replaces Fashion-MNIST; docs/moco-trainer.md)
+    --eval-train-folder  str  the kNN bank / probe's training images, a tree with the same
+                              class folders (default: a seeded half of --eval-folder)
+    --workers            int  DataLoader worker processes decoding a folder:/csv: corpus
+                              (default 0: in the trainer's process)
+"""), *BOOKKEEPING_FLAGS]

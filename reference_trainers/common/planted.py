@@ -9,7 +9,9 @@ preparation epoch the trainers add to the epoch's metrics row:
 - redundant_recall / redundant_precision: planted near-duplicate copies among the redundant
   (low-loss) candidates;
 - num_ill, num_redundant, num_mismatched, num_duplicates: the counts behind them;
-- churn_*: how D' changed since the previous preparation (`PreparationStats`).
+- churn_*: how D' changed since the previous preparation (`PreparationStats`);
+- num_retired, retired_recall / retired_precision: under `ScanConfig(retire_share=...)`
+  (issue 20), the samples dropped for the rest of the run so far, scored like the ill end.
 
 A recall with nothing planted and a precision with no candidates are undefined: None. The
 store keeps only the two newest snapshots of D', so this is computed while the epoch's D' is
@@ -91,11 +93,23 @@ class PreparationStats:
         out = candidate_quality(self.pruner.candidate_ids("ill_matched"),
                                 self.pruner.candidate_ids("redundant"),
                                 mismatched=self.mismatched, duplicate_of=self.duplicate_of)
+        if self.pruner.config.retire_share > 0:  # issue 20's rule (c): the set dropped for good
+            out.update(retired_quality(self.pruner.candidate_ids("retired"), self.mismatched))
         current = self.pruner.candidate_ids("both")
         if self._previous is not None:
             out.update(candidate_churn(self._previous, current))
         self._previous = current
         return out
+
+
+def retired_quality(retired_ids: np.ndarray, mismatched: np.ndarray | None) -> dict[str, Any]:
+    """num_retired, and with planted wrong captions the retired set's recall and precision of
+    them (retired_recall / retired_precision: None where undefined, as above)."""
+    out: dict[str, Any] = {"num_retired": len(retired_ids)}
+    if mismatched is not None and np.any(mismatched):
+        out["retired_recall"], out["retired_precision"] = _recall_precision(
+            np.asarray(retired_ids, dtype=np.int64), np.asarray(mismatched, dtype=bool))
+    return out
 
 
 def candidate_churn(old_ids: np.ndarray, new_ids: np.ndarray) -> dict[str, Any]:

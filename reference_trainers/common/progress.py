@@ -58,6 +58,11 @@ def epoch_line(row: dict, *, accuracy: tuple[str, str] = ("zero_shot_top1", "zer
     return "  ".join(p for p in parts if p)
 
 
+def knn_epoch_line(row: dict) -> str:
+    """The MoCo trainers' epoch line: kNN top-1 as the per-epoch accuracy."""
+    return epoch_line(row, accuracy=("knn_top1", "kNN"))
+
+
 # The closing line's name of each headline metric of a run's summary.
 HEADLINE_LABELS = {"zero_shot_top1": "zero-shot top-1", "linear_probe_top1": "linear probe top-1",
                    "knn_top1": "kNN top-1"}

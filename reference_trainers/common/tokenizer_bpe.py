@@ -74,6 +74,21 @@ def _word_symbols(word: str) -> tuple[int, ...]:
     return tuple(_BYTE_BASE + b for b in word.encode("utf-8"))
 
 
+def _merge_pair(symbols: list[int] | tuple[int, ...], pair: tuple[int, int],
+                merged: int) -> list[int]:
+    """`symbols` with every non-overlapping occurrence of `pair`, left to right, replaced by
+    the id `merged`: one BPE merge, as encoding applies it and as training counts it."""
+    out, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            out.append(merged)
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
+
+
 class BpeTokenizer:
     """Byte-level BPE over a list of merges; `encode` texts into int64 (n, context_length).
 
@@ -114,15 +129,7 @@ class BpeTokenizer:
             best = min((r for r in ranks if r >= 0), default=-1)
             if best < 0:
                 break
-            pair, merged, out, i = self.merges[best], _FIRST_MERGE_ID + best, [], 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
-                    out.append(merged)
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            symbols = out
+            symbols = _merge_pair(symbols, self.merges[best], _FIRST_MERGE_ID + best)
         if len(self._cache) < 1_000_000:  # bounded: a streaming corpus has a long word tail
             self._cache[word] = symbols
         return symbols
@@ -253,15 +260,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, context_length: int = 77
             for old in zip(symbols, symbols[1:]):
                 pair_count[old] -= freqs[w]
                 changed.add(old)
-            merged, i = [], 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
-                    merged.append(new_id)
-                    i += 2
-                else:
-                    merged.append(symbols[i])
-                    i += 1
-            words[w] = merged
+            merged = words[w] = _merge_pair(symbols, pair, new_id)
             for new in zip(merged, merged[1:]):
                 pair_count[new] += freqs[w]
                 holders.setdefault(new, set()).add(w)

@@ -9,6 +9,10 @@
   folder is gone (its JSON copied from another machine) is refused: guessing w would set a
   budget nobody measured. r is capped below 1; the table shows both realised shares, so a miss
   is visible, never hidden.
+- `random_budget`: the random rule with `target_rate` set to another run's measured share of
+  sample-visits saved (issue 20: a history-aware rule's saving is not SCAN's, so random's
+  same-budget row cannot simply share SCAN's per-epoch |D'|). The target is solved once the
+  warm-up has ended, so the realised shares land close, not equal: the table shows both.
 - `coreset`: the training ids of a retraining run: SCAN's exported coreset (coreset.npy), a
   uniformly random subset of the same size, or the static rule's coreset cut or filled (at
   random, seeded) to the same size.
@@ -88,6 +92,9 @@ def derive(spec: Any, root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             "matched_share": share, "below_mean_fraction": below_mean,
             "below_mean_measured": measured is not None, "pruning_epochs": pruning_epochs,
             "infobatch_prune_ratio": ratio, "capped": ratio >= MAX_PRUNE_RATIO}
+    if kind == "random_budget":  # random at the measured saving of another rule's run
+        share = float(source["summary"]["realised_pruned_share"])
+        return {"target_rate": share}, {"matched_share": share}
     if kind == "coreset":
         ids, record = coreset_ids(spec, root, source)
         return {"train_ids": ids}, record

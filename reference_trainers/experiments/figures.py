@@ -1,7 +1,8 @@
 """A suite's figures (PNG), drawn from its table numbers (tables.suite_table):
 
 - <suite>-headline.png: the headline accuracy per cell, mean with a +-std bar over seeds;
-- <suite>-accuracy-vs-pruned.png: the headline against the counted pruned share of visits;
+- <suite>-accuracy-vs-pruned.png: the headline against the counted pruned share of visits,
+  one panel per regime (the cell without its rule), one colour per rule across panels;
 - <suite>-paired.png (suites with a reference row, >= 2 common seeds): each row's per-seed
   difference to the reference (SCAN in the same regime), mean with a 95% t interval; a bar
   clear of zero is the paired t-test's "p<.05";
@@ -53,23 +54,11 @@ def suite_figures(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bo
         share_key = ("visits_saved_vs_full_set" if "visits_saved_vs_full_set" in suite.columns
                      else "realised_pruned_share")
         shares = [r["stats"][share_key]["mean"] for r in rows]
-        # One marker per row, named in a legend beside the axes: rows that share a budget sit
-        # on one x, where labels written at the points would overlap.
-        fig, ax = plt.subplots(figsize=(9, max(4, 0.18 * len(rows) + 1)))
-        for i, (label, x, y, s) in enumerate(zip(labels, shares, means, stds)):
-            ax.errorbar(x, y, yerr=s, fmt="osD^v<>"[i // 10 % 7], color=f"C{i % 10}",
-                        capsize=3, label=label)
-        ax.set(xlabel=("share of the full set's sample-visits saved (counted)"
-                       if share_key == "visits_saved_vs_full_set"
-                       else "pruned share of sample-visits (counted)"), ylabel=LABELS[suite.metric],
-               title=suite.title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-        fig.tight_layout()
-        fig.savefig(out / f"{name}-accuracy-vs-pruned.png", dpi=90)
-        plt.close(fig)
-        drawn["accuracy_vs_pruned"] = {"file": f"{name}-accuracy-vs-pruned.png",
-                                       "labels": labels, "shares": shares, "means": means}
+        drawn["accuracy_vs_pruned"] = _accuracy_vs_pruned(
+            plt, name, suite, rows, shares, stds, out,
+            xlabel=("share of the full set's sample-visits saved (counted)"
+                    if share_key == "visits_saved_vs_full_set"
+                    else "pruned share of sample-visits (counted)"))
         paired = _paired(plt, name, suite, rows, out)
         if paired:
             drawn["paired"] = paired
@@ -77,6 +66,56 @@ def suite_figures(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bo
         drawn["quality"] = _quality(plt, numbers["quality"], out)
     (out / "figures.json").write_text(json.dumps(drawn, indent=1) + "\n")
     return drawn
+
+
+def split_cell(cell: dict[str, str], suite: Any) -> tuple[str, str]:
+    """(panel, series) of a cell: the series is the key rows are compared along (the suite's
+    reference key, e.g. "rule", else the cell's last key), the panel the rest ("" if none)."""
+    key = suite.reference[0] if suite.reference and suite.reference[0] in cell else list(cell)[-1]
+    return " / ".join(v for k, v in cell.items() if k != key), cell[key]
+
+
+def _accuracy_vs_pruned(plt, name: str, suite: Any, rows: list[dict[str, Any]],
+                        shares: list[float], stds: list[float], out: Path, *, xlabel: str
+                        ) -> dict[str, Any]:
+    """Small multiples: one panel per regime, one colour and marker per rule in every panel,
+    so the legend has a line per rule (not per cell) and rows that share a budget stay apart."""
+    parts = [split_cell(r["cell"], suite) for r in rows]
+    panels = list(dict.fromkeys(p for p, _ in parts))
+    series = list(dict.fromkeys(s for _, s in parts))
+    cols = min(4, len(panels))
+    grid_rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(3.2 * cols + 2.2, 2.7 * grid_rows),
+                             squeeze=False, sharex=True)
+    means = [r["stats"][suite.metric]["mean"] for r in rows]
+    for ax, panel in zip(axes.flat, panels):
+        for (p, s), x, y, err in zip(parts, shares, means, stds):
+            if p == panel:
+                i = series.index(s)
+                ax.errorbar(x, y, yerr=err, fmt="osD^v<>P"[i // 10 % 8], color=f"C{i % 10}",
+                            capsize=3, label=s)
+        ax.set_title(textwrap.fill(panel or suite.title, 30), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(LABELS[suite.metric], fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel(textwrap.fill(xlabel, 34), fontsize=8)
+    handles = {}
+    for ax in axes.flat[:len(panels)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend([handles[s] for s in series], series, loc="center left",
+               bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.suptitle(suite.title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}-accuracy-vs-pruned.png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return {"file": f"{name}-accuracy-vs-pruned.png",
+            "labels": [_label(r["cell"]) for r in rows], "shares": shares, "means": means,
+            "panels": panels, "series": series}
 
 
 def _paired(plt, name: str, suite: Any, rows: list[dict[str, Any]], out: Path

@@ -35,7 +35,7 @@ MOCO_BASE = {"epochs": 6}
 # full-data reference is one shared run.
 SCAN_ONLY = ("rho_low", "rho_high", "t_cos", "warmup_threshold", "min_warmup_epochs",
              "max_warmup_epochs", "scan_warmup_epochs", "scope", "target_rate",
-             "full_tail_epochs", "ill_every_mutation")
+             "full_tail_epochs", "ill_every_mutation", "ill_persistence", "retire_share")
 PRESETS = {"clip": "cpu-fmnist", "moco": "cpu-fmnist-moco"}
 MINI_PRESETS = {"clip": "cpu-tiny", "moco": "cpu-tiny-moco"}
 # Fields the runner sets for the machine, not the experiment: never part of a run's id.
@@ -256,6 +256,32 @@ def coreset(seeds, miniature) -> list[RunSpec]:
     return runs
 
 
+RETIRE_SHARE = 0.10  # the retire cap the one-seed scoring chose (docs/results.md, Beyond SCAN)
+
+
+def beyond(seeds, miniature) -> list[RunSpec]:
+    """Suite 7 (issue 20): SCAN plus the retire rule (c) (ill-matched candidates with the
+    highest epoch-wide z dropped for the rest of the run, up to 10% of N) at 0 / 20 / 40%
+    caption noise, against suite 3's full, random and paper-SCAN runs of the same cells (the
+    same run ids: shared) and random at the retire run's own measured saving."""
+    runs = []
+    for seed in seeds:
+        for noise in (0.2, 0.4, 0.0):
+            base = {**CLIP_BASE, "mismatch_share": noise}
+            cell = {"noise": f"{noise:.0%}"}
+            for rule in ("full", "random", "scan"):
+                runs.append(make_run("clip", seed, {**cell, "rule": rule}, miniature=miniature,
+                                     pruning=rule, **base))
+            retire = make_run("clip", seed, {**cell, "rule": "scan + retire 10%"},
+                              miniature=miniature, pruning="scan", retire_share=RETIRE_SHARE,
+                              **base)
+            runs.append(retire)
+            runs.append(make_run("clip", seed, {**cell, "rule": "random, retire budget"},
+                                 miniature=miniature, pruning="random", **base,
+                                 derive={"kind": "random_budget", "source": retire.run_id}))
+    return runs
+
+
 CLIP_COLUMNS = ("zero_shot_top1", "linear_probe_top1", "realised_pruned_share", "wall_seconds")
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("clip-table", "1. CLIP at the authors' 30%", clip_table, "zero_shot_top1",
@@ -272,6 +298,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("coreset", "6. The coreset, retrained from scratch", coreset, "zero_shot_top1",
           ("zero_shot_top1", "linear_probe_top1", "visits_saved_vs_full_set", "wall_seconds",
            "num_samples"), ("subset", "scan subset")),
+    Suite("beyond", "7. Beyond SCAN: retiring persistent wrong captions", beyond,
+          "zero_shot_top1", CLIP_COLUMNS),
 )}
 
 

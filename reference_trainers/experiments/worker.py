@@ -38,7 +38,7 @@ TRAIN_IDS_FILE = "train_ids.npy"
 
 
 def trainer_module(trainer: str):
-    """(the trainer's module with run() and build_data(), its presets, its config class)."""
+    """(the trainer's module with train() and build_data(), its presets, its config class)."""
     if trainer == "clip":
         from reference_trainers.clip import train as module
         from reference_trainers.common.config import PRESETS, TrainConfig
@@ -80,7 +80,7 @@ def build_config(spec: RunSpec, overrides: dict[str, Any]):
 
 
 def training_data(module: Any, cfg: Any, ids: np.ndarray | None) -> dict[str, Any]:
-    """The keyword arguments for `module.run`: {} (the trainer builds its data), or with `ids`
+    """The keyword arguments for `module.train`: {} (the trainer builds its data), or with `ids`
     {"data": (train cut to ids, test, tokenizer)} (CLIP only: a coreset retraining)."""
     if ids is None:
         return {}
@@ -183,8 +183,8 @@ def _execute(spec: RunSpec, root: Path, *, threads: int | None, data_dir: str | 
         result["config"] = cfg.to_dict()
         result["resumed"] = resume
         module = trainer_module(spec.trainer)[0]
-        summary = module.run(cfg, str(run_dir), resume=resume, quiet=True,
-                             stop_after=stop_after, **training_data(module, cfg, ids))
+        summary = module.train(cfg, str(run_dir), resume=resume, quiet=True,
+                               stop_after=stop_after, **training_data(module, cfg, ids))
         if stop_after is not None:
             return result
         num_samples = len(ids) if ids is not None else _num_samples(run_dir)

@@ -1,5 +1,6 @@
 """CLIP pre-training with SCAN, in JAX (flax + optax): the PyTorch trainer's run, section by
-section (reference_trainers/clip/train.py), on the same config, data and run directory.
+section (reference_trainers/clip/train.py), on the same config, data and run directory;
+`train()` at the end reads top to bottom, the sections above it are the steps it calls.
 
     python -m reference_trainers.clip --framework jax --preset cpu-fmnist --out runs/clip-jax
     python -m reference_trainers.clip --framework jax --preset cpu-tiny --out runs/tiny-jax
@@ -9,7 +10,7 @@ section (reference_trainers/clip/train.py), on the same config, data and run dir
 Every epoch: the pruner plans the epoch -> adapters.jax.plan_batches serves the kept ids ->
 each jitted step (state donated) computes the CLIP loss and its per-sample parts in one go ->
 AsyncRecorder hands ids and per-sample losses to the pruner one step late -> at the epoch's
-end the pruner persists, the trainer evaluates, logs and checkpoints (common/loop.epoch_loop).
+end the pruner persists, the trainer evaluates, logs and checkpoints (common/loop.py).
 --resume continues the model, optimiser, augmentation generator and pruner from the last
 completed epoch, with the same plans as a run that never stopped. Never imports torch.
 """
@@ -28,26 +29,23 @@ from reference_trainers.common.config import TrainConfig, build_parser, config_f
 from reference_trainers.common.data import load_fashion_mnist
 from reference_trainers.common.pairs import ImageTextArrays, build_image_text_arrays
 from reference_trainers.common.planted import PreparationStats
-from reference_trainers.common.progress import closing_line, epoch_line
-from reference_trainers.common.rundir import RunDir
+from reference_trainers.common.progress import epoch_line
 from reference_trainers.common.tokenizer import Tokenizer
 from reference_trainers.common.tokenizer_choice import load_tokenizer
 from reference_trainers.jax import evaluation
 from reference_trainers.jax.augment import normalise, random_crop_flip
 from reference_trainers.jax.checkpoint import save_checkpoint
 from reference_trainers.jax.models import CLIP
-from reference_trainers.jax.processes import (add_process_flags, barrier, host_local,
-                                              start_processes, stop_processes)
-from reference_trainers.jax.runtime import (check_jax_config, limit_threads, run_epoch,
-                                            start_run)
+from reference_trainers.jax.processes import (add_process_flags, host_local, start_processes,
+                                              stop_processes)
+from reference_trainers.jax.runtime import finish_run, open_run, run_epoch, start_run
 from reference_trainers.jax.steps import (TrainState, build_optimizer, init_variables,
                                           lr_schedule, make_clip_step)
 
 HEADLINE = ("zero_shot_top1", "linear_probe_top1")
 
 
-# == 1. Set-up: flags (runtime.check_jax_config), processes (processes.py), seeds in run() =====
-# == 2. Data =====================================================================================
+# == 1. Data =====================================================================================
 def build_data(cfg: TrainConfig, run_path: Any = None
                ) -> tuple[ImageTextArrays, ImageTextArrays, Tokenizer]:
     """Fashion-MNIST with captions (train, with any planted noise) and its test split, as the
@@ -105,7 +103,7 @@ def init_state(model: CLIP, tx: Any, cfg: TrainConfig) -> TrainState:
                       tx.init(variables["params"]))
 
 
-# == 3. Evaluation (zero-shot with a prompt ensemble; linear probe on frozen features) ============
+# == 2. Evaluation (zero-shot with a prompt ensemble; linear probe on frozen features) ============
 @functools.lru_cache(maxsize=4)
 def compiled_encoders(model: CLIP) -> tuple[Any, Any]:
     """Jitted evaluation faces (variables, batch) -> L2-normalised features: image, text.
@@ -136,7 +134,7 @@ def evaluate(encode: tuple[Any, Any], state: TrainState, train: ImageTextArrays,
     return out
 
 
-# == 4. One epoch of training: runtime.run_epoch with this step and batch maker ==================
+# == 3. One epoch of training: runtime.run_epoch with this step and batch maker ==================
 @functools.lru_cache(maxsize=4)
 def compiled_step(model: CLIP, weight_decay: float, lr: float, epochs: int, warmup: float,
                   min_lr: float) -> Any:
@@ -160,53 +158,54 @@ def batch_maker(data: ImageTextArrays, tokens: np.ndarray, rng: np.random.Genera
     return make
 
 
-# == 5. Checkpoints: npz of the state pytree + generator state (jax/checkpoint.py) ================
-# == 6. The run ===================================================================================
-def run(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False,
-        stop_after: int | None = None) -> dict[str, Any]:
-    limit_threads(cfg.threads)  # before anything starts JAX's backend
-    cfg = check_jax_config(cfg)
-    rank, world = jax.process_index(), jax.process_count()
-    run_dir = RunDir(out)
-    train, test, tokenizer = build_data(cfg, out)
+# == 4. The run: setup, data, model, pruner, loop (evaluation, checkpoint), save ===============
+def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = False,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Train (or continue, with resume) the run in `out`; returns the summary."""
+    # -- Setup: XLA's threads, refused flags, processes, run directory.
+    cfg, rank, world, run_dir = open_run(cfg, out)
+    # -- Data.
+    train_data, test, tokenizer = build_data(cfg, out)
+    planted = train_data.planted()
+    # -- Model, optimiser, augmentation draws: one generator, the same on every process
+    # (augment.py's `share`).
     model = build_model(cfg, tokenizer)
     tx = build_optimizer("adamw", weight_decay=cfg.weight_decay)
-    # Augmentation draws: one generator, the same on every process (augment.py's `share`).
     rng = np.random.default_rng(cfg.seed * 1000)
-
-    box, mesh, pruner, sampler, wall = start_run(
+    # -- Pruner, sampler and the replicated state (fresh, or the checkpoint's on resume).
+    boxed, mesh, pruner, sampler, wall = start_run(
         cfg, run_dir, resume=resume, fresh_state=lambda: init_state(model, tx, cfg), rng=rng,
-        num_samples=train.num_samples)
-    planted = train.planted()
-    if rank == 0 and planted.any:
+        num_samples=train_data.num_samples)
+    state = boxed["state"]
+    if rank == 0 and planted.any:  # a corpus plants nothing
         run_dir.save_array("planted", mismatched=planted.mismatched,
                            duplicate_of=planted.duplicate_of)
     planted_stats = PreparationStats(pruner, mismatched=planted.mismatched,
                                      duplicate_of=planted.duplicate_of)
     step = compiled_step(model, cfg.weight_decay, cfg.lr, cfg.epochs, cfg.lr_warmup_epochs,
                          cfg.min_lr)
-    make_batch = batch_maker(train, trim_tokens(train.tokens, tokenizer.eot_id), rng,
+    make_batch = batch_maker(train_data, trim_tokens(train_data.tokens, tokenizer.eot_id), rng,
                              share=(rank, world))
     encode = compiled_encoders(model)
-
-    def train_epoch(epoch: int) -> dict[str, Any]:
-        box["state"], stats = run_epoch(box["state"], step, mesh, pruner, sampler.plan,
-                                        sampler.batches(cfg.batch_size), make_batch, epoch,
-                                        quiet=quiet)
-        return stats
-
-    # Process 0 evaluates and checkpoints (epoch_loop) on its own copy of the replicated state.
-    row = loop.epoch_loop(
-        cfg, pruner, sampler, run_dir, rank=rank, world=world, wall=wall,
-        stop_after=stop_after, train_epoch=train_epoch,
-        evaluate=lambda probe: evaluate(encode, host_local(box["state"]), train, test,
-                                        tokenizer, cfg, probe=probe),
-        checkpoint=lambda epoch, wall: rank == 0 and save_checkpoint(
-            run_dir, epoch, host_local(box["state"]), rng, wall),
-        line=epoch_line, extra_stats=lambda: train.epoch_stats(sampler.plan)
-        if train.batch_mode == "corpus" else planted_stats())
-    barrier("epochs done")  # process 0 has written every metrics row that finish() reads
-    return loop.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
+    # -- Loop.
+    log = loop.EpochLog(run_dir, rank=rank, world=world, wall_seconds=wall)
+    for epoch in log.epochs(cfg, pruner, stop_after):
+        sampler.set_epoch(epoch)
+        state, stats = run_epoch(state, step, mesh, pruner, sampler.plan,
+                                 sampler.batches(cfg.batch_size), make_batch, epoch, quiet=quiet)
+        summary = pruner.end_epoch()
+        stats.update(train_data.epoch_stats(sampler.plan)  # a corpus: skipped, repeats
+                     if train_data.batch_mode == "corpus" else planted_stats())
+        log.stop_clock()
+        # -- Evaluation and checkpoint: process 0, on its own copy of the replicated state.
+        evaluate_now, probe = loop.evaluation_due(cfg, epoch)
+        scores = evaluate(encode, host_local(state), train_data, test, tokenizer, cfg,
+                          probe=probe) if rank == 0 and evaluate_now else {}
+        log.write(summary, stats, scores, line=epoch_line)
+        if rank == 0:
+            save_checkpoint(run_dir, epoch, host_local(state), rng, log.wall_seconds)
+    # -- Save: summary.json and the coreset, once process 0 has written every metrics row.
+    return finish_run(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,6 +213,5 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (code := start_processes(args)) is not None:
         return code
-    return loop.cli_main(lambda: config_from_args(args), args, run,
-                         functools.partial(closing_line, headline=HEADLINE),
-                         shutdown=stop_processes)
+    return loop.run_command(train, lambda: config_from_args(args), args, HEADLINE,
+                            shutdown=stop_processes)

@@ -1,5 +1,6 @@
 """MoCo v3 pre-training with SCAN, in JAX (flax + optax): the PyTorch trainer's run
-(reference_trainers/moco/train.py) on the same config, data and run directory.
+(reference_trainers/moco/train.py) on the same config, data and run directory; `train()` at
+the end reads top to bottom, the sections above it are the steps it calls.
 
     python -m reference_trainers.moco --framework jax --preset cpu-fmnist-moco --out runs/moco-jax
     python -m reference_trainers.moco --framework jax --preset cpu-tiny-moco --out runs/tiny-jax
@@ -12,7 +13,7 @@ lone last id folded into the batch before: BatchNorm needs two samples) -> each 
 updates the momentum encoder, computes the keys and MoCo v3's symmetric loss with its two
 per-sample views ctr(q1, k2), ctr(q2, k1) -> AsyncRecorder hands them to the pruner -> at the
 epoch's end the pruner persists, the trainer evaluates (kNN, linear probe on frozen backbone
-features), logs and checkpoints (common/loop.epoch_loop). Never imports torch.
+features), logs and checkpoints (common/loop.py). Never imports torch.
 """
 
 from __future__ import annotations
@@ -28,17 +29,15 @@ from reference_trainers.common.config import build_parser, config_from_args
 from reference_trainers.common.data import load_fashion_mnist, split_subset
 from reference_trainers.common.data_layer import HeldInMemory, Planted
 from reference_trainers.common.planted import PreparationStats
-from reference_trainers.common.progress import closing_line, epoch_line
-from reference_trainers.common.rundir import RunDir
+from reference_trainers.common.progress import knn_epoch_line
 from reference_trainers.common.views import CropView, moco_view_pair
 from reference_trainers.jax import evaluation
 from reference_trainers.jax.augment import normalise, two_crops
 from reference_trainers.jax.checkpoint import save_checkpoint
 from reference_trainers.jax.moco_models import MoCoNet, encoder_of
-from reference_trainers.jax.processes import (add_process_flags, barrier, host_local,
-                                              start_processes, stop_processes)
-from reference_trainers.jax.runtime import (check_jax_config, limit_threads, run_epoch,
-                                            start_run)
+from reference_trainers.jax.processes import (add_process_flags, host_local, start_processes,
+                                              stop_processes)
+from reference_trainers.jax.runtime import finish_run, open_run, run_epoch, start_run
 from reference_trainers.jax.steps import (TrainState, build_optimizer, init_variables,
                                           lr_schedule, make_moco_step, momentum_schedule)
 from reference_trainers.common.moco_config import FLAGS, PRESETS, MocoConfig
@@ -46,8 +45,7 @@ from reference_trainers.common.moco_config import FLAGS, PRESETS, MocoConfig
 HEADLINE = ("linear_probe_top1", "knn_top1")
 
 
-# == 1. Set-up: flags (runtime.check_jax_config), processes (processes.py), seeds in run() =====
-# == 2. Data: images only, in memory, two crops per batch =========================================
+# == 1. Data: images only, in memory, two crops per batch =========================================
 class Images(HeldInMemory):
     """N images as uint8 (N, 1, 28, 28), int64 labels (N,), duplicate_of (N,) (-1: none)."""
 
@@ -91,7 +89,7 @@ def init_state(model: MoCoNet, tx: Any, seed: int) -> TrainState:
                       ema_batch_stats=jax.tree.map(np.array, stats["base"]))
 
 
-# == 3. Evaluation: kNN and linear probe on frozen backbone features (MoCo v3's metric) ==========
+# == 2. Evaluation: kNN and linear probe on frozen backbone features (MoCo v3's metric) ==========
 @functools.lru_cache(maxsize=4)
 def compiled_features(model: MoCoNet) -> Any:
     """Jitted (variables, batch) -> the base backbone's features, BatchNorm in eval mode."""
@@ -117,7 +115,7 @@ def evaluate(model: MoCoNet, state: TrainState, train: Images, test: Images, cfg
     return out
 
 
-# == 4. One epoch of training: runtime.run_epoch with this step and batch maker ==================
+# == 3. One epoch of training: runtime.run_epoch with this step and batch maker ==================
 @functools.lru_cache(maxsize=4)
 def compiled_step(model: MoCoNet, optimizer: str, weight_decay: float, base_lr: float,
                   epochs: int, warmup: float, min_lr: float, momentum: float,
@@ -140,53 +138,52 @@ def batch_maker(data: Images, views: tuple[CropView, CropView], rng: np.random.G
     return make
 
 
-# == 5. Checkpoints: npz of the state pytree + generator state (jax/checkpoint.py) ================
-# == 6. The run ===================================================================================
-def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
-        stop_after: int | None = None) -> dict[str, Any]:
+# == 4. The run: setup, data, model, pruner, loop (evaluation, checkpoint), save ===============
+def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
+          stop_after: int | None = None) -> dict[str, Any]:
     """Train (or continue, with resume) the run in `out`; returns the summary."""
-    limit_threads(cfg.threads)  # before anything starts JAX's backend
-    cfg = check_jax_config(cfg)
-    rank, world = jax.process_index(), jax.process_count()
-    run_dir = RunDir(out)
-    train, test = build_data(cfg)
+    # -- Setup: XLA's threads, refused flags, processes, run directory.
+    cfg, rank, world, run_dir = open_run(cfg, out)
+    # -- Data: the training images (also kNN's and the probe's labelled split) and the test.
+    train_data, test = build_data(cfg)
+    planted = train_data.planted()
+    # -- Model, optimiser (MoCo v3: lr = base_lr * global batch / 256, as in torch),
+    # augmentation draws: one generator, the same on every process (augment.py's `share`).
     model = build_model(cfg)
-    # MoCo v3: lr = base_lr * batch / 256, the global batch (every process's), as in torch.
     base_lr = cfg.lr * cfg.batch_size * world / 256
     tx = build_optimizer(cfg.optimizer, weight_decay=cfg.weight_decay)
-    # Augmentation draws: one generator, the same on every process (augment.py's `share`).
     rng = np.random.default_rng(cfg.seed * 1000)
-
-    box, mesh, pruner, sampler, wall = start_run(
+    # -- Pruner, sampler and the replicated state (fresh, or the checkpoint's on resume).
+    boxed, mesh, pruner, sampler, wall = start_run(
         cfg, run_dir, resume=resume, fresh_state=lambda: init_state(model, tx, cfg.seed),
-        rng=rng, num_samples=train.num_samples)
-    planted = train.planted()
+        rng=rng, num_samples=train_data.num_samples)
+    state = boxed["state"]
     if rank == 0:
         run_dir.save_array("planted", duplicate_of=planted.duplicate_of)
     planted_stats = PreparationStats(pruner, duplicate_of=planted.duplicate_of)
     step = compiled_step(model, cfg.optimizer, cfg.weight_decay, base_lr, cfg.epochs,
                          cfg.lr_warmup_epochs, cfg.min_lr, cfg.momentum, cfg.temperature)
-    make_batch = batch_maker(train, crop_views(cfg), rng, share=(rank, world))
-
-    def train_epoch(epoch: int) -> dict[str, Any]:
-        box["state"], stats = run_epoch(
-            box["state"], step, mesh, pruner, sampler.plan,
+    make_batch = batch_maker(train_data, crop_views(cfg), rng, share=(rank, world))
+    # -- Loop.
+    log = loop.EpochLog(run_dir, rank=rank, world=world, wall_seconds=wall)
+    for epoch in log.epochs(cfg, pruner, stop_after):
+        sampler.set_epoch(epoch)
+        state, stats = run_epoch(
+            state, step, mesh, pruner, sampler.plan,
             sampler.batches(cfg.batch_size, fold_single=True), make_batch, epoch, quiet=quiet,
             extra=("momentum",))
-        return stats
-
-    # Process 0 evaluates and checkpoints (epoch_loop) on its own copy of the replicated state.
-    row = loop.epoch_loop(
-        cfg, pruner, sampler, run_dir, rank=rank, world=world, wall=wall,
-        stop_after=stop_after, train_epoch=train_epoch,
-        evaluate=lambda probe: evaluate(model, host_local(box["state"]), train, test, cfg,
-                                        probe=probe),
-        checkpoint=lambda epoch, wall: rank == 0 and save_checkpoint(
-            run_dir, epoch, host_local(box["state"]), rng, wall),
-        line=lambda row: epoch_line(row, accuracy=("knn_top1", "kNN")),
-        extra_stats=planted_stats)
-    barrier("epochs done")  # process 0 has written every metrics row that finish() reads
-    return loop.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
+        summary = pruner.end_epoch()
+        stats.update(planted_stats())
+        log.stop_clock()
+        # -- Evaluation and checkpoint: process 0, on its own copy of the replicated state.
+        evaluate_now, probe = loop.evaluation_due(cfg, epoch)
+        scores = evaluate(model, host_local(state), train_data, test, cfg, probe=probe) \
+            if rank == 0 and evaluate_now else {}
+        log.write(summary, stats, scores, line=knn_epoch_line)
+        if rank == 0:
+            save_checkpoint(run_dir, epoch, host_local(state), rng, log.wall_seconds)
+    # -- Save: summary.json and the coreset, once process 0 has written every metrics row.
+    return finish_run(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +193,5 @@ def main(argv: list[str] | None = None) -> int:
     args = add_process_flags(parser).parse_args(argv)
     if (code := start_processes(args)) is not None:
         return code
-    return loop.cli_main(
-        lambda: config_from_args(args, presets=PRESETS, flags=FLAGS), args, run,
-        functools.partial(closing_line, headline=HEADLINE),
-        shutdown=stop_processes)
+    return loop.run_command(train, lambda: config_from_args(args, presets=PRESETS, flags=FLAGS),
+                            args, HEADLINE, shutdown=stop_processes)

@@ -143,13 +143,18 @@ class MLP(nn.Module):
         return x
 
 
-class Encoder(nn.Module):
-    """Backbone -> projector (2 layers for the ResNet, 3 for the ViT, as MoCo v3)."""
+class _Sized(nn.Module):
+    """The sizes MoCoNet and its Encoder share: the backbone (resnet | vit-tiny), SmallResNet
+    width, projector / predictor output dim and hidden mlp_dim."""
 
     backbone: str = "resnet"
     width: int = 16
     dim: int = 128
     mlp_dim: int = 512
+
+
+class Encoder(_Sized):
+    """Backbone -> projector (2 layers for the ResNet, 3 for the ViT, as MoCo v3)."""
 
     def setup(self) -> None:
         if self.backbone not in BACKBONES:
@@ -167,13 +172,8 @@ class Encoder(nn.Module):
         return self.projector(self.net(x, train), train)
 
 
-class MoCoNet(nn.Module):
+class MoCoNet(_Sized):
     """The trained half of MoCo v3: q = predictor(base encoder(x)). (B, 28, 28, 1) -> (B, dim)."""
-
-    backbone: str = "resnet"
-    width: int = 16
-    dim: int = 128
-    mlp_dim: int = 512
 
     def setup(self) -> None:
         self.base = Encoder(self.backbone, self.width, self.dim, self.mlp_dim)

@@ -1,10 +1,11 @@
 """What the JAX CLIP and MoCo trainers share around their step: the flags they refuse, the
 epoch's plan and id batches, and the loop over one epoch's steps.
 
-`PlanSampler` gives common/loop.epoch_loop the `set_epoch` / `plan` face of the torch
-ScanSampler, with this process's ids from adapters.jax.plan_batches (DistributedSampler's
-arithmetic over the kept ids, shuffled by numpy's PCG64 with (seed, epoch); rank and world are
-`jax.process_index()` / `jax.process_count()`, see processes.py). `run_epoch` runs the steps:
+`adapters.jax.PlanSampler` (re-exported here) gives common/loop.epoch_loop the `set_epoch` /
+`plan` face of the torch ScanSampler, with this process's ids from adapters.jax.plan_batches
+(DistributedSampler's arithmetic over the kept ids, shuffled by numpy's PCG64 with
+(seed, epoch); rank and world are `jax.process_index()` / `jax.process_count()`, see
+processes.py), a lone last id folded in for BatchNorm (`fold_single`). `run_epoch` runs the steps:
 host batch -> `place_batch` -> jitted step (state donated) -> `AsyncRecorder.push` (one step
 late, so the host never waits for the step it just queued), with the EpochBar's loss also read
 one step late.
@@ -20,17 +21,27 @@ from typing import Any
 import jax
 import numpy as np
 
-from adapters.jax import AsyncRecorder, JaxCommunicator, data_mesh, plan_batches
+from adapters.jax import AsyncRecorder, JaxCommunicator, PlanSampler, data_mesh
 from reference_trainers.common.errors import TrainerError
+from reference_trainers.common import loop
+from reference_trainers.common.loop import RunConfig
 from reference_trainers.common.progress import EpochBar
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import progress
 from reference_trainers.jax.checkpoint import load_checkpoint
-from reference_trainers.jax.processes import agreed, check_process_count
+from reference_trainers.jax.processes import agreed, barrier, check_process_count
 from reference_trainers.jax.steps import place_batch, replicate
 from scan_core import ScanPruner
 
 __all__ = ["PlanSampler", "check_jax_config", "limit_threads", "run_epoch"]
+
+
+def open_run(cfg: RunConfig, out: str) -> tuple[Any, int, int, RunDir]:
+    """A JAX run's first steps (common/lifecycle.open_run's twin): XLA's threads (before
+    anything starts JAX's backend), the flags refused, this process's rank and the process
+    count, the run directory. -> (cfg with framework="jax", rank, world, run directory)."""
+    limit_threads(cfg.threads)
+    return check_jax_config(cfg), jax.process_index(), jax.process_count(), RunDir(out)
 
 
 def check_jax_config(cfg: Any) -> Any:
@@ -95,34 +106,6 @@ def limit_threads(threads: int | None) -> None:
     flag = "--xla_cpu_multi_thread_eigen=false"
     if threads == 1 and flag not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
-
-
-class PlanSampler:
-    """The epoch's plan (`set_epoch` calls pruner.plan_epoch) and its id batches."""
-
-    def __init__(self, pruner: Any, seed: int) -> None:
-        self.pruner, self.seed, self._plan = pruner, seed, None
-        self.rank, self.world = jax.process_index(), jax.process_count()
-
-    def set_epoch(self, epoch: int) -> None:
-        self._plan = self.pruner.plan_epoch(epoch)
-
-    @property
-    def plan(self) -> Any:
-        if self._plan is None:
-            raise TrainerError("PlanSampler: set_epoch(epoch) first")
-        return self._plan
-
-    def batches(self, batch_size: int, *, fold_single: bool = False) -> list[np.ndarray]:
-        """This process's int64 id batches of the epoch, the same number and lengths on every
-        process (DistributedSampler pads by wrapping). fold_single: a lone last id joins the
-        batch before it (BatchNorm cannot train on one sample; the torch MoCo trainer does the
-        same); the lengths agree, so every process folds alike."""
-        batches = list(plan_batches(self.plan, batch_size, rank=self.rank,
-                                    world_size=self.world, seed=self.seed))
-        if fold_single and len(batches) > 1 and len(batches[-1]) == 1:
-            batches[-2:] = [np.concatenate(batches[-2:])]
-        return batches
 
 
 def run_epoch(state: Any, step: Callable, mesh: Any, pruner: Any, plan: Any,
@@ -193,3 +176,11 @@ def start_run(cfg: Any, run_dir: RunDir, *, resume: bool, fresh_state: Callable[
     if rank == 0:
         run_dir.truncate_metrics(last)
     return {"state": replicate(mesh, state)}, mesh, pruner, sampler, wall
+
+
+def finish_run(run_dir: RunDir, pruner: ScanPruner, cfg: RunConfig, rank: int,
+               last_row: dict[str, Any], *, headline: tuple[str, ...]) -> dict[str, Any]:
+    """What both JAX trainers do after their last epoch: wait until process 0 has written
+    every metrics row, then common/loop.finish (the summary it reads them for)."""
+    barrier("epochs done")
+    return loop.finish(run_dir, pruner, cfg, rank, last_row, headline=headline)

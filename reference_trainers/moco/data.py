@@ -90,6 +90,7 @@ class CorpusCrops(NothingPlanted):
 
     def __init__(self, corpus: Any, views: Views) -> None:
         self.corpus, self.views, self.spec = corpus, views, corpus.spec
+        self._repeats_before = corpus.repeats  # at the start of the epoch being trained
 
     def __len__(self) -> int:
         return len(self.corpus)
@@ -102,8 +103,12 @@ class CorpusCrops(NothingPlanted):
         return len(self.corpus)
 
     def epoch_stats(self, plan: Any) -> dict[str, int]:
-        return {"skipped_samples": len(self.corpus.skipped),
-                "repeated_samples": self.corpus.repeats}
+        """Called once at the end of each epoch: the samples skipped so far, and the slots
+        this epoch refilled with a repeat (per epoch, as a shard stream counts its top-ups, so
+        a resumed run's rows equal an uninterrupted run's)."""
+        repeated, self._repeats_before = self.corpus.repeats - self._repeats_before, \
+            self.corpus.repeats
+        return {"skipped_samples": len(self.corpus.skipped), "repeated_samples": repeated}
 
     def skipped_samples(self) -> dict[int, tuple[str, str]]:
         return self.corpus.skipped_samples()

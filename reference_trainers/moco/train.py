@@ -1,4 +1,5 @@
-"""MoCo v3 pre-training with SCAN, in PyTorch: one readable trainer in labelled sections.
+"""MoCo v3 pre-training with SCAN, in PyTorch: `train()` at the end reads top to bottom (setup,
+data, model, pruner, loop, evaluation, save); the sections above it are the steps it calls.
 
     python -m reference_trainers.moco --preset cpu-fmnist-moco --out runs/moco      # 1 process
     torchrun --nproc_per_node=2 -m reference_trainers.moco --preset cpu-tiny-moco --out runs/ddp
@@ -14,7 +15,6 @@ directory, summary, progress output, resume and pruning flags are the CLIP train
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,16 +22,15 @@ import numpy as np
 import torch
 
 from adapters.torch import ScanSampler, TorchCommunicator, moco_loss, record
-from reference_trainers.common import evaluation, lifecycle
+from reference_trainers.common import evaluation, lifecycle, loop
 from reference_trainers.common.eval_maths import knn_top1
 from reference_trainers.common.accel import AmpSetup, place_model
 from reference_trainers.common.config import build_parser, config_from_args
-from reference_trainers.common.data_layer import check_train_data
+from reference_trainers.common.data_layer import TrainData, check_train_data
 from reference_trainers.common.lifecycle import load_checkpoint, save_checkpoint
 from reference_trainers.common.planted import PreparationStats
-from reference_trainers.common.progress import EpochBar, closing_line, epoch_line
+from reference_trainers.common.progress import EpochBar, knn_epoch_line
 from reference_trainers.common.record_once import RecordOnce
-from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.skipped import SkippedLog
 from reference_trainers.moco import data as moco_data
@@ -39,14 +38,13 @@ from reference_trainers.common.moco_config import FLAGS, PRESETS, MocoConfig
 from reference_trainers.moco.data import ImageData, build_data  # noqa: F401 (public before)
 from reference_trainers.moco.model import MoCo, build_moco, moco_momentum
 from reference_trainers.moco.optim import build_optimizer
-from scan_core import ScanPruner
+from scan_core import EpochPlan, ScanPruner
 
 HEADLINE = ("linear_probe_top1", "knn_top1")
 
 
-# == 1. Set-up: processes, threads, run directory: open_run (common/lifecycle.py); seeds in run()
-# == 2. Data: Fashion-MNIST in memory or an image-only corpus, two crops per batch (moco/data.py)
-# == 3. Evaluation: kNN and linear probe on frozen backbone features (MoCo v3's metric) ==========
+# == 1. Data: Fashion-MNIST in memory or an image-only corpus, two crops per batch (moco/data.py)
+# == 2. Evaluation: kNN and linear probe on frozen backbone features (MoCo v3's metric) ==========
 def evaluate(model: MoCo, train: ImageData, test: ImageData, cfg: MocoConfig, *,
              probe: bool, device: torch.device | None = None) -> dict[str, float]:
     """kNN (and the probe) with `train` as the labelled split: the training data itself on
@@ -68,7 +66,7 @@ def evaluate(model: MoCo, train: ImageData, test: ImageData, cfg: MocoConfig, *,
     return out
 
 
-# == 4. One epoch of training =====================================================================
+# == 3. One epoch of training =====================================================================
 def _fold_lone_last(batches: list) -> list:
     # BatchNorm cannot train on one sample; a pruned epoch's lone last sample joins the batch
     # before it, so every kept id is still trained on and recorded once.
@@ -77,7 +75,7 @@ def _fold_lone_last(batches: list) -> list:
     return batches
 
 
-def _stream_steps(stream: Any, plan: Any, batch_size: int) -> int:
+def _stream_steps(stream: Any, plan: EpochPlan, batch_size: int) -> int:
     """Batches of a one-worker stream epoch after a lone last sample is folded in."""
     per_worker = stream.samples_per_worker(plan)
     steps = stream.steps_per_rank(plan, batch_size)
@@ -98,7 +96,7 @@ def _fold_stream(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield held
 
 
-def epoch_batches(data: Any, plan: Any, sampler: ScanSampler, cfg: MocoConfig,
+def epoch_batches(data: TrainData, plan: EpochPlan, sampler: ScanSampler, cfg: MocoConfig,
                   generator: torch.Generator, device: torch.device
                   ) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]], int]:
     """This rank's (x1, x2, ids) batches of the epoch and how many there are. Map-style data
@@ -126,13 +124,13 @@ def epoch_batches(data: Any, plan: Any, sampler: ScanSampler, cfg: MocoConfig,
     return (data.crops(ids, generator, device) for ids in id_batches), len(id_batches)
 
 
-def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data: Any,
-                cfg: MocoConfig, epoch: int, generator: torch.Generator, base_lr: float,
-                quiet: bool, amp: AmpSetup | None = None,
-                device: torch.device | None = None) -> dict[str, Any]:
+def train_epoch(model: MoCo, optimizer: torch.optim.Optimizer, sampler: ScanSampler,
+                pruner: ScanPruner, data: TrainData, cfg: MocoConfig, epoch: int,
+                generator: torch.Generator, base_lr: float, quiet: bool, amp: AmpSetup,
+                device: torch.device) -> dict[str, Any]:
+    """Train one epoch of this rank's kept ids and record their per-sample losses; returns
+    the epoch's steps, samples, last LR and momentum, and mean training loss."""
     plan = sampler.plan
-    amp = amp or AmpSetup.create("fp32", device_type="cpu")
-    device = device or torch.device("cpu")
     batches, num_batches = epoch_batches(data, plan, sampler, cfg, generator, device)
     bar = EpochBar(epoch, num_batches, phase=plan.phase, kept_share=plan.keep_fraction,
                    enabled=not quiet)
@@ -171,29 +169,31 @@ def train_epoch(model, optimizer, sampler: ScanSampler, pruner: ScanPruner, data
             "train_loss": loss_sum / max(samples, 1)}
 
 
-# == 5. Checkpoints: save_checkpoint / load_checkpoint (common/lifecycle.py) =====================
-# == 6. The run ===================================================================================
-def _check_workers(cfg: MocoConfig, train: Any) -> None:
+# == 4. The run: setup, data, model, pruner, loop (evaluation, checkpoint), save ===============
+def _check_workers(cfg: MocoConfig, train_data: TrainData) -> None:
     from reference_trainers.common.errors import TrainerError
     from reference_trainers.common.workers import check_workers
 
-    if check_workers(cfg.workers) and train.batch_mode == "stream":
+    if check_workers(cfg.workers) and train_data.batch_mode == "stream":
         raise TrainerError(f"--workers {cfg.workers} with --data {cfg.data}: MoCo reads a shard "
                            "stream in the trainer's process for now; drop --workers (folder: "
                            "and csv: corpora take it)")
 
 
-def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
-        model: MoCo | None = None, stop_after: int | None = None) -> dict[str, Any]:
+def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
+          model: MoCo | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Train (or continue, with resume) the run in `out`; returns the summary.
     model: any MoCo (e.g. around another backbone); default build_moco(cfg.backbone, ...)."""
+    # -- Setup: processes, threads, run directory (rank 0 writes its config).
     rank, world, run_dir = lifecycle.open_run(cfg, out, resume=resume)
-    train, probe_train, test = build_data(cfg, rank=rank, world=world, run_path=out)
-    check_train_data(train)
-    planted = train.planted()
-    _check_workers(cfg, train)
+    # -- Data: the training images; the labelled split and test split kNN / the probe use.
+    train_data, probe_train, test = build_data(cfg, rank=rank, world=world, run_path=out)
+    check_train_data(train_data)
+    planted = train_data.planted()
+    _check_workers(cfg, train_data)
     if rank == 0:
-        moco_data.check_corpus(run_dir, train, resume=resume)
+        moco_data.check_corpus(run_dir, train_data, resume=resume)
+    # -- Model, optimiser, augmentation generator; a resume continues all three.
     torch.manual_seed(cfg.seed)  # the trainer's own process: model initialisation only
     model = model if model is not None else build_moco(
         cfg.backbone, width=cfg.width, dim=cfg.dim, mlp_dim=cfg.mlp_dim,
@@ -209,7 +209,8 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     last, wall = load_checkpoint(run_dir, model, optimizer, generator,
                                  scaler=amp.scaler) if resume else (-1, 0.0)
-    pruner = ScanPruner(train.num_samples, 2, cfg.scan, store=run_dir.store,
+    # -- Pruner and sampler.
+    pruner = ScanPruner(train_data.num_samples, 2, cfg.scan, store=run_dir.store,
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)
@@ -217,21 +218,27 @@ def run(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
         run_dir.truncate_metrics(last)
         if planted.any:
             run_dir.save_array("planted", duplicate_of=planted.duplicate_of)
-    planted_stats = PreparationStats(pruner, duplicate_of=planted.duplicate_of)
-    row = lifecycle.epoch_loop(
-        cfg, pruner, sampler, run_dir, rank=rank, world=world, wall=wall, stop_after=stop_after,
-        train_epoch=lambda epoch: train_epoch(model, optimizer, sampler, pruner, train, cfg,
-                                              epoch, generator, base_lr, quiet or rank != 0,
-                                              amp, device),
-        evaluate=lambda probe: evaluate(core, probe_train, test, cfg, probe=probe,
-                                        device=device),
-        checkpoint=lambda epoch, wall: save_checkpoint(run_dir, epoch, model, optimizer,
-                                                       generator, wall, scaler=amp.scaler),
-        line=lambda row: epoch_line(row, accuracy=("knn_top1", "kNN")),
-        extra_stats=lambda: {**planted_stats(),  # planted.py
-                             **train.epoch_stats(sampler.plan)},
-        skipped=SkippedLog(run_dir, train, write=rank == 0))
-    return lifecycle.finish(run_dir, pruner, cfg, rank, row, headline=HEADLINE)
+    planted_stats = PreparationStats(pruner, duplicate_of=planted.duplicate_of)  # planted.py
+    skipped = SkippedLog(run_dir, train_data, write=rank == 0)
+    # -- Loop.
+    log = loop.EpochLog(run_dir, rank=rank, world=world, wall_seconds=wall)
+    for epoch in log.epochs(cfg, pruner, stop_after):
+        sampler.set_epoch(epoch)
+        stats = train_epoch(model, optimizer, sampler, pruner, train_data, cfg, epoch,
+                            generator, base_lr, quiet or rank != 0, amp, device)
+        skipped_note = skipped(epoch, stats["samples"])
+        summary = pruner.end_epoch()
+        stats.update({**planted_stats(), **train_data.epoch_stats(sampler.plan)})
+        log.stop_clock()
+        # -- Evaluation (rank 0), the metrics row, the checkpoint (every rank: it gathers).
+        evaluate_now, probe = loop.evaluation_due(cfg, epoch)
+        scores = evaluate(core, probe_train, test, cfg, probe=probe, device=device) \
+            if rank == 0 and evaluate_now else {}
+        log.write(summary, stats, scores, line=knn_epoch_line, note=skipped_note)
+        save_checkpoint(run_dir, epoch, model, optimizer, generator, log.wall_seconds,
+                        scaler=amp.scaler)
+    # -- Save: summary.json and the coreset.
+    return loop.finish(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,6 +246,5 @@ def main(argv: list[str] | None = None) -> int:
                           default_preset="cpu-fmnist-moco",
                           description="MoCo v3 pre-training with SCAN (PyTorch).")
     args = parser.parse_args(argv)
-    return lifecycle.cli_main(
-        lambda: config_from_args(args, presets=PRESETS, flags=FLAGS), args, run,
-        functools.partial(closing_line, headline=HEADLINE))
+    return loop.run_command(train, lambda: config_from_args(args, presets=PRESETS, flags=FLAGS),
+                            args, HEADLINE, shutdown=lifecycle.leave_process_group)

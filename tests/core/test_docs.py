@@ -39,3 +39,25 @@ def test_the_store_reading_snippet_runs(tmp_path, monkeypatch):
     assert [row["epoch"] for row in namespace["log"]] == [0, 1]
     assert namespace["losses"].shape == (2, 300)
     assert namespace["persist"].shape == (300,) and np.isfinite(namespace["persist"]).all()
+
+
+def test_the_adapter_writing_snippet_runs_on_two_ranks(capsys):
+    """docs/adapters.md: the DLPack adapter is a FrameworkAdapter without a copy, and its two
+    simulated ranks prune alike and record every kept id of every epoch."""
+    import numpy as np
+
+    from adapters.protocol import FrameworkAdapter
+
+    blocks = _python_blocks(ROOT / "docs" / "adapters.md")
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(compile(blocks[0], "docs/adapters.md", "exec"), namespace)
+    rank0, rank1 = namespace["ranks"]
+    assert rank0.log == rank1.log and len(rank0.log) == namespace["EPOCHS"]
+    assert any(row["phase"] == "mutate" and row["num_kept"] < namespace["N"] for row in rank0.log)
+    assert all(row["num_unrecorded"] == 0 and row["num_repeated"] == 0 for row in rank0.log)
+    adapter = namespace["DLPackAdapter"]()
+    assert isinstance(adapter, FrameworkAdapter)
+    host = np.arange(6.0)
+    assert np.shares_memory(adapter.to_numpy(host), host)
+    assert "mutate" in capsys.readouterr().out

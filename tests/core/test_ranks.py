@@ -246,3 +246,16 @@ def test_all_or_none_raises_on_every_rank_or_on_none():
     errors = _each_rank_catches(ThreadGroup(3, timeout_s=10.0), step_failing_on({1, 2}))
     assert isinstance(errors[0], ScanDistributedError) and "[1, 2]" in str(errors[0])
     assert [str(e) for e in errors[1:]] == ["rank 1 broke", "rank 2 broke"]
+
+
+def test_ranks_with_different_coverage_policies_are_caught_at_construction():
+    """coverage="off" skips the seen-bitmap reduction that "warn" / "error" run at end_epoch:
+    ranks that differ would wait on each other's collective (a hang in a real DDP job, a
+    BrokenBarrierError after the group's timeout here). The construction check catches it."""
+    def body(comm):
+        pruner = ScanPruner(N, 2, CFG, communicator=comm,
+                            coverage="off" if comm.rank else "warn")
+        run(pruner, 2, STREAM, B, rank=comm.rank, world_size=2)
+
+    with pytest.raises(ScanDistributedError, match="coverage"):
+        run_ranks(2, body)

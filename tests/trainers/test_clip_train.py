@@ -11,6 +11,7 @@ from reference_trainers.clip import train as clip_train
 from reference_trainers.common.config import TrainConfig, cpu_tiny
 from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR
 from tests.trainers import ddp
+from tests.trainers.runfiles import assert_resumed_equals_uninterrupted, metrics_rows
 
 pytestmark = pytest.mark.skipif(
     not Path(DEFAULT_FASHION_MNIST_DIR).is_dir(),
@@ -21,17 +22,6 @@ ARGS = ["--preset", "cpu-tiny", "--num-train", "768", "--num-test", "300", "--ba
 DDP_ARGS = ARGS + ["--epochs", "3", "--num-train", "512"]
 
 
-def _rows(out):
-    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
-def _epochs_from_store(out):
-    from scan_core import LossStore
-    store = LossStore.open(Path(out) / "scan.zarr", LossStore.read_meta(Path(out) / "scan.zarr"),
-                           writable=False)
-    return store.load_latest()["log"]
-
-
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
@@ -40,7 +30,7 @@ def full_run(tmp_path_factory):
 
 
 def test_loss_goes_down_and_the_run_writes_its_directory(full_run):
-    rows = _rows(full_run)
+    rows = metrics_rows(full_run)
     assert [r["epoch"] for r in rows] == list(range(5))
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.2
     summary = json.loads((full_run / "summary.json").read_text())
@@ -51,7 +41,7 @@ def test_loss_goes_down_and_the_run_writes_its_directory(full_run):
 
 
 def test_a_pruned_run_skips_the_steps_it_claims(full_run):
-    rows = _rows(full_run)
+    rows = metrics_rows(full_run)
     assert any(r["phase"] == "mutate" for r in rows)
     for r in rows:
         assert r["samples"] == r["num_kept"]                       # one rank: every kept id once
@@ -69,15 +59,9 @@ def test_resume_continues_with_the_same_plans(full_run, tmp_path):
     out = tmp_path / "resumed"
     args = ARGS + ["--epochs", "5", "--out", str(out)]
     assert clip_train.main(args + ["--stop-after", "3"]) == 0
-    assert [r["epoch"] for r in _rows(out)] == [0, 1, 2]
+    assert [r["epoch"] for r in metrics_rows(out)] == [0, 1, 2]
     assert clip_train.main(args + ["--resume"]) == 0
-    a, b = _rows(full_run), _rows(out)
-    assert [r["epoch"] for r in b] == list(range(5))
-    for ra, rb in zip(a, b):
-        assert (ra["phase"], ra["num_kept"], ra["num_candidates"]) == \
-            (rb["phase"], rb["num_kept"], rb["num_candidates"])
-        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5)
-    assert _epochs_from_store(full_run) == _epochs_from_store(out)
+    assert_resumed_equals_uninterrupted(full_run, out, epochs=5)
 
 
 @pytest.mark.slow  # a second run as long as full_run
@@ -99,13 +83,7 @@ def test_a_full_disk_stops_the_run_with_a_clear_error_and_resume_finishes_it_exa
     assert "epoch_00000002.pt" in err
     tmp.unlink()
     assert clip_train.main(args + ["--resume"]) == 0
-    a, b = _rows(full_run), _rows(out)
-    assert [r["epoch"] for r in b] == list(range(5))
-    for ra, rb in zip(a, b):
-        assert (ra["phase"], ra["num_kept"], ra["num_candidates"]) == \
-            (rb["phase"], rb["num_kept"], rb["num_candidates"])
-        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5)
-    assert _epochs_from_store(full_run) == _epochs_from_store(out)
+    assert_resumed_equals_uninterrupted(full_run, out, epochs=5)
 
 
 def _cfg(**changes):
@@ -120,7 +98,7 @@ def test_a_model_without_encode_text_is_refused(tmp_path):
             return x
 
     with pytest.raises(TypeError, match="encode_text"):
-        clip_train.run(_cfg(epochs=1), str(tmp_path), quiet=True, model=ImageOnly())
+        clip_train.train(_cfg(epochs=1), str(tmp_path), quiet=True, model=ImageOnly())
 
 
 def test_an_unreadable_data_directory_is_a_clear_error(tmp_path, capsys):
@@ -152,7 +130,7 @@ def test_torchrun_two_ranks_on_gloo(ddp_run):
     """torchrun with 2 CPU processes: every rank holds the same plan (the pruner checks a
     digest across ranks at every epoch end and would raise otherwise), the run completes and
     each epoch's samples per rank equal the sampler's shard length."""
-    rows = _rows(ddp_run)
+    rows = metrics_rows(ddp_run)
     assert [r["world_size"] for r in rows] == [2, 2, 2]
     for r in rows:
         assert r["samples"] == -(-r["num_kept"] // 2)              # this rank's padded shard
@@ -182,7 +160,7 @@ def test_every_pruning_rule_trains_and_counts_its_visits(tmp_path, rule):
     out = tmp_path / rule
     assert clip_train.main(ARGS + ["--epochs", "4", "--num-train", "512", "--pruning", rule,
                                    "--out", str(out)]) == 0
-    rows = _rows(out)
+    rows = metrics_rows(out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["realised_pruned_share"] == pytest.approx(
         1 - sum(r["samples"] for r in rows) / (4 * 512))
@@ -210,7 +188,7 @@ def test_training_from_a_csv_corpus_skips_bad_rows_with_a_count(tmp_path):
     out = tmp_path / "run"
     assert clip_train.main(ARGS + ["--epochs", "3", "--data", f"csv:{tmp_path / 'pairs.csv'}",
                                    "--out", str(out)]) == 0
-    rows = _rows(out)
+    rows = metrics_rows(out)
     assert rows[-1]["skipped_samples"] == 2
     for r in rows:
         assert r["samples"] <= r["num_kept"] and r["num_kept"] - r["samples"] <= 2
@@ -236,7 +214,7 @@ def test_a_gpu_preset_trains_on_a_csv_corpus_with_bf16_and_checkpointing(tmp_pat
                             "--grad-checkpointing", "--data", f"csv:{tmp_path / 'pairs.csv'}",
                             "--epochs", "1", "--batch-size", "4", "--num-test", "8",
                             "--threads", "2", "--quiet", "--out", str(out)]) == 0
-    row = _rows(out)[-1]
+    row = metrics_rows(out)[-1]
     assert row["steps"] == 2 and row["samples"] == 8
     assert 0.0 <= row["zero_shot_top1"] <= 1.0
 
@@ -258,7 +236,7 @@ def test_training_from_tar_shards_serves_exactly_the_plan(tmp_path):
     out = tmp_path / "run"
     assert clip_train.main(ARGS + ["--epochs", "4", "--data", f"shards:{shards}",
                                    "--out", str(out)]) == 0
-    rows = _rows(out)
+    rows = metrics_rows(out)
     assert any(r["phase"] == "mutate" and r["num_kept"] < 400 for r in rows)
     for r in rows:
         assert r["skipped_samples"] == 0 and r["repeated_samples"] == 0

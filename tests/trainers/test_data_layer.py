@@ -61,7 +61,7 @@ def test_the_experiments_pass_a_data_object_and_patch_no_module():
     source = inspect.getsource(worker)
     assert "module.build_data =" not in source and "build_data = " not in source
     assert "data" in inspect.signature(__import__(
-        "reference_trainers.clip.train", fromlist=["run"]).run).parameters
+        "reference_trainers.clip.train", fromlist=["train"]).train).parameters
 
 
 def _fmnist_like(n: int = 20) -> ImageSplits:
@@ -111,9 +111,15 @@ def test_csv_corpus_and_its_moco_crops_report_skips_repeats_and_their_files(csv_
     check_train_data(crops)
     assert crops.batch_mode == "corpus" and crops.num_samples == len(csv_corpus)
     assert crops.disk_corpus() is csv_corpus
-    assert crops.epoch_stats(None) == {"skipped_samples": 3,
-                                       "repeated_samples": csv_corpus.repeats}
-    assert csv_corpus.repeats > 0
+    # repeats per epoch (a resumed run's rows equal an uninterrupted run's): only the refills
+    # since the crops were built, then since the previous epoch's row
+    before = csv_corpus.repeats
+    assert before > 0 and crops.epoch_stats(None) == {"skipped_samples": 3,
+                                                      "repeated_samples": 0}
+    csv_corpus.batch(list(range(12)), augment=False, fill_bad=True)  # 3 bad slots refilled
+    assert csv_corpus.repeats == before + 3
+    assert crops.epoch_stats(None) == {"skipped_samples": 3, "repeated_samples": 3}
+    assert crops.epoch_stats(None)["repeated_samples"] == 0
     assert crops.skipped_samples() == csv_corpus.skipped_samples()
 
 

@@ -136,6 +136,21 @@ def test_random_at_the_ill_every_budget_drops_as_many_as_its_scan_run(mini_grid)
         assert sum(r["num_kept"] for r in flag) < sum(r["num_kept"] for r in paper), noise
 
 
+def test_beyond_retires_a_tenth_and_random_takes_its_measured_budget(mini_grid):
+    specs = {(s.cell["noise"], s.cell["rule"]): s for s in suite_runs("beyond", (0,), miniature=True)}
+    for noise in ("0%", "20%", "40%"):
+        retire = _result(mini_grid, specs[(noise, "scan + retire 10%")])
+        prep = [r for r in retire["metrics"] if r["phase"] == "prepare"]
+        num_train = retire["summary"].get("num_samples") or retire["config"]["num_train"]
+        assert prep and prep[0]["num_retired"] == int(0.10 * num_train), noise
+        if noise != "0%":                                 # wrong captions planted: scored
+            assert 0.0 <= prep[0]["retired_precision"] <= 1.0
+        rnd = _result(mini_grid, specs[(noise, "random, retire budget")])
+        share = retire["summary"]["realised_pruned_share"]
+        assert rnd["derived"]["matched_share"] == share
+        assert rnd["config"]["target_rate"] == share and rnd["config"]["pruning"] == "random"
+
+
 def test_infobatch_prune_ratio_is_set_from_scans_measured_share(mini_grid):
     specs = suite_runs("clip-table", (0,), miniature=True)
     scan = _result(mini_grid, next(s for s in specs if s.rule == "scan"))
@@ -305,6 +320,23 @@ def test_candidate_quality_matches_a_hand_computation():
         {"churn_kept": 2, "churn_entered": 2, "churn_left": 1, "churn_jaccard": 0.4}
 
 
+def _train_planted(pruner, stats, mismatched, batch, rng, epochs=5):
+    """Five epochs of a pruner on random losses, the planted wrong captions' 3 higher; the
+    PreparationStats row and the pruner's state after each epoch."""
+    n, rows, states = len(mismatched), [], []
+    for epoch in range(epochs):
+        plan = pruner.plan_epoch(epoch)
+        kept = np.flatnonzero(np.unpackbits(plan.drop_bits, count=n, bitorder="little") == 0) \
+            if plan.drop_bits is not None else np.arange(n)
+        for start in range(0, len(kept), batch):
+            ids = kept[start:start + batch]
+            pruner.record(ids, rng.random((2, len(ids))) + 3.0 * mismatched[ids])
+        pruner.end_epoch()
+        rows.append(stats())
+        states.append(pruner.state_dict())
+    return rows, states
+
+
 def test_preparation_stats_follow_the_pruners_candidates_and_survive_a_resume():
     n, batch = 64, 16
     rng = np.random.default_rng(1)
@@ -313,18 +345,7 @@ def test_preparation_stats_follow_the_pruners_candidates_and_survive_a_resume():
     config = ScanConfig(warmup_epochs=0, t_cos=1, seed=3)
     pruner = ScanPruner(n, 2, config)
     stats = PreparationStats(pruner, mismatched=mismatched)
-    rows, states = [], []
-    for epoch in range(5):
-        plan = pruner.plan_epoch(epoch)
-        kept = np.flatnonzero(np.unpackbits(plan.drop_bits, count=n, bitorder="little") == 0) \
-            if plan.drop_bits is not None else np.arange(n)
-        for start in range(0, len(kept), batch):
-            ids = kept[start:start + batch]
-            losses = rng.random((2, len(ids))) + 3.0 * mismatched[ids]  # planted: high loss
-            pruner.record(ids, losses)
-        pruner.end_epoch()
-        rows.append(stats())
-        states.append(pruner.state_dict())
+    rows, states = _train_planted(pruner, stats, mismatched, batch, rng)
     assert [bool(r) for r in rows] == [True, False, True, False, True]
     ill, red = pruner.candidate_ids("ill_matched"), pruner.candidate_ids("redundant")
     hits = int(mismatched[ill].sum())
@@ -340,6 +361,29 @@ def test_preparation_stats_follow_the_pruners_candidates_and_survive_a_resume():
     assert {k: v for k, v in rows[4].items() if k.startswith("churn")} == \
         candidate_churn(again._previous, pruner.candidate_ids("both"))
     assert red.size and set(ill) | set(red) == set(pruner.candidate_ids("both"))
+
+
+def test_preparation_stats_score_the_retired_set_under_retire_share():
+    """Issue 20's rule (c): each preparation row counts the samples retired so far and scores
+    them against the planted wrong captions; without the rule the keys are absent."""
+    n, batch = 200, 20
+    rng = np.random.default_rng(4)
+    mismatched = np.zeros(n, bool)
+    mismatched[rng.choice(n, 30, replace=False)] = True
+    rows = {}
+    for share in (0.0, 0.05):
+        pruner = ScanPruner(n, 2, ScanConfig(warmup_epochs=0, t_cos=1, seed=3, retire_share=share))
+        stats = PreparationStats(pruner, mismatched=mismatched)
+        rows[share], _ = _train_planted(pruner, stats, mismatched, batch, rng)
+        retired = pruner.candidate_ids("retired")
+        assert len(retired) == int(share * n)
+        if share:
+            last = rows[share][4]
+            assert last["num_retired"] == 10
+            assert last["retired_precision"] == mismatched[retired].sum() / 10 == 1.0
+            assert last["retired_recall"] == 10 / 30
+            assert rows[share][1] == {}  # a mutation epoch's row has no quality keys
+    assert all("num_retired" not in row for row in rows[0.0])
 
 
 def test_quality_rows_of_a_miniature_run_match_its_store(mini_grid):
@@ -458,6 +502,27 @@ def test_suite_figures_are_valid_pngs(mini_grid):
             line = plotted[key][" / ".join(spec.cell.values())]
             assert line["k"] == list(range(1, len(preps) + 1)), key
             assert line["mean"] == pytest.approx([r[key] for r in preps]), key
+
+
+def test_accuracy_vs_pruned_has_a_panel_per_regime_and_a_colour_per_rule(mini_grid):
+    """The regimes figure: one panel per regime, each cell drawn once in its own panel, and
+    the legend names each rule once (it named every cell, 30 entries with repeated colours)."""
+    from reference_trainers.experiments.figures import split_cell, suite_figures
+
+    drawn = suite_figures("regimes", mini_grid, (0,), miniature=True)["accuracy_vs_pruned"]
+    _valid_png(Path(mini_grid) / "figures" / "regimes-mini" / drawn["file"])
+    cells = [s.cell for s in suite_runs("regimes", (0,), miniature=True)]
+    drawn_cells = {tuple(c.values()) for c in cells
+                   if " / ".join(c.values()) in drawn["labels"]}
+    assert drawn["panels"] == list(dict.fromkeys(c["regime"] for c in cells
+                                                 if tuple(c.values()) in drawn_cells))
+    assert drawn["series"] == list(dict.fromkeys(c["rule"] for c in cells
+                                                 if tuple(c.values()) in drawn_cells))
+    assert len(drawn["series"]) <= 10                 # distinct colours C0..C9
+    assert split_cell({"regime": "noise 20%", "rule": "scan"}, SUITES["regimes"]) == \
+        ("noise 20%", "scan")
+    assert split_cell({"rule": "scan"}, SUITES["clip-table"]) == ("", "scan")
+    assert split_cell({"noise": "40%", "scope": "global"}, SUITES["quality"]) == ("40%", "global")
 
 
 def test_the_cli_run_skips_finished_runs_and_writes_table_and_figures(mini_grid, fmnist_dir,

@@ -203,7 +203,7 @@ def test_moco_trains_on_a_folder_tree_skipping_bad_images_and_never_decoding_pru
         assert row["skipped_samples"] == 3                       # link, empty, corrupt
         assert row["samples"] == row["num_kept"]                 # bad slots refilled
     bad = bad_at_load | {corrupt}  # each bad slot of a batch is refilled with a repeat
-    assert rows[-1]["repeated_samples"] == sum(len(kept & bad) for kept, _ in epochs)
+    assert [r["repeated_samples"] for r in rows] == [len(kept & bad) for kept, _ in epochs]
     assert sum(corrupt in decoded for _, decoded in epochs) == 1  # found once, then left out
     labels = np.load(out / "corpus_labels.npz")
     assert labels["class_names"].tolist() == sorted(CLASSES)
@@ -225,6 +225,9 @@ def test_resume_on_a_corpus_replays_the_same_plans_and_refuses_a_changed_tree(tr
         assert (ra["phase"], ra["num_kept"], ra["num_candidates"], ra["steps"]) == \
             (rb["phase"], rb["num_kept"], rb["num_candidates"], rb["steps"])
         assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5)
+        # per epoch, so a resume does not restart the count (it did: cumulative per process)
+        assert rb["repeated_samples"] == ra["repeated_samples"]
+    assert sum(r["repeated_samples"] for r in b[2:]) > 0     # the resumed epochs refilled
     assert store_log(full) == store_log(resumed)
     capsys.readouterr()
     (tree / "bag" / "new.png").write_bytes((tree / "bag" / "zz-corrupt.png").read_bytes())

@@ -7,6 +7,7 @@ import pytest
 
 from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR
 from tests.trainers import ddp
+from tests.trainers.runfiles import assert_resumed_equals_uninterrupted, metrics_rows
 from reference_trainers.moco import train as moco_train
 from reference_trainers.common.moco_config import cpu_fmnist_moco
 
@@ -17,17 +18,6 @@ pytestmark = pytest.mark.skipif(
 ARGS = ["--preset", "cpu-tiny-moco", "--num-train", "768", "--num-test", "300",
         "--batch-size", "64", "--scan-warmup-epochs", "1", "--threads", "1", "--quiet"]
 DDP_ARGS = ARGS + ["--epochs", "3", "--num-train", "512"]
-
-
-def _rows(out):
-    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
-def _store_log(out):
-    from scan_core import LossStore
-    store = LossStore.open(Path(out) / "scan.zarr", LossStore.read_meta(Path(out) / "scan.zarr"),
-                           writable=False)
-    return store.load_latest()["log"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +34,7 @@ def test_the_preset_uses_the_authors_moco_pruning_defaults():
 
 
 def test_loss_goes_down_and_the_run_writes_its_directory(full_run):
-    rows = _rows(full_run)
+    rows = metrics_rows(full_run)
     assert [r["epoch"] for r in rows] == list(range(5))
     # Compare like with like: a mutation epoch trains on D's complement (the easiest and the
     # worst-matched samples dropped), whose mean loss is not the full data's. Warm-up and
@@ -60,7 +50,7 @@ def test_loss_goes_down_and_the_run_writes_its_directory(full_run):
 
 
 def test_a_pruned_run_skips_the_steps_it_claims(full_run):
-    rows = _rows(full_run)
+    rows = metrics_rows(full_run)
     assert any(r["phase"] == "mutate" for r in rows)
     for r in rows:
         assert r["samples"] == r["num_kept"]                       # one rank: every kept id once
@@ -76,15 +66,9 @@ def test_resume_continues_with_the_same_plans_and_losses(full_run, tmp_path):
     out = tmp_path / "resumed"
     args = ARGS + ["--epochs", "5", "--out", str(out)]
     assert moco_train.main(args + ["--stop-after", "3"]) == 0
-    assert [r["epoch"] for r in _rows(out)] == [0, 1, 2]
+    assert [r["epoch"] for r in metrics_rows(out)] == [0, 1, 2]
     assert moco_train.main(args + ["--resume"]) == 0
-    a, b = _rows(full_run), _rows(out)
-    assert [r["epoch"] for r in b] == list(range(5))
-    for ra, rb in zip(a, b):
-        assert (ra["phase"], ra["num_kept"], ra["num_candidates"]) == \
-            (rb["phase"], rb["num_kept"], rb["num_candidates"])
-        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5)
-    assert _store_log(full_run) == _store_log(out)
+    assert_resumed_equals_uninterrupted(full_run, out, epochs=5)
 
 
 @pytest.mark.parametrize("rule", ["random", "infobatch"])
@@ -92,7 +76,7 @@ def test_other_pruning_rules_train_and_count_their_visits(tmp_path, rule):
     out = tmp_path / rule
     assert moco_train.main(ARGS + ["--epochs", "4", "--num-train", "512", "--pruning", rule,
                                    "--eval-every", "0", "--out", str(out)]) == 0
-    rows = _rows(out)
+    rows = metrics_rows(out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["realised_pruned_share"] == pytest.approx(
         1 - sum(r["samples"] for r in rows) / (4 * 512))
@@ -137,7 +121,7 @@ def ddp_run(tmp_path_factory):
 def test_torchrun_two_ranks_on_gloo(ddp_run):
     """2 CPU processes under torchrun: the ranks agree on every plan (the pruner checks a
     digest at each epoch end), the run completes, each rank trains its padded shard."""
-    rows = _rows(ddp_run)
+    rows = metrics_rows(ddp_run)
     assert [r["world_size"] for r in rows] == [2, 2, 2]
     for r in rows:
         assert r["samples"] == -(-r["num_kept"] // 2)              # this rank's padded shard

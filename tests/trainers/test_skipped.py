@@ -73,6 +73,44 @@ def test_skipped_samples_are_listed_with_path_or_key_and_reason(tmp_path, csv_co
     assert log(1, samples_trained=9) is None                  # nothing new: no line
 
 
+@needs_data
+def test_a_resumed_run_keeps_the_list_and_reports_only_what_is_new(tmp_path, csv_corpus):
+    """After a resume the corpus is loaded afresh: it knows its load-time bad rows (2, 4) but
+    not row 7, found at decode before the stop. Fails on main: the first epoch after the
+    resume said '2 samples skipped so far (2 new)' and rewrote skipped.jsonl without row 7."""
+    from reference_trainers.common.corpora import CsvCorpus
+
+    run = RunDir(tmp_path / "run")
+    csv_corpus.batch(list(range(12)), augment=False)         # decoding finds row 7 bad
+    assert "(3 new)" in SkippedLog(run, csv_corpus)(0, samples_trained=9)
+    fresh = CsvCorpus(csv_corpus.path, spec=ImageSpec.cpu(), tokenizer=TOKENIZE,
+                      image_column="path")
+    assert sorted(skipped_samples(fresh)) == [2, 4]
+    resumed = SkippedLog(RunDir(run.path), fresh)
+    assert resumed(1, samples_trained=9) is None              # nothing new
+    listed = [json.loads(x)["id"] for x in (run.path / "skipped.jsonl").read_text().splitlines()]
+    assert listed == [2, 4, 7]                                # row 7 is not lost
+    fresh.batch(list(range(12)), augment=False)               # met again: still not new
+    assert resumed(2, samples_trained=9) is None
+    (tmp_path / "img" / "9.png").write_bytes(b"broken since")
+    fresh.batch([9], augment=False)
+    line = resumed(3, samples_trained=9)
+    assert line is not None and "4 samples skipped so far (1 new)" in line
+
+
+def test_a_garbled_skipped_list_is_refused_by_name(tmp_path):
+    from reference_trainers.common.data_layer import HeldInMemory
+    from reference_trainers.common.errors import RunDirError
+
+    run = RunDir(tmp_path / "run")
+    class InMemory(HeldInMemory):
+        images = labels = None
+
+    (run.path / "skipped.jsonl").write_text('{"id": 1, "source": "a", "reason": "b"}\n{"id": 2,')
+    with pytest.raises(RunDirError, match=r"skipped\.jsonl.*line 2"):
+        SkippedLog(run, InMemory())
+
+
 def test_data_without_bad_samples_writes_no_list_and_no_line(tmp_path):
     """Fashion-MNIST in memory: no skipped.jsonl (the run directory is the same as before,
     and as the JAX trainers', which have no corpora)."""

@@ -137,3 +137,26 @@ def test_a_run_written_before_the_history_rules_resumes_and_a_changed_rule_is_re
     (run.path / "config.json").write_text(json.dumps(older))
     with pytest.raises(TrainerError, match="retire_share: run has 0.0, now 0.1"):
         run.write_config({**flat, "retire_share": 0.1}, resume=True)
+
+
+def test_a_flag_table_gives_flag_field_type_and_a_help_that_runs_over_lines():
+    from reference_trainers.common.config import flag_table
+
+    assert flag_table("""
+        --num-test      int    evaluation subset
+                               size
+        --lr-warmup     float  linear warm-up (epochs)
+        --data          str
+    """) == [("--num-test", "num_test", int, "evaluation subset size"),
+             ("--lr-warmup", "lr_warmup", float, "linear warm-up (epochs)"),
+             ("--data", "data", str, "")]
+    with pytest.raises(TrainerError, match="'--fast  bool  go fast'.*'float', 'int', 'str'"):
+        flag_table("--fast  bool  go fast")
+
+
+def test_every_moco_flag_sets_the_config_field_it_names():
+    from reference_trainers.common.moco_config import FLAGS
+
+    fields = {f.name for f in dataclasses.fields(MocoConfig)} | set(SCAN_SETTINGS)
+    assert [name for _, name, _, _ in FLAGS if name not in fields] == []
+    assert len({flag for flag, _, _, _ in FLAGS}) == len(FLAGS)

@@ -11,20 +11,9 @@ from hypothesis import strategies as st
 pytest.importorskip("jax")
 
 from adapters.jax import num_batches, plan_batches, plan_permutation  # noqa: E402
-from scan_core import EpochPlan, ScanConfig, ScanPruner, bitset  # noqa: E402
+from scan_core import ScanConfig, ScanPruner  # noqa: E402
 from scan_core.errors import ScanConfigError  # noqa: E402
-
-
-@st.composite
-def plans(draw):
-    """An EpochPlan over N <= 300 samples with a random share of them dropped."""
-    n = draw(st.integers(1, 300))
-    dropped = draw(st.lists(st.integers(0, n - 1), unique=True, max_size=n - 1))
-    drop = bitset.from_ids(np.asarray(dropped, dtype=np.int64), n) if dropped else None
-    return EpochPlan(epoch=draw(st.integers(0, 40)), phase="mutate" if dropped else "warmup",
-                     rho_cur=0.5 if dropped else 0.0, num_samples=n,
-                     num_candidates=len(dropped), num_kept=n - len(dropped),
-                     seed=draw(st.integers(0, 2**31)), drop_bits=drop)
+from tests.adapters.conformance import plans  # noqa: E402
 
 
 layouts = dict(plan=plans(), batch_size=st.integers(1, 64), world=st.integers(1, 5),

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("jax")
 
-MODULES = ["batching", "distributed", "losses", "placement", "recording"]
+MODULES = ["adapter", "batching", "distributed", "losses", "placement", "recording"]
 
 
 @pytest.mark.parametrize("name", MODULES)
