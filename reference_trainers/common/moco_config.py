@@ -63,6 +63,8 @@ class MocoConfig(ScanSettings):
     shard_index: str | None = None        # shards: the key index file (None: in the run dir)
     train_num_samples: int | None = None  # open_clip's count, checked against the index
     save_frequency: int | None = None     # also keep the checkpoint of every k-th epoch
+    eval_folder: str | None = None        # labelled ImageFolder for kNN / probe (moco_user_eval)
+    eval_train_folder: str | None = None  # its kNN bank / probe training images (default: half)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -111,7 +113,11 @@ FLAGS = [*flag_table("""
     --lr-warmup-epochs  float  linear LR warm-up, fractional epochs
     --weight-decay      float  weight decay
 """), *PRUNING_FLAGS, *flag_table("""
-    --eval-every  int  kNN top-1 every k epochs (0: end only)
-    --workers     int  DataLoader worker processes decoding a folder:/csv: corpus
-                       (default 0: in the trainer's process)
+    --eval-every         int  kNN top-1 every k epochs (0: end only)
+    --eval-folder        str  labelled ImageFolder DIR/<class>/<image>: kNN and linear probe
+                              on your classes (replaces Fashion-MNIST; docs/moco-trainer.md)
+    --eval-train-folder  str  the kNN bank / probe's training images, a tree with the same
+                              class folders (default: a seeded half of --eval-folder)
+    --workers            int  DataLoader worker processes decoding a folder:/csv: corpus
+                              (default 0: in the trainer's process)
 """), *BOOKKEEPING_FLAGS]

@@ -143,7 +143,8 @@ class RunDir:
         if target.exists() and resume:
             old = self.read_config()
             free = {"resume", "eval_every", "probe_every", "log_every", "quiet",
-                    "imagenet_val", "classnames", "val_data", "report_to", "save_frequency"}
+                    "imagenet_val", "classnames", "val_data", "report_to", "save_frequency",
+                    "eval_folder", "eval_train_folder"}
             # A setting added after the run was written reads as its default there (the
             # history-aware rules of issue 20: ill_persistence 1, retire_share 0 = the paper).
             old = {**LATER_FIELDS, **old}

@@ -31,6 +31,7 @@ from reference_trainers.common.pairs import ImageTextArrays, build_image_text_ar
 from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.progress import epoch_line
 from reference_trainers.common.tokenizer import Tokenizer
+from reference_trainers.common.tokenizer_choice import load_tokenizer
 from reference_trainers.jax import evaluation
 from reference_trainers.jax.augment import normalise, random_crop_flip
 from reference_trainers.jax.checkpoint import save_checkpoint
@@ -45,18 +46,37 @@ HEADLINE = ("zero_shot_top1", "linear_probe_top1")
 
 
 # == 1. Data =====================================================================================
-def build_data(cfg: TrainConfig) -> tuple[ImageTextArrays, ImageTextArrays, Tokenizer]:
+def build_data(cfg: TrainConfig, run_path: Any = None
+               ) -> tuple[ImageTextArrays, ImageTextArrays, Tokenizer]:
     """Fashion-MNIST with captions (train, with any planted noise) and its test split, as the
-    PyTorch trainer builds them (common/pairs.py)."""
+    PyTorch trainer builds them (common/pairs.py); or a csv:/shards: corpus as numpy batches
+    (corpora/arrays.py) with Fashion-MNIST's test split for the zero-shot."""
     splits = load_fashion_mnist(cfg.data_dir)
-    tokenizer = Tokenizer()
-    train = build_image_text_arrays(splits, train=True, num_samples=cfg.num_train,
-                                    mismatch_share=cfg.mismatch_share,
-                                    duplicate_share=cfg.duplicate_share, seed=cfg.seed,
-                                    context_length=cfg.context_length, tokenizer=tokenizer)
+    tokenizer = load_tokenizer(cfg.tokenizer, context_length=cfg.context_length)
+    if cfg.data != "fmnist":
+        train = corpus_arrays(cfg, tokenizer, run_path)
+    else:
+        train = build_image_text_arrays(splits, train=True, num_samples=cfg.num_train,
+                                        mismatch_share=cfg.mismatch_share,
+                                        duplicate_share=cfg.duplicate_share, seed=cfg.seed,
+                                        context_length=tokenizer.context_length,
+                                        tokenizer=tokenizer)
     test = build_image_text_arrays(splits, train=False, num_samples=cfg.num_test, seed=cfg.seed,
-                                   context_length=cfg.context_length, tokenizer=tokenizer)
+                                   context_length=tokenizer.context_length, tokenizer=tokenizer)
     return train, test, tokenizer
+
+
+def corpus_arrays(cfg: TrainConfig, tokenizer: Any, run_path: Any) -> Any:
+    """--data csv:PATH or shards:SOURCE (local .tar) as numpy batches decoded per batch."""
+    from reference_trainers.common.corpora.arrays import CorpusArrays
+    from reference_trainers.common.corpora.images import ImageSpec
+    from reference_trainers.common.corpora.run_index import index_for_run
+
+    if cfg.data.startswith("csv:"):
+        return CorpusArrays.from_csv(cfg.data[4:], spec=ImageSpec.cpu(), tokenizer=tokenizer)
+    index = index_for_run(cfg.data[7:], run_path=run_path, shard_index=cfg.shard_index,
+                          train_num_samples=cfg.train_num_samples)
+    return CorpusArrays.from_shards(index, spec=ImageSpec.cpu(), tokenizer=tokenizer)
 
 
 def trim_tokens(tokens: np.ndarray, eot_id: int) -> np.ndarray:
@@ -72,12 +92,12 @@ def trim_tokens(tokens: np.ndarray, eot_id: int) -> np.ndarray:
 
 def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> CLIP:
     return CLIP(vocab_size=tokenizer.vocab_size, eot_id=tokenizer.eot_id,
-                context_length=cfg.context_length, embed_dim=cfg.embed_dim)
+                context_length=tokenizer.context_length, embed_dim=cfg.embed_dim)
 
 
 def init_state(model: CLIP, tx: Any, cfg: TrainConfig) -> TrainState:
     images = np.zeros((2, 28, 28, 1), np.float32)
-    tokens = np.zeros((2, cfg.context_length), np.int64)
+    tokens = np.zeros((2, model.context_length), np.int64)
     variables = init_variables(model, cfg.seed, images, tokens)
     return TrainState(variables["params"], variables["batch_stats"],
                       tx.init(variables["params"]))
@@ -99,7 +119,7 @@ def evaluate(encode: tuple[Any, Any], state: TrainState, train: ImageTextArrays,
     encode_image, encode_text = encode
     classifier = evaluation.zero_shot_classifier(
         lambda tokens: encode_text(variables, tokens), class_prompts(),
-        lambda texts: tokenizer.encode(texts, cfg.context_length))
+        lambda texts: tokenizer.encode(texts, tokenizer.context_length))
 
     def features(data: ImageTextArrays) -> np.ndarray:
         return evaluation.extract_features(lambda x: encode_image(variables, x), data.images,
@@ -107,7 +127,7 @@ def evaluate(encode: tuple[Any, Any], state: TrainState, train: ImageTextArrays,
 
     test_features = features(test)
     out = {"zero_shot_top1": evaluation.zero_shot_top1(test_features, test.labels, classifier)}
-    if probe:
+    if probe and train.labels is not None:  # a corpus has no labels to probe with
         out["linear_probe_top1"] = evaluation.linear_probe_top1(
             features(train), train.labels, test_features, test.labels, num_classes=10,
             seed=cfg.seed)
@@ -130,8 +150,10 @@ def batch_maker(data: ImageTextArrays, tokens: np.ndarray, rng: np.random.Genera
     """ids -> the step's host batch: augmented, normalised NHWC images and (trimmed) tokens.
     share: (process index, process count), for augmentation draws that do not depend on it."""
     def make(ids: np.ndarray) -> dict[str, Any]:
+        if data.batch_mode == "corpus":  # a bad sample's slot serves a good id's repeat
+            ids = data.served_ids(ids)
         return {"images": normalise(random_crop_flip(data.images[ids], rng, share=share)),
-                "tokens": tokens[ids]}
+                "tokens": tokens[ids], "ids": ids}
 
     return make
 
@@ -143,7 +165,7 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
     # -- Setup: XLA's threads, refused flags, processes, run directory.
     cfg, rank, world, run_dir = open_run(cfg, out)
     # -- Data.
-    train_data, test, tokenizer = build_data(cfg)
+    train_data, test, tokenizer = build_data(cfg, out)
     planted = train_data.planted()
     # -- Model, optimiser, augmentation draws: one generator, the same on every process
     # (augment.py's `share`).
@@ -155,7 +177,7 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
         cfg, run_dir, resume=resume, fresh_state=lambda: init_state(model, tx, cfg), rng=rng,
         num_samples=train_data.num_samples)
     state = boxed["state"]
-    if rank == 0:
+    if rank == 0 and planted.any:  # a corpus plants nothing
         run_dir.save_array("planted", mismatched=planted.mismatched,
                            duplicate_of=planted.duplicate_of)
     planted_stats = PreparationStats(pruner, mismatched=planted.mismatched,
@@ -172,7 +194,8 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
         state, stats = run_epoch(state, step, mesh, pruner, sampler.plan,
                                  sampler.batches(cfg.batch_size), make_batch, epoch, quiet=quiet)
         summary = pruner.end_epoch()
-        stats.update(planted_stats())
+        stats.update(train_data.epoch_stats(sampler.plan)  # a corpus: skipped, repeats
+                     if train_data.batch_mode == "corpus" else planted_stats())
         log.stop_clock()
         # -- Evaluation and checkpoint: process 0, on its own copy of the replicated state.
         evaluate_now, probe = loop.evaluation_due(cfg, epoch)

@@ -58,13 +58,14 @@ def check_jax_config(cfg: Any) -> Any:
             refused.append(f"{flag} (a torch option; XLA compiles every JAX step anyway)")
     if getattr(cfg, "precision", "fp32") != "fp32":
         refused.append(f"--precision {cfg.precision} (the JAX trainers train in fp32)")
-    if getattr(cfg, "data", "fmnist") != "fmnist":
-        refused.append(f"--data {cfg.data} (the JAX trainers train on Fashion-MNIST only)")
-    if getattr(cfg, "tokenizer", "word") != "word":
-        refused.append(f"--tokenizer {cfg.tokenizer} (the JAX CLIP trainer's captions are "
-                       "Fashion-MNIST's, with the word tokenizer)")
+    data = getattr(cfg, "data", "fmnist")
+    clip = getattr(cfg, "tokenizer", None) is not None  # MoCo's config has no tokenizer
+    if data != "fmnist" and not (clip and data.startswith(("csv:", "shards:"))):
+        refused.append(f"--data {cfg.data} (the JAX CLIP trainer takes fmnist, csv:PATH and "
+                       "shards:SOURCE; the JAX MoCo trainer Fashion-MNIST only)")
     for field, flag in (("imagenet_val", "--imagenet-val"), ("val_data", "--val-data"),
-                        ("classnames", "--classnames")):
+                        ("classnames", "--classnames"), ("eval_folder", "--eval-folder"),
+                        ("eval_train_folder", "--eval-train-folder")):
         if getattr(cfg, field, None):
             refused.append(f"{flag} {getattr(cfg, field)} (evaluation on your data is the "
                            "PyTorch trainer's for now)")
@@ -75,6 +76,26 @@ def check_jax_config(cfg: Any) -> Any:
     if refused:
         raise TrainerError("not supported with --framework jax: " + "; ".join(refused) + ".")
     return dataclasses.replace(cfg, framework="jax")
+
+
+class FirstOfBatch:
+    """The pruner, recording only the first appearance of an id within a batch. A corpus
+    serves a bad sample's slot as a repeat of a good id of the same batch (corpora/arrays.py);
+    the pruner takes one loss per id, and the repeat is the same sample. Filtered on the host
+    with this process's own ids and loss rows, so it holds with several processes."""
+
+    def __init__(self, pruner: ScanPruner) -> None:
+        self._pruner = pruner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pruner, name)
+
+    def record(self, ids: np.ndarray, losses: np.ndarray) -> Any:
+        _, first = np.unique(ids, return_index=True)
+        if len(first) < len(ids):
+            keep = np.sort(first)
+            ids, losses = ids[keep], losses[..., keep]
+        return self._pruner.record(ids, losses)
 
 
 def limit_threads(threads: int | None) -> None:
@@ -99,10 +120,12 @@ def run_epoch(state: Any, step: Callable, mesh: Any, pruner: Any, plan: Any,
                    enabled=not quiet and jax.process_index() == 0)
     weighted = plan.weight_bits is not None
     recorder = AsyncRecorder(pruner)
+    recorder.pruner = FirstOfBatch(pruner)  # a corpus's repeats are recorded once
     losses: list[tuple[Any, int]] = []
     loss_sum, samples, metrics = 0.0, 0, {}
     for i, ids in enumerate(id_batches):
         batch = make_batch(ids)
+        ids = batch.pop("ids", ids)  # a corpus serves a good id's repeat for a bad one
         batch["progress"] = np.float32(progress(epoch, i, len(id_batches)))
         if weighted:
             batch["weights"] = np.asarray(plan.loss_weights(ids), np.float32)

@@ -153,7 +153,12 @@ def image_spec(cfg: Any):
 
 def eval_preprocess(cfg: Any):
     """Fashion-MNIST images (uint8 (B, 1, 28, 28)) as the backbone's input: normalised as
-    before on the default data; resized, channel-repeated and spec-normalised on a corpus."""
+    before on the default data; resized, channel-repeated and spec-normalised on a corpus.
+    The user's --eval-folder images are decoded with the run's spec: normalised with it."""
+    if getattr(cfg, "eval_folder", None):
+        from reference_trainers.common.moco_user_eval import spec_normalise
+
+        return spec_normalise(image_spec(cfg))
     if cfg.data == "fmnist" or cfg.backbone not in ("vit_small", "vit_base"):
         return normalise
     return resize_to_spec(image_spec(cfg))
@@ -171,6 +176,17 @@ def build_data(cfg: Any, *, rank: int = 0, world: int = 1, run_path: Any = None
     """(training data, the probe's training split, the test split). On Fashion-MNIST the first
     two are the same object; on a corpus the probe trains on Fashion-MNIST's training split.
     run_path: the run directory, where a shards: source keeps its key index."""
+    if cfg.eval_folder:  # the user's labelled images: no Fashion-MNIST needed on a corpus
+        from reference_trainers.common.moco_user_eval import eval_folder_splits
+
+        probe_train, test = eval_folder_splits(cfg.eval_folder, cfg.eval_train_folder,
+                                               spec=image_spec(cfg), seed=cfg.seed)
+        if cfg.data != "fmnist":
+            return _corpus(cfg, rank, world, run_path), probe_train, test
+        views = moco_views(cfg.crop_min)
+        splits = load_fashion_mnist(cfg.data_dir)
+        return (_fmnist_split(splits, True, cfg.num_train, cfg.duplicate_share, cfg.seed,
+                              views), probe_train, test)
     splits = load_fashion_mnist(cfg.data_dir)
     views = moco_views(cfg.crop_min)
     if cfg.data == "fmnist":

@@ -56,11 +56,12 @@ def evaluate(model: MoCo, train: ImageData, test: ImageData, cfg: MocoConfig, *,
                                            device=device)
 
     train_features, test_features = features(train), features(test)
+    classes = getattr(train, "num_classes", 10)  # the user's --eval-folder classes
     out = {"knn_top1": knn_top1(train_features, train.labels, test_features, test.labels,
-                                k=cfg.knn_k)}
+                                k=cfg.knn_k, num_classes=classes)}
     if probe:
         out["linear_probe_top1"] = evaluation.linear_probe_top1(
-            train_features, train.labels, test_features, test.labels, num_classes=10,
+            train_features, train.labels, test_features, test.labels, num_classes=classes,
             seed=cfg.seed)
     return out
 

@@ -139,8 +139,7 @@ def test_the_run_directory_and_keys_match_the_torch_trainers(full_run, tmp_path,
 
 def test_flags_only_the_torch_trainer_has_are_refused(tmp_path, capsys):
     for extra, word in ((["--model", "RN50"], "RN50"), (["--compile"], "--compile"),
-                        (["--precision", "bf16"], "bf16"), (["--data", "csv:x.csv"], "csv:x.csv"),
-                        (["--tokenizer", "bpe:tok.json"], "bpe:tok.json"),
+                        (["--precision", "bf16"], "bf16"),
                         (["--imagenet-val", "val_dir"], "--imagenet-val val_dir"),
                         (["--val-data", "held.csv"], "--val-data held.csv"),
                         (["--workers", "2"], "--workers 2")):

@@ -22,14 +22,13 @@ import reference_trainers
 PACKAGE_DIR = pathlib.Path(reference_trainers.__file__).parent
 REPO_ROOT = PACKAGE_DIR.parent
 
-# common/'s modules that import torch; common/corpora/'s readers decode into torch tensors
-# today (its torch part leaves for the torch floor with the data layer, issue 16); its package
-# and shard_sources (webdataset URLs, read by the command-line parsers) import no torch.
+# common/'s modules that import torch. In common/corpora/ only the map-style readers that
+# return torch batches (CsvCorpus, ImageFolderCorpus) and the commands built on them do; the
+# images, the shard index and stream, the URL sources and the numpy arrays the JAX trainer
+# reads (arrays.py) are shared.
 TORCH_COMMON = {"common.accel", "common.augment", "common.evaluation", "common.lifecycle",
                 "common.torch_data", "common.workers", "common.user_eval", "common.tb_report",
-                *(f"common.corpora.{m}" for m in ("csv_corpus", "folder_corpus", "shards",
-                                                   "make_shards", "train_tokenizer",
-                                                   "run_index"))}
+                *(f"common.corpora.{m}" for m in ("csv_corpus", "folder_corpus", "make_shards"))}
 
 MAY_IMPORT = {
     "shared": {"shared"},

@@ -240,3 +240,12 @@ def test_the_corpora_package_and_shard_sources_import_no_torch():
                           env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[2])})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "BadSampleError"
+
+
+def test_the_corpus_arrays_snippet_in_corpora_md_runs():
+    import re
+
+    text = (pathlib.Path(__file__).parents[2] / "docs" / "corpora.md").read_text()
+    section = text[text.index("## 11. The JAX trainer's numpy batches"):]
+    block = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    exec(compile(block, "docs/corpora.md", "exec"), {})

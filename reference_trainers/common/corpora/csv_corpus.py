@@ -27,83 +27,27 @@ instead (a kept id, so the pruner accepts it) and counts it in `corpus.repeats`.
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from reference_trainers.common.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from reference_trainers.common.corpora.images import (CLIP_MEAN, CLIP_STD,  # noqa: F401
+                                                     PILLOW_HINT, BadSampleError,
+                                                     CorruptImageError, Tokenize, decode_image,
+                                                     read_pairs, require_pillow)
+from reference_trainers.common.corpora.images import ImageSpec as BaseImageSpec
+from reference_trainers.common.corpora.images import sniff_delimiter as _sniff_delimiter  # noqa
 from reference_trainers.common.data_layer import NothingPlanted
 from reference_trainers.common.errors import DataError
 from reference_trainers.common.torch_data import random_crop_flip
 
-Tokenize = Callable[[list[str]], np.ndarray]  # texts -> int64 (n, L)
-PILLOW_HINT = "decoding images needs Pillow: pip install pillow (or the project's torch extra)"
-# CLIP's RGB statistics (Radford et al. 2021, the released preprocessing).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-
-class BadSampleError(DataError):
-    """One sample cannot be served (its image does not decode, its caption is empty); the
-    readers catch it, skip the sample and count it."""
-
-
-class CorruptImageError(BadSampleError):
-    """Pillow could not decode an image's bytes."""
-
-
-def require_pillow():
-    """The PIL.Image module, or a DataError naming `pip install pillow`."""
-    try:
-        from PIL import Image
-    except ImportError as err:
-        raise DataError(PILLOW_HINT) from err
-    return Image
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageSpec:
-    """What every decoded image becomes: Pillow mode "L" (1 channel) or "RGB" (3), resized so
-    the shorter side is `size` and centre-cropped to size x size, normalised per channel with
-    `mean` / `std` (on the [0, 1] scale). `crop_padding`: zero pixels around the random crop
-    of `augment=True` (torch_data.random_crop_flip, then a horizontal flip)."""
-
-    mode: str = "L"
-    size: int = 28
-    mean: tuple[float, ...] = (FASHION_MNIST_MEAN,)
-    std: tuple[float, ...] = (FASHION_MNIST_STD,)
-    crop_padding: int = 2
-
-    def __post_init__(self):
-        channels = {"L": 1, "RGB": 3}.get(self.mode)
-        if channels is None or len(self.mean) != channels or len(self.std) != channels:
-            raise DataError(f"ImageSpec(mode={self.mode!r}, mean={self.mean}, std={self.std}): "
-                            "mode must be 'L' (1 mean/std) or 'RGB' (3 of each)")
-        if self.size < 1 or self.crop_padding < 0:
-            raise DataError(f"ImageSpec size={self.size}, crop_padding={self.crop_padding}: "
-                            "expected size >= 1 and crop_padding >= 0")
-
-    @property
-    def channels(self) -> int:
-        return len(self.mean)
-
-    @classmethod
-    def cpu(cls) -> "ImageSpec":
-        """Grayscale 28 x 28 with Fashion-MNIST's statistics: the cpu-* presets' towers."""
-        return cls()
-
-    @classmethod
-    def gpu(cls, size: int = 224) -> "ImageSpec":
-        """RGB size x size with CLIP's statistics; crop padding size // 14 (16 at 224, the same
-        share of the side as 2 of 28)."""
-        return cls("RGB", size, CLIP_MEAN, CLIP_STD, size // 14)
+class ImageSpec(BaseImageSpec):
+    """images.ImageSpec with `prepare`: decoded uint8 torch batches to the model's input."""
 
     def prepare(self, images: torch.Tensor, *, augment: bool,
                 generator: torch.Generator | None) -> torch.Tensor:
@@ -114,33 +58,6 @@ class ImageSpec:
         mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device).view(shape)
         std = torch.tensor(self.std, dtype=torch.float32, device=images.device).view(shape)
         return (images.float() / 255.0 - mean) / std
-
-
-def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
-    """Encoded image bytes -> uint8 (C, size, size) per `spec`. Raises CorruptImageError."""
-    image_module = require_pillow()
-    try:
-        with image_module.open(io.BytesIO(data)) as image:
-            image.load()
-            image = image.convert(spec.mode)
-    except (OSError, SyntaxError, ValueError, image_module.DecompressionBombError) as err:
-        raise CorruptImageError(f"cannot decode image ({len(data)} bytes): {err}") from err
-    width, height = image.size
-    scale = spec.size / min(width, height)
-    if (width, height) != (spec.size, spec.size):
-        new = (max(spec.size, round(width * scale)), max(spec.size, round(height * scale)))
-        image = image.resize(new, image_module.Resampling.BICUBIC)
-        left, top = (new[0] - spec.size) // 2, (new[1] - spec.size) // 2
-        image = image.crop((left, top, left + spec.size, top + spec.size))
-    array = np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy takes it as is
-    return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
-
-
-def _sniff_delimiter(path: pathlib.Path, head: str) -> str:
-    try:
-        return csv.Sniffer().sniff(head, delimiters=",\t;|").delimiter
-    except csv.Error:
-        return "\t" if path.suffix.lower() == ".tsv" else ","
 
 
 class PathCorpus(NothingPlanted):
@@ -291,36 +208,7 @@ class CsvCorpus(PathCorpus):
                  delimiter: str | None = None):
         self.path, self.spec, self.tokenizer = pathlib.Path(path), spec, tokenizer
         self.source = str(self.path)
-        try:
-            text = self.path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as err:
-            raise DataError(f"cannot read corpus file {self.path}: {err}") from err
-        delimiter = delimiter or _sniff_delimiter(self.path, text[:65536])
-        # A field may be as long as the file (the csv module's default limit is 131,072
-        # characters: a long caption crashed the load, issue 15 item 16).
-        csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-        needed = {image_column} if caption_column is None else {image_column, caption_column}
-        missing = needed - set(reader.fieldnames or ())
-        if missing:
-            raise DataError(f"{self.path} has columns {reader.fieldnames} (delimiter "
-                            f"{delimiter!r}); it lacks {sorted(missing)}: pass image_column= / "
-                            "caption_column= with the header's names, or delimiter=")
-        rows = list(reader)
-        self.paths = [self._resolve(row.get(image_column) or "") for row in rows]
-        self.captions = None if caption_column is None else \
-            [(row.get(caption_column) or "").strip() for row in rows]
-        self.skipped: dict[int, str] = {}
+        self.paths, self.captions, self.skipped = read_pairs(
+            self.path, image_column=image_column, caption_column=caption_column,
+            delimiter=delimiter)
         self.repeats = 0
-        for i, (image, row) in enumerate(zip(self.paths, rows)):
-            raw = (row.get(image_column) or "").strip()
-            if not raw:
-                self.skipped[i] = "empty image path"
-            elif self.captions is not None and not self.captions[i]:
-                self.skipped[i] = "empty caption"
-            elif not os.path.isfile(image):
-                self.skipped[i] = f"missing file {raw}"
-
-    def _resolve(self, raw: str) -> str:
-        raw = raw.strip()
-        return str(self.path.parent / raw) if raw else ""

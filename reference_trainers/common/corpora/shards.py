@@ -49,8 +49,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from reference_trainers.common.corpora.csv_corpus import (BadSampleError, ImageSpec, Tokenize,
-                                                          decode_image)
+from reference_trainers.common.corpora.images import (BadSampleError, ImageSpec, Tokenize,
+                                                     decode_image)
 from reference_trainers.common.corpora.shard_sources import (IMAGE_EXTENSIONS, ShardList,  # noqa: F401
                                                              describe_change, is_streamed,
                                                              read_streamed, scan_shard)

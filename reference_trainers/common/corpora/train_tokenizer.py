@@ -21,11 +21,15 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 
-from reference_trainers.common.corpora.csv_corpus import _sniff_delimiter
-from reference_trainers.common.corpora.shards import ShardIndex
+import numpy as np
+
+from reference_trainers.common.corpora.images import sniff_delimiter as _sniff_delimiter
+from reference_trainers.common.corpora.run_index import index_for_run
+from reference_trainers.common.corpora.shard_sources import is_streamed, read_streamed
 from reference_trainers.common.errors import DataError, TrainerError
 from reference_trainers.common.tokenizer_bpe import train_bpe
 
@@ -46,27 +50,31 @@ def captions_from_csv(path: str | os.PathLike, *, caption_column: str = "caption
     return [c for c in ((row.get(caption_column) or "").strip() for row in reader) if c]
 
 
-def captions_from_shards(directory: str | os.PathLike) -> Iterator[str]:
-    """The non-empty .txt members of a shard folder, in id order (the index is built or reused)."""
-    index = ShardIndex.open(directory)
-    handle, open_shard = None, -1
-    try:
-        for sample_id in range(len(index)):
-            if index.text_size[sample_id] <= 0:
+def captions_from_shards(source: str | os.PathLike, *,
+                         shard_index: str | os.PathLike | None = None) -> Iterator[str]:
+    """The non-empty .txt members of a shard source (a folder, a .tar, a brace pattern, a '::'
+    list, pipe:COMMAND), in id order. The index is `shard_index`, an index beside a folder's
+    shards, or a temporary one: nothing is written into the dataset's folder."""
+    with tempfile.TemporaryDirectory() as scratch:
+        index = index_for_run(os.fspath(source), run_path=scratch, shard_index=shard_index)
+        for shard, url in enumerate(index.shard_urls):
+            ids = np.arange(index.shard_starts[shard], index.shard_starts[shard + 1])
+            ids = ids[index.text_size[ids] > 0].tolist()
+            if not ids:
                 continue
-            shard = int(index.shard[sample_id])
-            if shard != open_shard:
-                if handle is not None:
-                    handle.close()
-                handle = open(index.shard_urls[shard], "rb")
-                open_shard = shard
+            if is_streamed(url):
+                texts = (text for _, _, text in read_streamed(index, shard, ids,
+                                                              with_text=True))
+            else:
+                texts = _seek_texts(index, url, ids)
+            yield from (text for text in texts if text)
+
+
+def _seek_texts(index, url: str, ids: list[int]) -> Iterator[str]:
+    with open(url, "rb") as handle:
+        for sample_id in ids:
             handle.seek(int(index.text_offset[sample_id]))
-            text = handle.read(int(index.text_size[sample_id])).decode("utf-8", "replace").strip()
-            if text:
-                yield text
-    finally:
-        if handle is not None:
-            handle.close()
+            yield handle.read(int(index.text_size[sample_id])).decode("utf-8", "replace").strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a byte-level BPE tokenizer on the captions of a CSV or of tar shards.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--from-csv", metavar="FILE", help="CSV / TSV with a header row")
-    source.add_argument("--from-shards", metavar="DIR", help="folder of webdataset-style tars")
+    source.add_argument("--from-shards", metavar="SOURCE",
+                        help="webdataset-style tars: a folder, a .tar, 'DIR/{00000..00009}.tar', "
+                             "a '::' list or pipe:COMMAND (docs/corpora.md section 2a)")
+    parser.add_argument("--shard-index", default=None,
+                        help="the shards' key index (default: beside a folder's shards if there, "
+                             "else a temporary one; the dataset folder is never written)")
     parser.add_argument("--out", required=True, help="the tokenizer file to write (JSON)")
     parser.add_argument("--vocab-size", type=int, default=8192,
                         help="3 specials + 256 bytes + merges (default 8192)")
@@ -96,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         captions = (captions_from_csv(args.from_csv, caption_column=args.caption_column,
                                       delimiter=args.delimiter) if args.from_csv
-                    else list(captions_from_shards(args.from_shards)))
+                    else list(captions_from_shards(args.from_shards,
+                                                        shard_index=args.shard_index)))
         if not captions:
             raise DataError(f"{args.from_csv or args.from_shards} holds no non-empty caption "
                             "to learn from")

@@ -1,0 +1,147 @@
+"""Images and caption rows as numpy, for both frameworks: the `ImageSpec` every decoded image
+becomes, `decode_image` (Pillow), the bad-sample errors, and the CSV reading that `CsvCorpus`
+(torch batches) and `arrays.CorpusArrays` (the JAX trainer's numpy batches) share. No torch.
+
+>>> ImageSpec.cpu().channels, ImageSpec.gpu(224).crop_padding
+(1, 16)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import pathlib
+from collections.abc import Callable
+
+import numpy as np
+
+from reference_trainers.common.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from reference_trainers.common.errors import DataError
+
+Tokenize = Callable[[list[str]], np.ndarray]  # texts -> int64 (n, L)
+PILLOW_HINT = "decoding images needs Pillow: pip install pillow (or the project's torch extra)"
+# CLIP's RGB statistics (Radford et al. 2021, the released preprocessing).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class BadSampleError(DataError):
+    """One sample cannot be served (its image does not decode, its caption is empty); the
+    readers catch it, skip the sample and count it."""
+
+
+class CorruptImageError(BadSampleError):
+    """Pillow could not decode an image's bytes."""
+
+
+def require_pillow():
+    """The PIL.Image module, or a DataError naming `pip install pillow`."""
+    try:
+        from PIL import Image
+    except ImportError as err:
+        raise DataError(PILLOW_HINT) from err
+    return Image
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+    """What every decoded image becomes: Pillow mode "L" (1 channel) or "RGB" (3), resized so
+    the shorter side is `size` and centre-cropped to size x size, normalised per channel with
+    `mean` / `std` (on the [0, 1] scale). `crop_padding`: zero pixels around the random crop
+    of `augment=True` (torch_data.random_crop_flip, then a horizontal flip)."""
+
+    mode: str = "L"
+    size: int = 28
+    mean: tuple[float, ...] = (FASHION_MNIST_MEAN,)
+    std: tuple[float, ...] = (FASHION_MNIST_STD,)
+    crop_padding: int = 2
+
+    def __post_init__(self):
+        channels = {"L": 1, "RGB": 3}.get(self.mode)
+        if channels is None or len(self.mean) != channels or len(self.std) != channels:
+            raise DataError(f"ImageSpec(mode={self.mode!r}, mean={self.mean}, std={self.std}): "
+                            "mode must be 'L' (1 mean/std) or 'RGB' (3 of each)")
+        if self.size < 1 or self.crop_padding < 0:
+            raise DataError(f"ImageSpec size={self.size}, crop_padding={self.crop_padding}: "
+                            "expected size >= 1 and crop_padding >= 0")
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    @classmethod
+    def cpu(cls) -> "ImageSpec":
+        """Grayscale 28 x 28 with Fashion-MNIST's statistics: the cpu-* presets' towers."""
+        return cls()
+
+    @classmethod
+    def gpu(cls, size: int = 224) -> "ImageSpec":
+        """RGB size x size with CLIP's statistics; crop padding size // 14 (16 at 224, the same
+        share of the side as 2 of 28)."""
+        return cls("RGB", size, CLIP_MEAN, CLIP_STD, size // 14)
+
+
+def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
+    """Encoded image bytes -> uint8 (C, size, size) per `spec`. Raises CorruptImageError."""
+    image_module = require_pillow()
+    try:
+        with image_module.open(io.BytesIO(data)) as image:
+            image.load()
+            image = image.convert(spec.mode)
+    except (OSError, SyntaxError, ValueError, image_module.DecompressionBombError) as err:
+        raise CorruptImageError(f"cannot decode image ({len(data)} bytes): {err}") from err
+    width, height = image.size
+    scale = spec.size / min(width, height)
+    if (width, height) != (spec.size, spec.size):
+        new = (max(spec.size, round(width * scale)), max(spec.size, round(height * scale)))
+        image = image.resize(new, image_module.Resampling.BICUBIC)
+        left, top = (new[0] - spec.size) // 2, (new[1] - spec.size) // 2
+        image = image.crop((left, top, left + spec.size, top + spec.size))
+    array = np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy takes it as is
+    return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def sniff_delimiter(path: pathlib.Path, head: str) -> str:
+    try:
+        return csv.Sniffer().sniff(head, delimiters=",\t;|").delimiter
+    except csv.Error:
+        return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def read_pairs(path: str | os.PathLike, *, image_column: str = "image",
+               caption_column: str | None = "caption", delimiter: str | None = None
+               ) -> tuple[list[str], list[str] | None, dict[int, str]]:
+    """(resolved image paths, captions (None when image-only), {row id: reason} of the rows
+    bad at load) of a CSV / TSV with a header row; see csv_corpus.CsvCorpus for the rules."""
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read corpus file {path}: {err}") from err
+    delimiter = delimiter or sniff_delimiter(path, text[:65536])
+    # A field may be as long as the file (the csv module's default limit is 131,072
+    # characters: a long caption crashed the load, issue 15 item 16).
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    needed = {image_column} if caption_column is None else {image_column, caption_column}
+    missing = needed - set(reader.fieldnames or ())
+    if missing:
+        raise DataError(f"{path} has columns {reader.fieldnames} (delimiter "
+                        f"{delimiter!r}); it lacks {sorted(missing)}: pass image_column= / "
+                        "caption_column= with the header's names, or delimiter=")
+    rows = list(reader)
+    raws = [(row.get(image_column) or "").strip() for row in rows]
+    paths = [str(path.parent / raw) if raw else "" for raw in raws]
+    captions = None if caption_column is None else \
+        [(row.get(caption_column) or "").strip() for row in rows]
+    skipped: dict[int, str] = {}
+    for i, (image, raw) in enumerate(zip(paths, raws)):
+        if not raw:
+            skipped[i] = "empty image path"
+        elif captions is not None and not captions[i]:
+            skipped[i] = "empty caption"
+        elif not os.path.isfile(image):
+            skipped[i] = f"missing file {raw}"
+    return paths, captions, skipped
