@@ -15,8 +15,10 @@
   there (or `--data-dir` names them). Otherwise the run evaluates what it was given, or
   nothing (`no_evaluation_note` says so once): it never needs the files.
 
-The maths is numpy (common/retrieval_maths.py, common/eval_maths.py) so JAX can reuse it; this
-module only runs the towers.
+The maths is numpy (common/retrieval_maths.py, common/eval_maths.py) and which sets a run has
+is torch-free too (common/user_sets.py: `fashion_mnist_for`, `no_evaluation_note`, the checks
+of the flags), so the JAX trainer (jax/user_eval.py) shares them; this module only runs the
+torch towers.
 """
 
 from __future__ import annotations
@@ -27,40 +29,15 @@ import numpy as np
 import torch
 
 from reference_trainers.common import eval_maths
-from reference_trainers.common.data import ImageSplits, load_fashion_mnist
 from reference_trainers.common.errors import DataError
 from reference_trainers.common.retrieval_maths import (class_names_for, folder_prompts,
                                                        recall_at_k, topk_accuracy)
+from reference_trainers.common.user_sets import (check_classnames, check_pairs,
+                                                 fashion_mnist_for, no_evaluation_note)
 
 __all__ = ["UserEvaluation", "fashion_mnist_for", "no_evaluation_note"]
 
 EVAL_BATCH = 256  # images per forward pass when extracting features
-
-
-def fashion_mnist_for(cfg: Any) -> ImageSplits | None:
-    """Fashion-MNIST's splits when the run trains on them (`--data fmnist`) or evaluates its
-    zero-shot on them (a corpus run given no set of its own, with the files present or
-    `--data-dir` set); None when the run needs no Fashion-MNIST file."""
-    if cfg.data == "fmnist":
-        return load_fashion_mnist(cfg.data_dir)
-    if cfg.imagenet_val or cfg.val_data:
-        return None
-    if cfg.data_dir is not None:  # named on purpose: a bad folder is an error, as before
-        return load_fashion_mnist(cfg.data_dir)
-    try:
-        return load_fashion_mnist()
-    except DataError:
-        return None
-
-
-def no_evaluation_note(cfg: Any, has_fashion_mnist_test: bool) -> str | None:
-    """The line a run prints when it will evaluate nothing, naming the flags that would."""
-    if has_fashion_mnist_test or cfg.imagenet_val or cfg.val_data:
-        return None
-    return ("no evaluation set: this run trains only (metrics.jsonl has no zero-shot). Pass "
-            "--imagenet-val DIR (zero-shot on an ImageFolder of your classes) and/or --val-data "
-            "CSV (image/text retrieval on held-out pairs), or install Fashion-MNIST for the demo "
-            "zero-shot.")
 
 
 class UserEvaluation:
@@ -71,20 +48,15 @@ class UserEvaluation:
                  classnames: str | None, spec: Any, tokenizer: Any):
         from reference_trainers.common.corpora import CsvCorpus, ImageFolderCorpus
 
+        check_classnames(imagenet_val, classnames)
         self.tokenizer = tokenizer
         self.folder = ImageFolderCorpus(imagenet_val, spec=spec) if imagenet_val else None
-        if classnames and self.folder is None:
-            raise DataError(f"--classnames {classnames} names the classes of --imagenet-val, "
-                            "which is not set: pass --imagenet-val DIR as well")
         self.class_names = (class_names_for(self.folder.class_names, classnames)
                             if self.folder is not None else ())
         self.pairs = (CsvCorpus(val_data, spec=spec, tokenizer=tokenizer.encode)
                       if val_data else None)
-        if self.pairs is not None and len(self.pairs.good_ids) == 0:
-            raise DataError(f"--val-data {val_data}: no usable (image, caption) row "
-                            f"({len(self.pairs.skipped)} skipped, e.g. "
-                            f"{next(iter(self.pairs.skipped.values()), 'none')}); expected a "
-                            "CSV like the training one, with image and caption columns")
+        if self.pairs is not None:
+            check_pairs(val_data, len(self.pairs.good_ids), self.pairs.skipped)
 
     @property
     def active(self) -> bool:

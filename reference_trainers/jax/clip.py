@@ -26,12 +26,13 @@ import numpy as np
 from reference_trainers.common import loop
 from reference_trainers.common.captions import class_prompts
 from reference_trainers.common.config import TrainConfig, build_parser, config_from_args
-from reference_trainers.common.data import load_fashion_mnist
+from reference_trainers.common.corpora.images import ImageSpec
 from reference_trainers.common.pairs import ImageTextArrays, build_image_text_arrays
 from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.progress import epoch_line
 from reference_trainers.common.tokenizer import Tokenizer
 from reference_trainers.common.tokenizer_choice import load_tokenizer
+from reference_trainers.common.user_sets import fashion_mnist_for, no_evaluation_note
 from reference_trainers.jax import evaluation
 from reference_trainers.jax.augment import normalise, random_crop_flip
 from reference_trainers.jax.checkpoint import save_checkpoint
@@ -41,17 +42,19 @@ from reference_trainers.jax.processes import (add_process_flags, host_local, sta
 from reference_trainers.jax.runtime import finish_run, open_run, run_epoch, start_run
 from reference_trainers.jax.steps import (TrainState, build_optimizer, init_variables,
                                           lr_schedule, make_clip_step)
+from reference_trainers.jax.user_eval import JaxUserEvaluation
 
 HEADLINE = ("zero_shot_top1", "linear_probe_top1")
 
 
 # == 1. Data =====================================================================================
 def build_data(cfg: TrainConfig, run_path: Any = None
-               ) -> tuple[ImageTextArrays, ImageTextArrays, Tokenizer]:
+               ) -> tuple[ImageTextArrays, ImageTextArrays | None, Tokenizer]:
     """Fashion-MNIST with captions (train, with any planted noise) and its test split, as the
     PyTorch trainer builds them (common/pairs.py); or a csv:/shards: corpus as numpy batches
-    (corpora/arrays.py) with Fashion-MNIST's test split for the zero-shot."""
-    splits = load_fashion_mnist(cfg.data_dir)
+    (corpora/arrays.py). The test split is None when the run evaluates on the user's sets or
+    on nothing (common/user_eval.fashion_mnist_for): then no Fashion-MNIST file is read."""
+    splits = fashion_mnist_for(cfg)  # None: the run needs no Fashion-MNIST file
     tokenizer = load_tokenizer(cfg.tokenizer, context_length=cfg.context_length)
     if cfg.data != "fmnist":
         train = corpus_arrays(cfg, tokenizer, run_path)
@@ -61,15 +64,15 @@ def build_data(cfg: TrainConfig, run_path: Any = None
                                         duplicate_share=cfg.duplicate_share, seed=cfg.seed,
                                         context_length=tokenizer.context_length,
                                         tokenizer=tokenizer)
-    test = build_image_text_arrays(splits, train=False, num_samples=cfg.num_test, seed=cfg.seed,
-                                   context_length=tokenizer.context_length, tokenizer=tokenizer)
+    test = None if splits is None or cfg.imagenet_val else build_image_text_arrays(
+        splits, train=False, num_samples=cfg.num_test, seed=cfg.seed,
+        context_length=tokenizer.context_length, tokenizer=tokenizer)
     return train, test, tokenizer
 
 
 def corpus_arrays(cfg: TrainConfig, tokenizer: Any, run_path: Any) -> Any:
     """--data csv:PATH or shards:SOURCE (local .tar) as numpy batches decoded per batch."""
     from reference_trainers.common.corpora.arrays import CorpusArrays
-    from reference_trainers.common.corpora.images import ImageSpec
     from reference_trainers.common.corpora.run_index import index_for_run
 
     if cfg.data.startswith("csv:"):
@@ -113,9 +116,14 @@ def compiled_encoders(model: CLIP) -> tuple[Any, Any]:
 
 
 def evaluate(encode: tuple[Any, Any], state: TrainState, train: ImageTextArrays,
-             test: ImageTextArrays, tokenizer: Tokenizer, cfg: TrainConfig, *,
-             probe: bool) -> dict[str, float]:
+             test: ImageTextArrays | None, tokenizer: Tokenizer, cfg: TrainConfig, *,
+             probe: bool, user: JaxUserEvaluation | None = None) -> dict[str, float]:
+    """The user's sets (jax/user_eval.py), then Fashion-MNIST's zero-shot (and probe) when
+    `test` is set: the PyTorch trainer's evaluate, key for key."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
+    out = user(encode, variables) if user is not None and user.active else {}
+    if test is None:
+        return out
     encode_image, encode_text = encode
     classifier = evaluation.zero_shot_classifier(
         lambda tokens: encode_text(variables, tokens), class_prompts(),
@@ -126,7 +134,7 @@ def evaluate(encode: tuple[Any, Any], state: TrainState, train: ImageTextArrays,
                                            preprocess=normalise)
 
     test_features = features(test)
-    out = {"zero_shot_top1": evaluation.zero_shot_top1(test_features, test.labels, classifier)}
+    out["zero_shot_top1"] = evaluation.zero_shot_top1(test_features, test.labels, classifier)
     if probe and train.labels is not None:  # a corpus has no labels to probe with
         out["linear_probe_top1"] = evaluation.linear_probe_top1(
             features(train), train.labels, test_features, test.labels, num_classes=10,
@@ -167,6 +175,10 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
     # -- Data.
     train_data, test, tokenizer = build_data(cfg, out)
     planted = train_data.planted()
+    user = JaxUserEvaluation(imagenet_val=cfg.imagenet_val, val_data=cfg.val_data,
+                             classnames=cfg.classnames, spec=ImageSpec.cpu(), tokenizer=tokenizer)
+    if (no_eval := no_evaluation_note(cfg, test is not None)) and rank == 0:
+        print(no_eval, flush=True)
     # -- Model, optimiser, augmentation draws: one generator, the same on every process
     # (augment.py's `share`).
     model = build_model(cfg, tokenizer)
@@ -200,7 +212,7 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
         # -- Evaluation and checkpoint: process 0, on its own copy of the replicated state.
         evaluate_now, probe = loop.evaluation_due(cfg, epoch)
         scores = evaluate(encode, host_local(state), train_data, test, tokenizer, cfg,
-                          probe=probe) if rank == 0 and evaluate_now else {}
+                          probe=probe, user=user) if rank == 0 and evaluate_now else {}
         log.write(summary, stats, scores, line=epoch_line)
         if rank == 0:
             save_checkpoint(run_dir, epoch, host_local(state), rng, log.wall_seconds)

@@ -63,12 +63,11 @@ def check_jax_config(cfg: Any) -> Any:
     if data != "fmnist" and not (clip and data.startswith(("csv:", "shards:"))):
         refused.append(f"--data {cfg.data} (the JAX CLIP trainer takes fmnist, csv:PATH and "
                        "shards:SOURCE; the JAX MoCo trainer Fashion-MNIST only)")
-    for field, flag in (("imagenet_val", "--imagenet-val"), ("val_data", "--val-data"),
-                        ("classnames", "--classnames"), ("eval_folder", "--eval-folder"),
+    for field, flag in (("eval_folder", "--eval-folder"),
                         ("eval_train_folder", "--eval-train-folder")):
-        if getattr(cfg, field, None):
-            refused.append(f"{flag} {getattr(cfg, field)} (evaluation on your data is the "
-                           "PyTorch trainer's for now)")
+        if getattr(cfg, field, None):  # the JAX CLIP trainer takes --imagenet-val / --val-data
+            refused.append(f"{flag} {getattr(cfg, field)} (MoCo's evaluation on your data is "
+                           "the PyTorch trainer's for now)")
     if getattr(cfg, "report_to", None) not in (None, "", "none"):
         refused.append(f"--report-to {cfg.report_to} (the JAX trainers write metrics.jsonl only)")
     if getattr(cfg, "workers", 0):

@@ -140,8 +140,6 @@ def test_the_run_directory_and_keys_match_the_torch_trainers(full_run, tmp_path,
 def test_flags_only_the_torch_trainer_has_are_refused(tmp_path, capsys):
     for extra, word in ((["--model", "RN50"], "RN50"), (["--compile"], "--compile"),
                         (["--precision", "bf16"], "bf16"),
-                        (["--imagenet-val", "val_dir"], "--imagenet-val val_dir"),
-                        (["--val-data", "held.csv"], "--val-data held.csv"),
                         (["--workers", "2"], "--workers 2")):
         assert jax_clip.main(ARGS + extra + ["--out", str(tmp_path / word)]) == 2
         err = capsys.readouterr().err

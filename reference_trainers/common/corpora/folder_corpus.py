@@ -26,11 +26,8 @@ import hashlib
 import os
 import pathlib
 
-import numpy as np
-
 from reference_trainers.common.corpora.csv_corpus import ImageSpec, PathCorpus
-from reference_trainers.common.corpora.shards import IMAGE_EXTENSIONS
-from reference_trainers.common.errors import DataError
+from reference_trainers.common.corpora.images import list_image_tree
 
 __all__ = ["ImageFolderCorpus"]
 
@@ -47,28 +44,7 @@ class ImageFolderCorpus(PathCorpus):
     def __init__(self, root: str | os.PathLike, *, spec: ImageSpec):
         self.root, self.spec, self.tokenizer = pathlib.Path(root), spec, None
         self.source = str(self.root)
-        if not self.root.is_dir():
-            raise DataError(f"folder corpus {self.root} is not a folder; expected DIR/<class>/"
-                            "<image> (an ImageNet-style tree)")
-        classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
-        if {"train", "val"} <= set(classes):
-            raise DataError(f"{self.root} holds train/ and val/ folders: point --data at the "
-                            f"training split, folder:{self.root / 'train'}")
-        relative, labels = [], []
-        for label, name in enumerate(classes):
-            found = sorted(p.relative_to(self.root).as_posix()
-                           for p in (self.root / name).rglob("*")
-                           if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
-                           and (p.is_file() or p.is_symlink()))
-            relative += found
-            labels += [label] * len(found)
-        if not relative:
-            raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}/"
-                            "<class>/: expected an ImageNet-style tree DIR/<class>/<image>")
-        order = np.argsort(np.array(relative, dtype=str), kind="stable")  # one global order
-        self.relative = [relative[i] for i in order]
-        self.labels = np.asarray(labels, dtype=np.int64)[order]
-        self.class_names = tuple(classes)
+        self.relative, self.labels, self.class_names = list_image_tree(self.root)
         self.paths = [str(self.root / r) for r in self.relative]
         self.captions = None
         self.repeats = 0

@@ -1,6 +1,8 @@
 """Images and caption rows as numpy, for both frameworks: the `ImageSpec` every decoded image
 becomes, `decode_image` (Pillow), the bad-sample errors, and the CSV reading that `CsvCorpus`
-(torch batches) and `arrays.CorpusArrays` (the JAX trainer's numpy batches) share. No torch.
+(torch batches) and `arrays.CorpusArrays` (the JAX trainer's numpy batches) share, and the
+listing of an ImageNet-style folder tree (`list_image_tree`: folder_corpus.ImageFolderCorpus
+and the JAX trainer's --imagenet-val). No torch.
 
 >>> ImageSpec.cpu().channels, ImageSpec.gpu(224).crop_padding
 (1, 16)
@@ -101,6 +103,35 @@ def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
         image = image.crop((left, top, left + spec.size, top + spec.size))
     array = np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy takes it as is
     return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def list_image_tree(root: pathlib.Path) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
+    """The images of root/<class>/ (any depth below the class folder), in one global sorted
+    order of their POSIX paths under root: (relative paths (N,), labels int64 (N,) indexing
+    the class names, class names (C,) = the sorted first-level folders). Raises DataError
+    when root is not a folder, holds train/ and val/ splits, or has no image."""
+    from reference_trainers.common.corpora.shard_sources import IMAGE_EXTENSIONS
+
+    if not root.is_dir():
+        raise DataError(f"folder corpus {root} is not a folder; expected DIR/<class>/"
+                        "<image> (an ImageNet-style tree)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if {"train", "val"} <= set(classes):
+        raise DataError(f"{root} holds train/ and val/ folders: point --data at the "
+                        f"training split, folder:{root / 'train'}")
+    relative, labels = [], []
+    for label, name in enumerate(classes):
+        found = sorted(p.relative_to(root).as_posix() for p in (root / name).rglob("*")
+                       if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
+                       and (p.is_file() or p.is_symlink()))
+        relative += found
+        labels += [label] * len(found)
+    if not relative:
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}/"
+                        "<class>/: expected an ImageNet-style tree DIR/<class>/<image>")
+    order = np.argsort(np.array(relative, dtype=str), kind="stable")  # one global order
+    return ([relative[i] for i in order], np.asarray(labels, dtype=np.int64)[order],
+            tuple(classes))
 
 
 def sniff_delimiter(path: pathlib.Path, head: str) -> str:
