@@ -8,8 +8,10 @@ the run directory (`RUN/tensorboard/`), beside metrics.jsonl (which stays the re
   `scan/pruned_share`, `scan/realised_saving`, `scan/phase` (0 warmup, 1 prepare, 2 mutate,
   3 full), and every evaluation result as `eval/<name>` (zero-shot, recall@K, probe).
 
-Written with torch.utils.tensorboard, which needs the `tensorboard` package: the project's
-`tensorboard` extra (`pip install 'scan-prune[tensorboard]'`). Only rank 0 writes.
+Written with the `tensorboard` package's own event-file writer (the scalar events
+torch.utils.tensorboard's `add_scalar` writes, without torch or TensorFlow), so the PyTorch and
+the JAX CLIP trainers share this module: the project's `tensorboard` extra
+(`pip install 'scan-prune[tensorboard]'`). Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from typing import Any
 
 from reference_trainers.common.errors import TrainerError
 
-__all__ = ["EVAL_PREFIXES", "NullReporter", "TensorBoardReporter", "open_reporter",
-           "parse_report_to"]
+__all__ = ["EVAL_PREFIXES", "NullReporter", "ScalarWriter", "TensorBoardReporter",
+           "open_reporter", "parse_report_to"]
 
 REPORTERS = ("tensorboard", "none")
 PHASES = {"warmup": 0, "prepare": 1, "mutate": 2, "full": 3}
@@ -54,17 +56,40 @@ class NullReporter:
         pass
 
 
+class ScalarWriter:
+    """Scalar summaries in TensorBoard event files under `log_dir`, with tensorboard's
+    EventFileWriter: each `add_scalar` is one Event with a simple_value, as SummaryWriter's."""
+
+    def __init__(self, log_dir: str):
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._event, self._summary = Event, Summary
+        self._writer = EventFileWriter(log_dir)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        summary = self._summary(value=[self._summary.Value(tag=tag, simple_value=float(value))])
+        self._writer.add_event(self._event(wall_time=time.time(), step=int(step),
+                                           summary=summary))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 class TensorBoardReporter(NullReporter):
     """Event files in `directory`; `first_step`: optimiser steps already taken (resume)."""
 
     def __init__(self, directory: pathlib.Path, *, first_step: int = 0):
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            self.writer = ScalarWriter(str(directory))
         except ImportError as err:
             raise TrainerError(f"--report-to tensorboard needs the tensorboard package ({err}): "
                                "pip install 'scan-prune[tensorboard]' (or pip install "
                                "tensorboard), or drop --report-to") from err
-        self.writer = SummaryWriter(log_dir=str(directory))
         self.global_step = first_step
         self._last = time.perf_counter()
 

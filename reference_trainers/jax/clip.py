@@ -29,6 +29,7 @@ from reference_trainers.common.config import TrainConfig, build_parser, config_f
 from reference_trainers.common.corpora.images import ImageSpec
 from reference_trainers.common.pairs import ImageTextArrays, build_image_text_arrays
 from reference_trainers.common.planted import PreparationStats
+from reference_trainers.common.tb_report import open_reporter
 from reference_trainers.common.progress import epoch_line
 from reference_trainers.common.tokenizer import Tokenizer
 from reference_trainers.common.tokenizer_choice import load_tokenizer
@@ -189,6 +190,8 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
         cfg, run_dir, resume=resume, fresh_state=lambda: init_state(model, tx, cfg), rng=rng,
         num_samples=train_data.num_samples)
     state = boxed["state"]
+    reporter = open_reporter(cfg.report_to, run_dir.path, rank=rank,  # TensorBoard on rank 0
+                             rows=run_dir.read_metrics() if rank == 0 else [])
     if rank == 0 and planted.any:  # a corpus plants nothing
         run_dir.save_array("planted", mismatched=planted.mismatched,
                            duplicate_of=planted.duplicate_of)
@@ -204,7 +207,8 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
     for epoch in log.epochs(cfg, pruner, stop_after):
         sampler.set_epoch(epoch)
         state, stats = run_epoch(state, step, mesh, pruner, sampler.plan,
-                                 sampler.batches(cfg.batch_size), make_batch, epoch, quiet=quiet)
+                                 sampler.batches(cfg.batch_size), make_batch, epoch, quiet=quiet,
+                                 reporter=reporter)
         summary = pruner.end_epoch()
         stats.update(train_data.epoch_stats(sampler.plan)  # a corpus: skipped, repeats
                      if train_data.batch_mode == "corpus" else planted_stats())
@@ -213,9 +217,10 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
         evaluate_now, probe = loop.evaluation_due(cfg, epoch)
         scores = evaluate(encode, host_local(state), train_data, test, tokenizer, cfg,
                           probe=probe, user=user) if rank == 0 and evaluate_now else {}
-        log.write(summary, stats, scores, line=epoch_line)
+        reporter.epoch(log.write(summary, stats, scores, line=epoch_line))
         if rank == 0:
             save_checkpoint(run_dir, epoch, host_local(state), rng, log.wall_seconds)
+    reporter.close()
     # -- Save: summary.json and the coreset, once process 0 has written every metrics row.
     return finish_run(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)
 

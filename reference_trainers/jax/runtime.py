@@ -27,6 +27,7 @@ from reference_trainers.common.loop import RunConfig, finish
 from reference_trainers.common.progress import EpochBar
 from reference_trainers.common.rundir import RunDir
 from reference_trainers.common.schedule import progress
+from reference_trainers.common.tb_report import NullReporter, parse_report_to
 from reference_trainers.jax.checkpoint import load_checkpoint
 from reference_trainers.jax.processes import agreed, barrier, check_process_count
 from reference_trainers.jax.steps import place_batch, replicate
@@ -68,8 +69,12 @@ def check_jax_config(cfg: Any) -> Any:
         if getattr(cfg, field, None):  # the JAX CLIP trainer takes --imagenet-val / --val-data
             refused.append(f"{flag} {getattr(cfg, field)} (MoCo's evaluation on your data is "
                            "the PyTorch trainer's for now)")
-    if getattr(cfg, "report_to", None) not in (None, "", "none"):
-        refused.append(f"--report-to {cfg.report_to} (the JAX trainers write metrics.jsonl only)")
+    if clip:
+        parse_report_to(cfg.report_to)  # an unknown reporter fails before anything is written
+    elif getattr(cfg, "report_to", None) not in (None, "", "none"):
+        refused.append(f"--report-to {cfg.report_to} (the JAX MoCo trainer writes metrics.jsonl "
+                       "only; the JAX CLIP trainer and the PyTorch trainers report to "
+                       "tensorboard)")
     if getattr(cfg, "workers", 0):
         refused.append(f"--workers {cfg.workers} (the JAX trainers hold Fashion-MNIST in memory)")
     if refused:
@@ -108,19 +113,22 @@ def limit_threads(threads: int | None) -> None:
 
 def run_epoch(state: Any, step: Callable, mesh: Any, pruner: Any, plan: Any,
               id_batches: list[np.ndarray], make_batch: Callable[[np.ndarray], dict[str, Any]],
-              epoch: int, *, quiet: bool,
-              extra: Iterable[str] = ()) -> tuple[Any, dict[str, Any]]:
+              epoch: int, *, quiet: bool, extra: Iterable[str] = (),
+              reporter: NullReporter | None = None) -> tuple[Any, dict[str, Any]]:
     """Run one epoch's steps; returns (state, stats): steps, samples (of the global batches,
     every process's), train_loss (mean over them), lr and the `extra` metrics (e.g. momentum)
     of the last step. Under several processes `id_batches` are this process's; the step's loss
-    is the global batch's, and each process records its own rows."""
+    is the global batch's, and each process records its own rows. `reporter`
+    (common/tb_report.py) gets each step's loss, lr and global batch size when the loop reads
+    them, one step late."""
+    reporter = reporter if reporter is not None else NullReporter()
     world = jax.process_count()
     bar = EpochBar(epoch, len(id_batches), phase=plan.phase, kept_share=plan.keep_fraction,
                    enabled=not quiet and jax.process_index() == 0)
     weighted = plan.weight_bits is not None
     recorder = AsyncRecorder(pruner)
     recorder.pruner = FirstOfBatch(pruner)  # a corpus's repeats are recorded once
-    losses: list[tuple[Any, int]] = []
+    losses: list[tuple[Any, Any, int]] = []  # (loss, lr, global batch size) per step
     loss_sum, samples, metrics = 0.0, 0, {}
     for i, ids in enumerate(id_batches):
         batch = make_batch(ids)
@@ -130,16 +138,21 @@ def run_epoch(state: Any, step: Callable, mesh: Any, pruner: Any, plan: Any,
             batch["weights"] = np.asarray(plan.loss_weights(ids), np.float32)
         state, metrics = step(state, place_batch(mesh, batch))
         recorder.push(ids, metrics["per_sample"])
-        losses.append((metrics["loss"], len(ids) * world))  # equal lengths on every process
+        # equal lengths on every process
+        losses.append((metrics["loss"], metrics["lr"], len(ids) * world))
         if len(losses) > 1:  # the previous step's loss: done, or nearly, so no stall
-            loss, count = losses[-2]
+            loss, lr, count = losses[-2]
             loss_sum, samples = loss_sum + float(loss) * count, samples + count
             bar.update(i, loss_sum / samples)
+            reporter.step(loss=float(loss), lr=float(lr), kept_share=plan.keep_fraction,
+                          samples=count)
     recorder.flush()
     if losses:
-        loss, count = losses[-1]
+        loss, lr, count = losses[-1]
         loss_sum, samples = loss_sum + float(loss) * count, samples + count
         bar.update(len(id_batches), loss_sum / samples)
+        reporter.step(loss=float(loss), lr=float(lr), kept_share=plan.keep_fraction,
+                      samples=count)
     stats = {"steps": len(id_batches), "samples": samples,
              "lr": float(metrics["lr"]) if metrics else 0.0,
              **{key: float(metrics[key]) for key in extra if key in metrics},

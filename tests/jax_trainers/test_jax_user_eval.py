@@ -201,9 +201,19 @@ def write_pairs(folder: pathlib.Path, n: int, name: str) -> pathlib.Path:
     return folder / f"{name}.csv"
 
 
-@pytest.mark.slow  # one JAX CLIP run in a fresh process: about 40 s on the shared CPU
+def read_scalars(folder: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.mark.slow  # one JAX CLIP run (stopped and resumed) in a fresh process: 30-40 s here
 def test_a_jax_corpus_run_evaluates_the_user_sets_without_fashion_mnist_or_torch(tmp_path):
-    """fails on main: '--imagenet-val ... not supported with --framework jax'."""
+    """fails on main: '--imagenet-val ... not supported with --framework jax' (and
+    '--report-to tensorboard (the JAX trainers write metrics.jsonl only)')."""
+    pytest.importorskip("tensorboard")
     for c, name in enumerate(["bag", "shirt", "ankle_boot"]):
         for j in range(4):
             flat_png(tmp_path / "val" / name / f"{j}.png", 60 * c + 5 * j)
@@ -214,11 +224,13 @@ def test_a_jax_corpus_run_evaluates_the_user_sets_without_fashion_mnist_or_torch
             "--data", f"csv:{write_pairs(tmp_path, 48, 'train')}",
             "--imagenet-val", str(tmp_path / "val"),
             "--val-data", str(write_pairs(tmp_path, 12, "held")),
-            "--data-dir", str(tmp_path / "no-fmnist"), "--eval-every", "1", "--out", str(out)]
+            "--data-dir", str(tmp_path / "no-fmnist"), "--eval-every", "1",
+            "--report-to", "tensorboard", "--out", str(out)]
     code = f"""
 import sys
 from reference_trainers.jax import clip
-assert clip.main({args!r}) == 0
+assert clip.main({args!r} + ["--stop-after", "1"]) == 0
+assert clip.main({args!r} + ["--resume"]) == 0
 assert 'torch' not in sys.modules, 'torch imported'
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -236,6 +248,18 @@ assert 'torch' not in sys.modules, 'torch imported'
     assert summary["zero_shot_top1"] == rows[-1]["zero_shot_top1"]
     config = json.loads((out / "config.json").read_text())
     assert (config["framework"], config["imagenet_val"]) == ("jax", str(tmp_path / "val"))
+    # TensorBoard: every step once across the resume, the epoch's loss from its steps
+    scalars = read_scalars(out / "tensorboard")
+    total_steps = sum(r["steps"] for r in rows)
+    assert [s for s, _ in scalars["train/loss"]] == list(range(total_steps))
+    assert len(scalars["train/lr"]) == len(scalars["train/kept_share"]) == total_steps
+    first = rows[0]
+    losses = [v for _, v in scalars["train/loss"][:first["steps"]]]
+    assert np.mean(losses) == pytest.approx(first["train_loss"], rel=1e-5)  # 3 batches of 16
+    assert scalars["train/lr"][-1][1] == pytest.approx(rows[-1]["lr"])
+    for key in ("zero_shot_top1", "image_to_text_R@1", "text_to_image_R@10"):
+        assert scalars[f"eval/{key}"] == [(r["epoch"], pytest.approx(r[key])) for r in rows]
+    assert [v for _, v in scalars["scan/phase"]] == [0, 1]
 
 
 def test_a_jax_corpus_run_with_classnames_alone_is_refused_before_training(tmp_path, capsys):

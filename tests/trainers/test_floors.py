@@ -27,7 +27,7 @@ REPO_ROOT = PACKAGE_DIR.parent
 # images, the shard index and stream, the URL sources and the numpy arrays the JAX trainer
 # reads (arrays.py) are shared.
 TORCH_COMMON = {"common.accel", "common.augment", "common.evaluation", "common.lifecycle",
-                "common.torch_data", "common.workers", "common.user_eval", "common.tb_report",
+                "common.torch_data", "common.workers", "common.user_eval",
                 *(f"common.corpora.{m}" for m in ("csv_corpus", "folder_corpus", "make_shards"))}
 
 MAY_IMPORT = {

@@ -22,7 +22,7 @@ def test_report_to_values():
 
 
 def test_without_tensorboard_the_error_names_the_extra(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    monkeypatch.setitem(sys.modules, "tensorboard.summary.writer.event_file_writer", None)
     with pytest.raises(TrainerError, match=r"scan-prune\[tensorboard\]"):
         open_reporter("tensorboard", tmp_path, rank=0, rows=[])
 
