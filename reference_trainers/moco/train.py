@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adapters.batching import fold_lone_last
 from adapters.torch import ScanSampler, TorchCommunicator, moco_loss, record
 from reference_trainers.common import evaluation, lifecycle, loop
 from reference_trainers.common.eval_maths import knn_top1
@@ -67,14 +68,6 @@ def evaluate(model: MoCo, train: ImageData, test: ImageData, cfg: MocoConfig, *,
 
 
 # == 3. One epoch of training =====================================================================
-def _fold_lone_last(batches: list) -> list:
-    # BatchNorm cannot train on one sample; a pruned epoch's lone last sample joins the batch
-    # before it, so every kept id is still trained on and recorded once.
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2:] = [np.concatenate(batches[-2:])]
-    return batches
-
-
 def _stream_steps(stream: Any, plan: EpochPlan, batch_size: int) -> int:
     """Batches of a one-worker stream epoch after a lone last sample is folded in."""
     per_worker = stream.samples_per_worker(plan)
@@ -114,7 +107,7 @@ def epoch_batches(data: TrainData, plan: EpochPlan, sampler: ScanSampler, cfg: M
                   ids.numpy())
                  for images, ids in _fold_stream(loader))
         return crops, _stream_steps(data, plan, cfg.batch_size)
-    id_batches = _fold_lone_last(list(sampler.batches(cfg.batch_size)))
+    id_batches = fold_lone_last(list(sampler.batches(cfg.batch_size)))  # BatchNorm: >= 2
     if data.batch_mode == "corpus":  # decoded in --workers processes (workers.py)
         from reference_trainers.common.workers import raw_corpus_batches
 
