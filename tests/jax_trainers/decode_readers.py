@@ -4,13 +4,15 @@ spawned decode worker without JAX or torch (this module imports neither)."""
 from __future__ import annotations
 
 import os
+import sys
 
 from reference_trainers.common.corpora.arrays import FileReader
 
 
 class LoggingReader(FileReader):
-    """A FileReader that appends "pid id" to `log` for every read, so a test sees which
-    process read which sample (and that a pruned one was never read)."""
+    """A FileReader that appends "pid id frameworks" to `log` for every read, so a test sees
+    which process read which sample (and that a pruned one was never read), and whether that
+    process had imported jax or torch (frameworks: 1) or neither (0)."""
 
     def __init__(self, paths, log):
         super().__init__(paths)
@@ -18,7 +20,8 @@ class LoggingReader(FileReader):
 
     def __call__(self, i: int) -> bytes:
         with open(self.log, "a") as out:
-            out.write(f"{os.getpid()} {i}\n")
+            frameworks = int("jax" in sys.modules or "torch" in sys.modules)
+            out.write(f"{os.getpid()} {i} {frameworks}\n")
         return super().__call__(i)
 
 

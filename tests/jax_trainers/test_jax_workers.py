@@ -112,6 +112,9 @@ def test_two_workers_serve_what_the_trainer_process_serves_and_never_read_a_prun
         data = corpus(path, LoggingReader(corpus(path).loader.read.paths, log))
         batches = run_epochs(data, workers, epochs)
         reads = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+        if workers:  # a spawned worker imports neither JAX nor torch
+            assert {frameworks for _, _, frameworks in reads} == {0}
+        reads = [(pid, i) for pid, i, _ in reads]
         runs[workers] = (batches, reasons(data.skipped), data.repeats, reads)
     (b0, skipped0, repeats0, reads0), (b2, skipped2, repeats2, reads2) = runs[0], runs[2]
     assert len(b0) == len(b2) == 9
