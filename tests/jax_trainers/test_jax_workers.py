@@ -261,3 +261,31 @@ def test_workers_on_fashion_mnist_do_nothing_and_say_so(tmp_path, capsys):
     assert jax_clip.main(args[:-1] + [str(tmp_path / "bad"), "--workers", "-2"]) == 2
     assert "--workers -2" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow  # two JAX processes with two decode workers each, and one process: 90 s here
+@pytest.mark.distributed
+def test_two_jax_processes_with_two_workers_each_train_the_global_batch_of_one(tmp_path):
+    """Each process's pool decodes that process's share of the plan: two processes with a batch
+    of 16 and --workers 2 run the warm-up and preparation a one-process run with a batch of
+    32 and no workers runs (the same plans, steps and losses to float summation order)."""
+    pytest.importorskip("jax")
+    from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR
+    from reference_trainers.jax import clip as jax_clip
+    from tests.jax_trainers.test_jax_processes import _ok, launch
+
+    if not pathlib.Path(DEFAULT_FASHION_MNIST_DIR).is_dir():
+        pytest.skip("the run evaluates zero-shot on Fashion-MNIST")
+    args = ARGS[:-1] + ["--data", f"csv:{write_csv(tmp_path, 96)}", "--epochs", "2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert jax_clip.main(args + ["--quiet", "--batch-size", "32", "--out", str(one)]) == 0
+    logs = _ok(launch("clip", args + ["--workers", "2", "--out", str(two)]))
+    assert "decoded in 2 worker processes" in logs[0]
+    rows_one, rows_two = rows_without_timing(one), rows_without_timing(two)
+    assert [r["phase"] for r in rows_two] == [r["phase"] for r in rows_one] == ["warmup",
+                                                                              "prepare"]
+    for a, b in zip(rows_one, rows_two):
+        assert (b["num_kept"], b["steps"], b["samples"], b["world_size"]) == \
+            (a["num_kept"], a["steps"], a["samples"], 2)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["mean_loss"] == pytest.approx(a["mean_loss"], rel=1e-4)
