@@ -71,6 +71,9 @@ def check_jax_config(cfg: Any) -> Any:
                            "the PyTorch trainer's for now)")
     if clip:
         parse_report_to(cfg.report_to)  # an unknown reporter fails before anything is written
+        from reference_trainers.common.corpora.decode_pool import check_worker_count
+
+        check_worker_count(getattr(cfg, "workers", None))  # --workers -2 too
     elif getattr(cfg, "report_to", None) not in (None, "", "none"):
         refused.append(f"--report-to {cfg.report_to} (the JAX MoCo trainer writes metrics.jsonl "
                        "only; the JAX CLIP trainer and the PyTorch trainers report to "

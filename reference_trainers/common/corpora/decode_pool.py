@@ -103,6 +103,7 @@ class BatchDecoder:
         self.data, self.workers = data, check_worker_count(workers)
         self._pool: ProcessPoolExecutor | None = None
         self._batches: Iterator[ServedBatch] | None = None
+        self._pending: collections.deque[tuple[np.ndarray, Future]] = collections.deque()
         if self.workers:
             context = multiprocessing.get_context("spawn")
             self._decoding = context.Array("q", [_IDLE] * self.workers)
@@ -135,9 +136,8 @@ class BatchDecoder:
         return self.data.absorb(batch)
 
     def _ahead(self, id_batches: list[np.ndarray]) -> Iterator[ServedBatch]:
-        pending: collections.deque[tuple[np.ndarray, Future]] = collections.deque()
+        pending = self._pending  # (ids, future) in the epoch's order; close() cancels them
         upcoming = iter(id_batches)
-        self._pending = pending
         for ids in upcoming:
             pending.append((ids, self._submit(ids)))
             if len(pending) == AHEAD_PER_WORKER * self.workers:
@@ -166,15 +166,17 @@ class BatchDecoder:
         loader = self.data.loader
         busy = [int(i) for i in self._decoding[:] if i != _IDLE]
         named = ", ".join(loader.where(i) for i in busy) or (
-            "no sample (it died starting, or between samples; the batch waited for holds " +
-            ", ".join(loader.where(int(i)) for i in np.asarray(ids)[:4]) + " ...)")
+            "no sample: it died starting (a script that starts a run needs the `if __name__ == "
+            "'__main__':` guard, as spawned processes import it) or between samples; the batch "
+            "waited for holds " + ", ".join(loader.where(int(i)) for i in np.asarray(ids)[:4])
+            + " ...")
         return DataError(f"a --workers process decoding {self.data.source} died (killed for "
                          f"memory, or a crash in the image decoder) while decoding {named}. "
                          "Rerun with --workers 0 to decode in the trainer's process and see "
                          "the error, or remove that sample")
 
     def _drop_pending(self) -> None:
-        for _, future in getattr(self, "_pending", ()):
+        for _, future in self._pending:
             future.cancel()
         self._pending, self._batches = collections.deque(), None
 
