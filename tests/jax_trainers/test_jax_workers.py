@@ -26,6 +26,7 @@ from reference_trainers.common.errors import DataError, TrainerError  # noqa: E4
 from reference_trainers.common.tokenizer import Tokenizer  # noqa: E402
 from tests.jax_trainers.decode_readers import (DyingReader, FailingReader,  # noqa: E402
                                                LoggingReader)
+from tests.trainers.runfiles import store_log  # noqa: E402
 
 CAPTIONS = ("a photo of a bag.", "a shirt.", "a black sneaker.", "trousers on a chair.")
 
@@ -230,6 +231,11 @@ def test_a_jax_csv_run_with_two_workers_equals_the_run_without_and_resumes_exact
         [{k: v for k, v in r.items() if k != "repeated_samples"} for r in w0]
     assert summary_without_timing(tmp_path / "w2") == summary_without_timing(tmp_path / "w0")
     assert 0.0 <= summary_without_timing(tmp_path / "w2")["zero_shot_top1"] <= 1.0
+    # the pruner's plans and records: its store log and the coreset, bit for bit
+    for name in ("w2", "stopped"):
+        assert store_log(tmp_path / name) == store_log(tmp_path / "w0")
+        np.testing.assert_array_equal(np.load(tmp_path / name / "coreset.npy"),
+                                      np.load(tmp_path / "w0" / "coreset.npy"))
 
 
 def test_a_jax_shard_run_with_two_workers_equals_the_run_without(tmp_path):
@@ -246,6 +252,7 @@ def test_a_jax_shard_run_with_two_workers_equals_the_run_without(tmp_path):
                                             "--out", str(tmp_path / name)]) == 0
     w0, w2 = (rows_without_timing(tmp_path / n) for n in ("w0", "w2"))
     assert len(w0) == 2 and w0[-1]["skipped_samples"] == 1 and w2 == w0
+    assert store_log(tmp_path / "w2") == store_log(tmp_path / "w0")
     assert 0.0 <= w2[-1]["image_to_text_R@1"] <= w2[-1]["image_to_text_R@10"] <= 1.0
 
 
