@@ -18,10 +18,14 @@ import pytest
 
 PIL = pytest.importorskip("PIL.Image")
 
-from reference_trainers.common.corpora.arrays import CorpusArrays, ImageLoader  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from reference_trainers.common.corpora.arrays import (CorpusArrays, ImageLoader,  # noqa: E402
+                                                      serve_batch)
 from reference_trainers.common.corpora.decode_pool import (BatchDecoder,  # noqa: E402
                                                           check_worker_count)
-from reference_trainers.common.corpora.images import ImageSpec  # noqa: E402
+from reference_trainers.common.corpora.images import BadSampleError, ImageSpec  # noqa: E402
 from reference_trainers.common.errors import DataError, TrainerError  # noqa: E402
 from reference_trainers.common.tokenizer import Tokenizer  # noqa: E402
 from tests.jax_trainers.decode_readers import (DyingReader, FailingReader,  # noqa: E402
@@ -88,6 +92,45 @@ def run_epochs(data: CorpusArrays, workers: int, epochs: list[list[np.ndarray]])
             decoder.start_epoch(id_batches)
             out += [decoder.serve(ids) for ids in id_batches]
     return out
+
+
+class StubLoader:
+    """id -> a 1x1x1 image holding the id; ids in `bad` raise BadSampleError."""
+
+    def __init__(self, bad):
+        self.bad, self.calls = set(bad), []
+
+    def __call__(self, i: int) -> np.ndarray:
+        self.calls.append(i)
+        if i in self.bad:
+            raise BadSampleError(f"sample {i} is bad")
+        return np.full((1, 1, 1), i, np.uint8)
+
+
+@given(st.lists(st.integers(0, 60), min_size=1, max_size=20, unique=True),
+       st.sets(st.integers(0, 60)), st.sets(st.integers(0, 60)))
+def test_serve_batch_keeps_the_batch_size_and_serves_good_ids_only(ids, bad, known):
+    """Invariants of the function N = 0 and every worker run: the batch keeps its length; a
+    good id is served as itself; a bad slot holds the next good image of the batch in turn, and
+    its id; only unknown ids are read, each once; what fails is recorded; repeats = bad slots."""
+    ids = np.asarray(ids, np.int64)
+    load = StubLoader(bad)
+    known_bad = {i: "known" for i in known}
+    good = [i for i in ids.tolist() if i not in bad and i not in known]
+    if not good:
+        with pytest.raises(DataError, match="no image of a batch"):
+            serve_batch(ids, load, known_bad, "stub")
+        return
+    out = serve_batch(ids, load, known_bad, "stub")
+    assert out.served.shape == ids.shape and out.pixels.shape == (len(ids), 1, 1, 1)
+    np.testing.assert_array_equal(out.pixels[:, 0, 0, 0], out.served)  # image k is id k's
+    slots = [k for k, i in enumerate(ids.tolist()) if i in bad or i in known]
+    assert out.served[slots].tolist() == [good[j % len(good)] for j in range(len(slots))]
+    keep = [k for k in range(len(ids)) if k not in slots]
+    np.testing.assert_array_equal(out.served[keep], ids[keep])
+    assert load.calls == [i for i in ids.tolist() if i not in known]
+    assert set(out.new_skipped) == {i for i in ids.tolist() if i in bad and i not in known}
+    assert out.repeats == len(slots)
 
 
 @pytest.fixture
