@@ -87,6 +87,10 @@ def pairs_arrays(val_data: str, spec: ImageSpec, tokenizer: Any,
     source = val_shard_source(val_data)
     if source is None:
         return CorpusArrays.from_csv(val_data, spec=spec, tokenizer=tokenizer)
+    if any(part.strip().startswith("pipe:") for part in source.split("::")):
+        raise DataError(f"--val-data {val_data}: held-out shards are read by seeking to each "
+                        "sample, and a pipe: command cannot seek; copy the shards to a local "
+                        "folder (or give the pairs as a CSV)")
     index_path = None if run_path is None else pathlib.Path(run_path) / VAL_INDEX_NAME
     index = index_for_run(source, shard_index=index_path)
     return CorpusArrays.from_shards(index, spec=spec, tokenizer=tokenizer)

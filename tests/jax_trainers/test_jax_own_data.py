@@ -58,7 +58,7 @@ def torch_trap(folder: Path) -> Path:
     return marker
 
 
-@pytest.mark.slow  # two JAX trainer processes with two decode workers each: 60 s on 2 cores
+@pytest.mark.slow  # two JAX trainer processes with two decode workers each: 50-70 s on 2 cores
 def test_the_done_when_run_trains_and_evaluates_a_read_only_shard_set_in_jax(tmp_path):
     from tests.trainers.test_readme_own_data import _own_data
 

@@ -167,10 +167,11 @@ def test_retrieval_on_held_out_shards_scores_as_the_same_pairs_in_a_csv(held_pai
         os.chmod(shards, 0o755)
     assert sorted(p.name for p in shards.iterdir()) == ["00000.tar", "00001.tar"]
     assert expected["image_to_text_R@1"] == 6 / 8
-    with pytest.raises(DataError, match="cannot seek"):  # read by id: a pipe: is refused
+    with pytest.raises(DataError, match="--val-data pipe:.*cannot seek.*local folder"):
         JaxUserEvaluation(imagenet_val=None, val_data=f"pipe:cat {shards}/00000.tar",
                           classnames=None, spec=ImageSpec.cpu(), tokenizer=StubTokenizer(words),
                           run_path=tmp_path / "pipe")
+    assert not (tmp_path / "pipe").exists()  # refused before the stream is indexed
 
 
 def test_the_jax_and_torch_evaluations_give_the_same_numbers_on_the_same_towers(
