@@ -10,8 +10,8 @@ the costly, deterministic part, so the workers do that and hand back uint8 pixel
   batch per worker task, in order; with any N the batches, their ids and (after the augment in
   this process) their pixels equal those of N = 0. Samples a worker finds undecodable travel
   back with the batch and join `corpus.skipped` here, as N = 0 would have recorded them.
-* MoCo's corpora (`folder:`, `csv:`) take the decoded pixels (`raw_corpus_batches`) and
-  draw their two crops here; a MoCo shard stream runs in the trainer's process (N = 0).
+* MoCo's corpora (`folder:`, `csv:`, `shards:`) take the decoded pixels
+  (`raw_corpus_batches`, `raw_stream_batches`) and draw their two crops here.
 * A shard stream (`shards:`): the stream itself is split over ranks x workers
   (corpora/shards.py), so the order in which samples arrive depends on N: an epoch is
   deterministic per (seed, N) and serves the same kept ids, each once, for every N, but the
@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from reference_trainers.common.errors import TrainerError
 
-__all__ = ["check_workers", "corpus_batches", "raw_corpus_batches", "stream_batches"]
+__all__ = ["check_workers", "corpus_batches", "raw_corpus_batches", "raw_stream_batches",
+           "stream_batches"]
 
 
 def check_workers(workers: int | None) -> int:
@@ -129,12 +130,12 @@ def _collate_with_stats(samples: list) -> tuple:
     return (*batch, corrupt, sum(s[4] for s in samples))
 
 
-def stream_batches(stream: Any, plan: Any, *, batch_size: int, workers: int,
-                   generator: torch.Generator | None
-                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def raw_stream_batches(stream: Any, plan: Any, *, batch_size: int, workers: int
+                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """This rank's batches of a shard stream split for `workers` DataLoader workers
-    (stream.num_workers must equal max(1, workers)): (images float32 augmented, tokens, ids);
-    `stream.steps_per_rank(plan, batch_size)` of them."""
+    (stream.num_workers must equal max(1, workers)), as read: (pixels uint8 (B, C, S, S),
+    tokens, ids); `stream.steps_per_rank(plan, batch_size)` of them. What the workers found
+    corrupt or refilled is recorded in `stream.stats` here."""
     from adapters.torch.stream import PlanIterableDataset
 
     workers = check_workers(workers)
@@ -146,4 +147,13 @@ def stream_batches(stream: Any, plan: Any, *, batch_size: int, workers: int,
         stream.stats.corrupt.update(corrupt)
         if refills:
             stream.stats.refills[plan.epoch] = stream.stats.refills.get(plan.epoch, 0) + refills
+        yield images, tokens, ids
+
+
+def stream_batches(stream: Any, plan: Any, *, batch_size: int, workers: int,
+                   generator: torch.Generator | None
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """raw_stream_batches augmented in this process: (images float32, tokens, ids)."""
+    for images, tokens, ids in raw_stream_batches(stream, plan, batch_size=batch_size,
+                                                  workers=workers):
         yield stream.spec.prepare(images, augment=True, generator=generator), tokens, ids

@@ -69,10 +69,15 @@ def evaluate(model: MoCo, train: ImageData, test: ImageData, cfg: MocoConfig, *,
 
 # == 3. One epoch of training =====================================================================
 def _stream_steps(stream: Any, plan: EpochPlan, batch_size: int) -> int:
-    """Batches of a one-worker stream epoch after a lone last sample is folded in."""
+    """Batches of a stream epoch after each worker's lone last sample is folded in: every
+    worker serves the same number of samples, so with one left over each of the N workers
+    ends on a batch of one, and all N fold into the batch before them (one batch when each
+    worker serves a single sample)."""
     per_worker = stream.samples_per_worker(plan)
     steps = stream.steps_per_rank(plan, batch_size)
-    return steps - 1 if steps > 1 and per_worker % batch_size == 1 else steps
+    if per_worker % batch_size != 1:
+        return steps
+    return 1 if per_worker == 1 else steps - stream.num_workers
 
 
 def _fold_stream(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -95,13 +100,10 @@ def epoch_batches(data: TrainData, plan: EpochPlan, sampler: ScanSampler, cfg: M
     """This rank's (x1, x2, ids) batches of the epoch and how many there are. Map-style data
     is served by the sampler's ids; a shard stream drops pruned samples before it reads them
     and serves the same number of samples on every rank (corpora/shards.py)."""
-    if data.batch_mode == "stream":
-        from adapters.torch.stream import PlanIterableDataset, collate_samples
+    if data.batch_mode == "stream":  # read and decoded in --workers processes (workers.py)
+        from reference_trainers.common.workers import raw_stream_batches
 
-        dataset = PlanIterableDataset(data)
-        dataset.set_plan(plan)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size,
-                                             collate_fn=collate_samples)
+        loader = raw_stream_batches(data, plan, batch_size=cfg.batch_size, workers=cfg.workers)
         views = moco_data.moco_views(cfg.crop_min)
         crops = ((*moco_data.spec_two_crops(images.to(device), data.spec, generator, views),
                   ids.numpy())
@@ -163,16 +165,6 @@ def train_epoch(model: MoCo, optimizer: torch.optim.Optimizer, sampler: ScanSamp
 
 
 # == 4. The run: setup, data, model, pruner, loop (evaluation, checkpoint), save ===============
-def _check_workers(cfg: MocoConfig, train_data: TrainData) -> None:
-    from reference_trainers.common.errors import TrainerError
-    from reference_trainers.common.workers import check_workers
-
-    if check_workers(cfg.workers) and train_data.batch_mode == "stream":
-        raise TrainerError(f"--workers {cfg.workers} with --data {cfg.data}: MoCo reads a shard "
-                           "stream in the trainer's process for now; drop --workers (folder: "
-                           "and csv: corpora take it)")
-
-
 def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
           model: MoCo | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Train (or continue, with resume) the run in `out`; returns the summary.
@@ -183,7 +175,6 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
     train_data, probe_train, test = build_data(cfg, rank=rank, world=world, run_path=out)
     check_train_data(train_data)
     planted = train_data.planted()
-    _check_workers(cfg, train_data)
     if rank == 0:
         moco_data.check_corpus(run_dir, train_data, resume=resume)
     # -- Model, optimiser, augmentation generator; a resume continues all three.
