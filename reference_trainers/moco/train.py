@@ -34,6 +34,7 @@ from reference_trainers.common.progress import EpochBar, knn_epoch_line
 from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.skipped import SkippedLog
+from reference_trainers.common.tb_report import NullReporter, open_reporter, parse_report_to
 from reference_trainers.moco import data as moco_data
 from reference_trainers.common.moco_config import FLAGS, PRESETS, MocoConfig
 from reference_trainers.moco.data import ImageData, build_data  # noqa: F401 (public before)
@@ -122,7 +123,8 @@ def epoch_batches(data: TrainData, plan: EpochPlan, sampler: ScanSampler, cfg: M
 def train_epoch(model: MoCo, optimizer: torch.optim.Optimizer, sampler: ScanSampler,
                 pruner: ScanPruner, data: TrainData, cfg: MocoConfig, epoch: int,
                 generator: torch.Generator, base_lr: float, quiet: bool, amp: AmpSetup,
-                device: torch.device) -> dict[str, Any]:
+                device: torch.device, reporter: NullReporter = NullReporter()
+                ) -> dict[str, Any]:
     """Train one epoch of this rank's kept ids and record their per-sample losses; returns
     the epoch's steps, samples, last LR and momentum, and mean training loss."""
     plan = sampler.plan
@@ -157,6 +159,8 @@ def train_epoch(model: MoCo, optimizer: torch.optim.Optimizer, sampler: ScanSamp
         elif len(unique):
             record(pruner, unique, out.per_sample[:, torch.from_numpy(first).to(device)])
         loss_sum += float(out.loss.detach()) * len(ids)
+        reporter.step(loss=float(out.loss.detach()), lr=lr, kept_share=plan.keep_fraction,
+                      samples=len(ids))
         samples += len(ids)
         steps += 1
         bar.update(i + 1, loss_sum / samples)
@@ -170,6 +174,7 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
     """Train (or continue, with resume) the run in `out`; returns the summary.
     model: any MoCo (e.g. around another backbone); default build_moco(cfg.backbone, ...)."""
     # -- Setup: processes, threads, run directory (rank 0 writes its config).
+    parse_report_to(cfg.report_to)  # an unknown reporter fails before anything is written
     rank, world, run_dir = lifecycle.open_run(cfg, out, resume=resume)
     # -- Data: the training images; the labelled split and test split kNN / the probe use.
     train_data, probe_train, test = build_data(cfg, rank=rank, world=world, run_path=out)
@@ -198,8 +203,11 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)
+    reporter = NullReporter()
     if rank == 0:
         run_dir.truncate_metrics(last)
+        reporter = open_reporter(cfg.report_to, run_dir.path, rank=rank,
+                                 rows=run_dir.read_metrics())
         if planted.any:
             run_dir.save_array("planted", duplicate_of=planted.duplicate_of)
     planted_stats = PreparationStats(pruner, duplicate_of=planted.duplicate_of)  # planted.py
@@ -209,7 +217,7 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
     for epoch in log.epochs(cfg, pruner, stop_after):
         sampler.set_epoch(epoch)
         stats = train_epoch(model, optimizer, sampler, pruner, train_data, cfg, epoch,
-                            generator, base_lr, quiet or rank != 0, amp, device)
+                            generator, base_lr, quiet or rank != 0, amp, device, reporter)
         skipped_note = skipped(epoch, stats["samples"])
         summary = pruner.end_epoch()
         stats.update({**planted_stats(), **train_data.epoch_stats(sampler.plan)})
@@ -218,9 +226,11 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
         evaluate_now, probe = loop.evaluation_due(cfg, epoch)
         scores = evaluate(core, probe_train, test, cfg, probe=probe, device=device) \
             if rank == 0 and evaluate_now else {}
-        log.write(summary, stats, scores, line=knn_epoch_line, note=skipped_note)
+        reporter.epoch(log.write(summary, stats, scores, line=knn_epoch_line,
+                                 note=skipped_note))
         save_checkpoint(run_dir, epoch, model, optimizer, generator, log.wall_seconds,
                         scaler=amp.scaler)
+    reporter.close()
     # -- Save: summary.json and the coreset.
     return loop.finish(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)
 
