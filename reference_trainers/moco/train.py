@@ -35,6 +35,8 @@ from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.skipped import SkippedLog
 from reference_trainers.common.tb_report import NullReporter, open_reporter, parse_report_to
+from reference_trainers.common.workers import DecodeWorkers, raw_corpus_batches, \
+    raw_stream_batches
 from reference_trainers.moco import data as moco_data
 from reference_trainers.common.moco_config import FLAGS, PRESETS, MocoConfig
 from reference_trainers.moco.data import ImageData, build_data  # noqa: F401 (public before)
@@ -96,15 +98,15 @@ def _fold_stream(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def epoch_batches(data: TrainData, plan: EpochPlan, sampler: ScanSampler, cfg: MocoConfig,
-                  generator: torch.Generator, device: torch.device
+                  generator: torch.Generator, device: torch.device,
+                  decode: DecodeWorkers | None = None
                   ) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]], int]:
     """This rank's (x1, x2, ids) batches of the epoch and how many there are. Map-style data
     is served by the sampler's ids; a shard stream drops pruned samples before it reads them
     and serves the same number of samples on every rank (corpora/shards.py)."""
     if data.batch_mode == "stream":  # read and decoded in --workers processes (workers.py)
-        from reference_trainers.common.workers import raw_stream_batches
-
-        loader = raw_stream_batches(data, plan, batch_size=cfg.batch_size, workers=cfg.workers)
+        loader = raw_stream_batches(data, plan, batch_size=cfg.batch_size, workers=cfg.workers,
+                                    decode=decode)
         views = moco_data.moco_views(cfg.crop_min)
         crops = ((*moco_data.spec_two_crops(images.to(device), data.spec, generator, views),
                   ids.numpy())
@@ -112,9 +114,8 @@ def epoch_batches(data: TrainData, plan: EpochPlan, sampler: ScanSampler, cfg: M
         return crops, _stream_steps(data, plan, cfg.batch_size)
     id_batches = fold_lone_last(list(sampler.batches(cfg.batch_size)))  # BatchNorm: >= 2
     if data.batch_mode == "corpus":  # decoded in --workers processes (workers.py)
-        from reference_trainers.common.workers import raw_corpus_batches
-
-        raw = raw_corpus_batches(data.corpus, id_batches, workers=cfg.workers, fill_bad=True)
+        raw = raw_corpus_batches(data.corpus, id_batches, workers=cfg.workers, fill_bad=True,
+                                 decode=decode)
         return ((*moco_data.spec_two_crops(images.to(device), data.spec, generator, data.views),
                  served.numpy()) for images, _, served in raw), len(id_batches)
     return (data.crops(ids, generator, device) for ids in id_batches), len(id_batches)
@@ -123,12 +124,12 @@ def epoch_batches(data: TrainData, plan: EpochPlan, sampler: ScanSampler, cfg: M
 def train_epoch(model: MoCo, optimizer: torch.optim.Optimizer, sampler: ScanSampler,
                 pruner: ScanPruner, data: TrainData, cfg: MocoConfig, epoch: int,
                 generator: torch.Generator, base_lr: float, quiet: bool, amp: AmpSetup,
-                device: torch.device, reporter: NullReporter = NullReporter()
-                ) -> dict[str, Any]:
+                device: torch.device, reporter: NullReporter = NullReporter(),
+                decode: DecodeWorkers | None = None) -> dict[str, Any]:
     """Train one epoch of this rank's kept ids and record their per-sample losses; returns
     the epoch's steps, samples, last LR and momentum, and mean training loss."""
     plan = sampler.plan
-    batches, num_batches = epoch_batches(data, plan, sampler, cfg, generator, device)
+    batches, num_batches = epoch_batches(data, plan, sampler, cfg, generator, device, decode)
     bar = EpochBar(epoch, num_batches, phase=plan.phase, kept_share=plan.keep_fraction,
                    enabled=not quiet)
     weighted = plan.weight_bits is not None
@@ -213,11 +214,13 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
     planted_stats = PreparationStats(pruner, duplicate_of=planted.duplicate_of)  # planted.py
     skipped = SkippedLog(run_dir, train_data, write=rank == 0)
     # -- Loop.
+    decode = DecodeWorkers(cfg.workers)  # --workers processes, kept for the whole run
     log = loop.EpochLog(run_dir, rank=rank, world=world, wall_seconds=wall)
     for epoch in log.epochs(cfg, pruner, stop_after):
         sampler.set_epoch(epoch)
         stats = train_epoch(model, optimizer, sampler, pruner, train_data, cfg, epoch,
-                            generator, base_lr, quiet or rank != 0, amp, device, reporter)
+                            generator, base_lr, quiet or rank != 0, amp, device, reporter,
+                            decode)
         skipped_note = skipped(epoch, stats["samples"])
         summary = pruner.end_epoch()
         stats.update({**planted_stats(), **train_data.epoch_stats(sampler.plan)})
@@ -231,6 +234,7 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
         save_checkpoint(run_dir, epoch, model, optimizer, generator, log.wall_seconds,
                         scaler=amp.scaler)
     reporter.close()
+    decode.close()
     # -- Save: summary.json and the coreset.
     return loop.finish(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)
 

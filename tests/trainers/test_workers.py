@@ -224,3 +224,60 @@ def test_moco_on_shards_with_two_workers_serves_the_kept_ids_and_resumes_exactly
     assert whole[-1][4] == 2  # both corrupt images, met in a worker, counted here
     for row in _rows(tmp_path / "whole"):  # every kept id served: repeats only top up
         assert row["samples"] >= row["num_kept"] - 2
+
+
+class PidCorpus:
+    """A map-style corpus stub whose pixels carry the decoding process's id."""
+
+    captions = tokenizer = None
+
+    def __init__(self):
+        self.skipped, self.repeats = {}, 0
+
+    def raw_batch(self, ids, fill_bad=False):
+        import os
+
+        ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
+        return torch.full((len(ids), 1, 1, 1), os.getpid(), dtype=torch.long), ids
+
+
+def test_the_run_keeps_its_worker_processes_from_epoch_to_epoch():
+    from reference_trainers.common.workers import DecodeWorkers
+
+    decode, corpus, pids = DecodeWorkers(2), PidCorpus(), set()
+    for epoch in range(3):
+        id_batches = [np.arange(k, k + 4) + 100 * epoch for k in range(0, 16, 4)]
+        got = list(decode.raw_corpus_batches(corpus, id_batches))
+        assert [b[2].tolist() for b in got] == [b.tolist() for b in id_batches]
+        pids |= {int(b[0][0]) for b in got}
+    decode.close()
+    assert len(pids) == 2
+
+
+def test_persistent_stream_workers_serve_what_fresh_workers_serve_every_epoch(tmp_path):
+    """Each epoch's plan reaches the kept workers: epoch by epoch the batches equal those of
+    workers started for that epoch alone, corrupt ones counted once per epoch as before."""
+    from reference_trainers.common.workers import DecodeWorkers
+    from scan_core import bitset
+
+    index = ShardIndex.open(write_shards(tmp_path / "shards", 48, 12, corrupt={13}))
+
+    def stream():
+        return ShardStream(index, tokenizer=tokenize, spec=ImageSpec.cpu(), num_workers=2,
+                           seed=4)
+
+    kept, fresh, decode = stream(), stream(), DecodeWorkers(2)
+    for epoch, dropped in enumerate([[], [1, 2, 3, 20, 21, 40], list(range(0, 48, 3))]):
+        drop = np.asarray(dropped, dtype=np.int64)
+        plan = EpochPlan(epoch, "mutate" if dropped else "warmup", 0.5 if dropped else 0.0, 48,
+                         len(drop), 48 - len(drop), seed=0,
+                         drop_bits=bitset.from_ids(drop, 48) if dropped else None)
+        a = list(decode.raw_stream_batches(kept, plan, batch_size=5))
+        b = list(raw_stream_batches(fresh, plan, batch_size=5, workers=2))
+        assert len(a) == len(b) == kept.steps_per_rank(plan, 5)
+        for x, y in zip(a, b):
+            assert all(torch.equal(u, v) for u, v in zip(x, y))
+        assert set(torch.cat([x[2] for x in a]).tolist()) == set(plan.kept_ids.tolist()) - {13}
+        assert set(kept.stats.corrupt) == set(fresh.stats.corrupt) == {13}
+        assert kept.repeated_samples(plan) == fresh.repeated_samples(plan)
+    decode.close()
