@@ -75,8 +75,9 @@ def check_jax_config(cfg: Any) -> Any:
         refused.append(f"--report-to {cfg.report_to} (the JAX MoCo trainer writes metrics.jsonl "
                        "only; the JAX CLIP trainer and the PyTorch trainers report to "
                        "tensorboard)")
-    if getattr(cfg, "workers", 0):
-        refused.append(f"--workers {cfg.workers} (the JAX trainers hold Fashion-MNIST in memory)")
+    if getattr(cfg, "workers", 0) and not clip:  # the JAX CLIP trainer decodes in workers
+        refused.append(f"--workers {cfg.workers} (the JAX MoCo trainer holds Fashion-MNIST in "
+                       "memory)")
     if refused:
         raise TrainerError("not supported with --framework jax: " + "; ".join(refused) + ".")
     return dataclasses.replace(cfg, framework="jax")
