@@ -65,6 +65,7 @@ class MocoConfig(ScanSettings):
     save_frequency: int | None = None     # also keep the checkpoint of every k-th epoch
     eval_folder: str | None = None        # labelled ImageFolder for kNN / probe (moco_user_eval)
     eval_train_folder: str | None = None  # its kNN bank / probe training images (default: half)
+    report_to: str | None = None          # tensorboard: event files in RUN/tensorboard (JAX)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,6 +73,10 @@ class MocoConfig(ScanSettings):
             raise TrainerError(f"crop_min={self.crop_min!r}: --crop-min is the smallest crop's "
                                "share of the image area, in (0, 1] (MoCo v3: 0.2 for ResNet, "
                                "0.08 for ViT)")
+        if self.report_to not in (None, "", "none") and self.framework != "jax":
+            raise TrainerError(f"--report-to {self.report_to}: the PyTorch MoCo trainer writes "
+                               "metrics.jsonl only for now; add --framework jax (the JAX MoCo "
+                               "trainer reports to tensorboard) or drop --report-to")
 
 
 def cpu_fmnist_moco() -> MocoConfig:
@@ -120,4 +125,6 @@ FLAGS = [*flag_table("""
                               class folders (default: a seeded half of --eval-folder)
     --workers            int  DataLoader worker processes decoding a folder:/csv: corpus
                               (default 0: in the trainer's process)
+    --report-to          str  tensorboard: per-step loss / lr / samples/s and per-epoch SCAN
+                              and kNN / probe scalars in RUN/tensorboard (--framework jax)
 """), *BOOKKEEPING_FLAGS]
