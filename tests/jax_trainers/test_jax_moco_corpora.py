@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("jax")
 pytest.importorskip("flax")
@@ -24,6 +26,7 @@ pytest.importorskip("braceexpand")
 
 from adapters.jax import PlanSampler  # noqa: E402
 from reference_trainers.common.corpora.arrays import CorpusArrays  # noqa: E402
+from reference_trainers.common.corpora.images import ImageSpec  # noqa: E402
 from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR, read_idx  # noqa: E402
 from reference_trainers.common.errors import DataError, TrainerError  # noqa: E402
 from reference_trainers.jax import moco as jax_moco  # noqa: E402
@@ -93,6 +96,45 @@ def test_a_folder_tree_serves_good_ids_for_bad_ones_and_counts_them_per_epoch(tr
     same = torch_corpus.ImageFolderCorpus(tree, spec=torch_corpus.ImageSpec.cpu())
     assert same.relative == data.listing and same.skipped == {
         i: r for i, (_, r) in data.skipped_samples().items() if i != corrupt}  # same ids
+
+
+_PIXELS = np.arange(12 * 784, dtype=np.uint8).reshape(12, 28, 28) * 7
+_PNGS = [png(x) for x in _PIXELS]
+_BAD_AT_LOAD, _BAD_AT_DECODE = {2: "missing file 2.png"}, {5, 9}
+
+
+@given(st.lists(st.lists(st.lists(st.integers(0, 11), min_size=1, max_size=8), min_size=1,
+                         max_size=4), min_size=1, max_size=3))
+def test_served_batches_keep_good_ids_in_place_and_count_every_refill_in_its_epoch(epochs):
+    """Invariants of CorpusImages.served_ids / epoch_stats over any epochs of id batches: a good
+    id keeps its slot and its pixels; a bad slot holds a good id of the same batch (in turn)
+    with that id's pixels; an epoch's `repeated_samples` is its own bad slots; a batch of bad
+    ids only is a DataError naming the source."""
+    arrays = CorpusArrays([f"{i}.png" for i in range(12)], [""] * 12,
+                          lambda i: b"junk" if i in _BAD_AT_DECODE else _PNGS[i],
+                          _BAD_AT_LOAD, spec=ImageSpec.cpu(),
+                          tokenizer=moco_data._NoCaptions(), source="twelve")
+    data = moco_data.CorpusImages(arrays, listing=None)
+    bad = set(_BAD_AT_LOAD) | _BAD_AT_DECODE
+    for batches in epochs:
+        refills = 0
+        for ids in map(np.array, batches):
+            good = [i for i in ids.tolist() if i not in bad]
+            if not good:
+                with pytest.raises(DataError, match="twelve"):
+                    data.served_ids(ids)
+                continue
+            served = data.served_ids(ids)
+            pixels = data.images[served]
+            is_bad = np.isin(ids, list(bad))
+            assert (served[~is_bad] == ids[~is_bad]).all()
+            assert served[is_bad].tolist() == [good[j % len(good)]
+                                               for j in range(int(is_bad.sum()))]
+            assert (pixels[:, 0] == _PIXELS[served]).all()
+            refills += int(is_bad.sum())
+        stats = data.epoch_stats(None)
+        assert stats["repeated_samples"] == refills
+        assert stats["skipped_samples"] == len(data.skipped_samples()) <= len(bad)
 
 
 def test_a_csv_needs_no_caption_column_and_image_only_shards_no_txt(tmp_path):
@@ -248,6 +290,11 @@ def test_a_folder_run_without_evaluation_skips_bad_images_never_decodes_pruned_o
         full, resumed, epochs=4, loss_rel=1e-6,
         exact=("steps", "samples", "momentum", "skipped_samples", "repeated_samples"))
     assert sum(r["repeated_samples"] for r in metrics_rows(resumed)[2:]) > 0
+    for ra, rb in zip(metrics_rows(full), metrics_rows(resumed)):  # every key, timing aside
+        assert ra.keys() == rb.keys()
+        for key in ra.keys() - {"seconds", "wall_seconds"}:
+            assert rb[key] == (pytest.approx(ra[key], rel=1e-6) if isinstance(ra[key], float)
+                               else ra[key]), key
     capsys.readouterr()
     (tree / "bag" / "new.png").write_bytes((tree / "bag" / "000.png").read_bytes())
     assert jax_moco.main(args + ["--out", str(full), "--resume"]) == 2
