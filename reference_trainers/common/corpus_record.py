@@ -22,9 +22,10 @@ from reference_trainers.common.rundir import RunDir
 __all__ = ["check_corpus"]
 
 
-def check_corpus(run_dir: RunDir, train: Any, *, resume: bool) -> None:
+def check_corpus(run_dir: RunDir, train: Any, *, resume: bool, write: bool = True) -> None:
     """Write corpus.json (the corpus's size and a hash of its file list) and, for a folder
-    tree, corpus_labels.npz; on resume refuse (TrainerError) a corpus whose list changed."""
+    tree, corpus_labels.npz; on resume refuse (TrainerError) a corpus whose list changed.
+    write=False only checks (every process checks, so all refuse alike; process 0 writes)."""
     corpus = train.disk_corpus()
     if corpus is None:
         return
@@ -39,6 +40,8 @@ def check_corpus(run_dir: RunDir, train: Any, *, resume: bool) -> None:
                                f"began ({old['num_samples']} files then, {len(corpus)} now, or "
                                "other names); ids would name other images. Restore the corpus "
                                "or start a new run.")
+    if not write:
+        return
     target.write_text(json.dumps(record) + "\n")
     if corpus.class_names is not None:
         run_dir.save_array("corpus_labels", labels=corpus.labels,

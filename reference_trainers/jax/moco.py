@@ -146,9 +146,10 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
     tx = build_optimizer(cfg.optimizer, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed * 1000)
     # -- Pruner, sampler and the replicated state (fresh, or the checkpoint's on resume); a
-    # resume first refuses a corpus whose file list changed (corpus.json), before its store.
-    if rank == 0 and resume:
-        check_corpus(run_dir, train_data, resume=True)
+    # resume first refuses a corpus whose file list changed (corpus.json), before its store,
+    # on every process alike.
+    if resume:
+        check_corpus(run_dir, train_data, resume=True, write=False)
     boxed, mesh, pruner, sampler, wall = start_run(
         cfg, run_dir, resume=resume, fresh_state=lambda: init_state(model, tx, cfg.seed),
         rng=rng, num_samples=train_data.num_samples)

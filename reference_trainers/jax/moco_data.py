@@ -24,14 +24,14 @@ set, its test split scored) when the run trains on it or the files are there; el
 
 from __future__ import annotations
 
-import os
 import pathlib
 from typing import Any
 
 import numpy as np
 
 from reference_trainers.common.corpora.arrays import CorpusArrays
-from reference_trainers.common.corpora.images import ImageSpec, list_image_tree
+from reference_trainers.common.corpora.images import (ImageSpec, list_image_tree,
+                                                      unreadable_in_tree)
 from reference_trainers.common.data import load_fashion_mnist, split_subset
 from reference_trainers.common.data_layer import HeldInMemory, NothingPlanted, Planted
 from reference_trainers.common.errors import DataError, TrainerError
@@ -123,15 +123,9 @@ def corpus_images(data: str, *, run_path: Any = None, shard_index: str | None = 
         root = pathlib.Path(where)
         relative, labels, classes = list_image_tree(root)
         paths = [str(root / r) for r in relative]
-        skipped = {}
-        for i, path in enumerate(paths):  # as corpora/folder_corpus.ImageFolderCorpus marks
-            if not os.path.exists(path):
-                skipped[i] = f"missing file {relative[i]} (a broken link)"
-            elif os.path.getsize(path) == 0:
-                skipped[i] = f"empty file {relative[i]}"
         arrays = CorpusArrays(paths, [""] * len(paths), lambda i: pathlib.Path(paths[i])
-                              .read_bytes(), skipped, spec=spec, tokenizer=_NoCaptions(),
-                              source=str(root))
+                              .read_bytes(), unreadable_in_tree(root, relative), spec=spec,
+                              tokenizer=_NoCaptions(), source=str(root))
         return CorpusImages(arrays, listing=relative, labels=labels, class_names=classes)
     if kind == "csv" and where:
         arrays = CorpusArrays.from_csv(where, spec=spec, tokenizer=_NoCaptions(),
