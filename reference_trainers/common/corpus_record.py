@@ -1,7 +1,6 @@
 """corpus.json: what a run trained on, so a resume refuses a corpus whose file list changed
-(ids would then name other images than the pruner's store remembers). Framework-free: the JAX
-MoCo trainer writes it (jax/moco.py); its rules are moco/data.check_corpus's (PyTorch), which
-can call this one.
+(ids would then name other images than the pruner's store remembers). Framework-free: both MoCo
+trainers write it (moco/train.py through moco/data.py, jax/moco.py).
 
 A corpus given as `train.disk_corpus()` (None: Fashion-MNIST, fixed, or shards, whose key
 index refuses changed shards by itself) has `listing` (the names fingerprinted), `len()`, and
@@ -40,6 +39,7 @@ def check_corpus(run_dir: RunDir, train: Any, *, resume: bool, write: bool = Tru
                                f"began ({old['num_samples']} files then, {len(corpus)} now, or "
                                "other names); ids would name other images. Restore the corpus "
                                "or start a new run.")
+        return  # unchanged: nothing to write (other ranks may be reading it now)
     if not write:
         return
     target.write_text(json.dumps(record) + "\n")

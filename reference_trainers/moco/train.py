@@ -181,8 +181,8 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
     train_data, probe_train, test = build_data(cfg, rank=rank, world=world, run_path=out)
     check_train_data(train_data)
     planted = train_data.planted()
-    if rank == 0:
-        moco_data.check_corpus(run_dir, train_data, resume=resume)
+    # every rank checks a resumed corpus, so all refuse alike; rank 0 writes corpus.json
+    moco_data.check_corpus(run_dir, train_data, resume=resume, write=rank == 0)
     # -- Model, optimiser, augmentation generator; a resume continues all three.
     torch.manual_seed(cfg.seed)  # the trainer's own process: model initialisation only
     model = model if model is not None else build_moco(
