@@ -59,12 +59,13 @@ class MocoConfig(ScanSettings):
     knn_k: int = 20
     seed: int = 0
     threads: int | None = None
-    workers: int | None = None            # DataLoader workers decoding folder:/csv: (None = 0)
+    workers: int | None = None            # DataLoader workers decoding the corpus (None = 0)
     shard_index: str | None = None        # shards: the key index file (None: in the run dir)
     train_num_samples: int | None = None  # open_clip's count, checked against the index
     save_frequency: int | None = None     # also keep the checkpoint of every k-th epoch
     eval_folder: str | None = None        # labelled ImageFolder for kNN / probe (moco_user_eval)
     eval_train_folder: str | None = None  # its kNN bank / probe training images (default: half)
+    report_to: str | None = None          # tensorboard: event files in RUN/tensorboard
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -118,6 +119,8 @@ FLAGS = [*flag_table("""
                               on your classes (replaces Fashion-MNIST; docs/moco-trainer.md)
     --eval-train-folder  str  the kNN bank / probe's training images, a tree with the same
                               class folders (default: a seeded half of --eval-folder)
-    --workers            int  DataLoader worker processes decoding a folder:/csv: corpus
-                              (default 0: in the trainer's process)
+    --workers            int  DataLoader worker processes reading and decoding a folder:,
+                              csv: or shards: corpus (default 0: in the trainer's process)
+    --report-to          str  tensorboard: per-step train/* and per-epoch scan/*, eval/*
+                              scalars in OUT/tensorboard (needs the tensorboard extra)
 """), *BOOKKEEPING_FLAGS]

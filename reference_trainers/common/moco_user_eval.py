@@ -13,27 +13,36 @@
 
 Metrics: `knn_top1` (cosine kNN, k = --knn-k) and `linear_probe_top1`, over the tree's classes.
 A run with `--eval-folder` never needs Fashion-MNIST files.
+
+Framework-free: `labelled_splits` reads, decodes and splits the trees into numpy
+(`LabelledArrays`), which the JAX MoCo trainer (jax/moco_data.py) scores as they are;
+`eval_folder_splits` gives the PyTorch trainer the same split as torch tensors. torch is
+imported only there and in `spec_normalise`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
 from typing import Any
 
 import numpy as np
-import torch
 
+from reference_trainers.common.corpora.images import ImageSpec, decode_image, list_image_tree
 from reference_trainers.common.errors import DataError
 
-__all__ = ["LabelledImages", "eval_folder_splits", "spec_normalise"]
+__all__ = ["LabelledArrays", "LabelledImages", "eval_folder_splits", "labelled_splits",
+           "spec_normalise"]
 
 
 @dataclasses.dataclass
-class LabelledImages:
-    """uint8 images (N, C, S, S) with int64 labels (N,) and the class names they index."""
+class LabelledArrays:
+    """uint8 images (N, C, S, S) with int64 labels (N,) and the class names they index: numpy
+    (`labelled_splits`), or torch tensors (`eval_folder_splits`, as LabelledImages)."""
 
-    images: torch.Tensor
-    labels: torch.Tensor
+    images: Any
+    labels: Any
     class_names: tuple[str, ...]
 
     def __len__(self) -> int:
@@ -44,38 +53,47 @@ class LabelledImages:
         return len(self.class_names)
 
 
-def load_labelled(folder: str, spec: Any) -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...]]:
-    """(decoded images, labels, class names) of an ImageFolder tree; bad files left out."""
-    from reference_trainers.common.corpora import ImageFolderCorpus
+LabelledImages = LabelledArrays  # the PyTorch trainer's name (torch tensors inside)
 
-    corpus = ImageFolderCorpus(folder, spec=spec)
-    images, labels = [], []
-    for i in range(len(corpus)):
-        if i in corpus.skipped:
-            continue
+
+def load_labelled(folder: str, spec: ImageSpec
+                  ) -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...]]:
+    """(decoded images, labels, class names) of an ImageFolder tree; bad files (missing,
+    empty, not decodable) left out."""
+    root = pathlib.Path(folder)
+    relative, labels_of, class_names = list_image_tree(root)
+    images, labels, skipped = [], [], {}
+    for i, name in enumerate(relative):
+        path = root / name
         try:
-            images.append(corpus.load_image(i))
-        except DataError as err:
-            corpus.skipped[i] = str(err)
+            if os.path.getsize(path) == 0:
+                skipped[i] = f"empty file {name}"
+                continue
+            images.append(decode_image(path.read_bytes(), spec))
+        except OSError as err:
+            skipped[i] = f"cannot read {path}: {err}"
             continue
-        labels.append(int(corpus.labels[i]))
+        except DataError as err:
+            skipped[i] = f"decode: {err}"
+            continue
+        labels.append(int(labels_of[i]))
     if not images:
         raise DataError(f"evaluation folder {folder}: no image could be decoded "
-                        f"({len(corpus.skipped)} skipped, e.g. "
-                        f"{next(iter(corpus.skipped.values()), 'none')}); expected "
+                        f"({len(skipped)} skipped, e.g. "
+                        f"{next(iter(skipped.values()), 'none')}); expected "
                         "DIR/<class>/<image> files Pillow reads")
-    return images, np.asarray(labels, dtype=np.int64), tuple(corpus.class_names)
+    return images, np.asarray(labels, dtype=np.int64), tuple(class_names)
 
 
 def _held(images: list[np.ndarray], labels: np.ndarray, names: tuple[str, ...]
-          ) -> LabelledImages:
-    return LabelledImages(torch.from_numpy(np.stack(images)),
-                          torch.from_numpy(labels.astype(np.int64)), names)
+          ) -> LabelledArrays:
+    return LabelledArrays(np.stack(images), labels.astype(np.int64), names)
 
 
-def eval_folder_splits(folder: str, train_folder: str | None, *, spec: Any, seed: int
-                       ) -> tuple[LabelledImages, LabelledImages]:
-    """(the kNN bank / probe's training images, the scored images); see the module docstring."""
+def labelled_splits(folder: str, train_folder: str | None, *, spec: ImageSpec, seed: int
+                    ) -> tuple[LabelledArrays, LabelledArrays]:
+    """(the kNN bank / probe's training images, the scored images) as numpy; see the module
+    docstring."""
     images, labels, names = load_labelled(folder, spec)
     if train_folder:
         train_images, train_labels, train_names = load_labelled(train_folder, spec)
@@ -100,11 +118,23 @@ def eval_folder_splits(folder: str, train_folder: str | None, *, spec: Any, seed
             _held(pick(~to_train), labels[~to_train], names))
 
 
+def eval_folder_splits(folder: str, train_folder: str | None, *, spec: Any, seed: int
+                       ) -> tuple[LabelledArrays, LabelledArrays]:
+    """`labelled_splits` with torch tensors inside (the PyTorch trainer's evaluation)."""
+    import torch
+
+    return tuple(LabelledArrays(torch.from_numpy(s.images), torch.from_numpy(s.labels),
+                                s.class_names)
+                 for s in labelled_splits(folder, train_folder, spec=spec, seed=seed))
+
+
 def spec_normalise(spec: Any):
     """uint8 (B, C, S, S) decoded with `spec` -> float32 normalised with its statistics."""
+    import torch
+
     shape = (1, spec.channels, 1, 1)
 
-    def normalise(images: torch.Tensor) -> torch.Tensor:
+    def normalise(images):
         mean = torch.tensor(spec.mean, dtype=torch.float32, device=images.device).view(shape)
         std = torch.tensor(spec.std, dtype=torch.float32, device=images.device).view(shape)
         return (images.float() / 255.0 - mean) / std

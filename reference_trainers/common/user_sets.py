@@ -1,6 +1,7 @@
-"""Which evaluation sets a CLIP run has, for both frameworks (no torch, no JAX): the
-Fashion-MNIST a run needs (`fashion_mnist_for`), the line a run that evaluates nothing prints
-(`no_evaluation_note`), and the checks of `--classnames` and `--val-data` that fail a run before
+"""Which evaluation sets a run has, for both frameworks (no torch, no JAX): the
+Fashion-MNIST a run needs (`fashion_mnist_for`; MoCo passes its `--eval-folder` as
+`own_sets`), the line a run that evaluates nothing prints (`no_evaluation_note`,
+`no_moco_evaluation_note`), and the checks of `--classnames` and `--val-data` that fail a run before
 any training. The towers that score the sets are common/user_eval.py (torch) and
 jax/user_eval.py (JAX); their maths is common/retrieval_maths.py.
 """
@@ -12,16 +13,18 @@ from typing import Any
 from reference_trainers.common.data import ImageSplits, load_fashion_mnist
 from reference_trainers.common.errors import DataError
 
-__all__ = ["check_classnames", "check_pairs", "fashion_mnist_for", "no_evaluation_note"]
+__all__ = ["check_classnames", "check_pairs", "fashion_mnist_for", "no_evaluation_note",
+           "no_moco_evaluation_note"]
 
 
-def fashion_mnist_for(cfg: Any) -> ImageSplits | None:
-    """Fashion-MNIST's splits when the run trains on them (`--data fmnist`) or evaluates its
-    zero-shot on them (a corpus run given no set of its own, with the files present or
-    `--data-dir` set); None when the run needs no Fashion-MNIST file."""
+def fashion_mnist_for(cfg: Any, *, own_sets: bool | None = None) -> ImageSplits | None:
+    """Fashion-MNIST's splits when the run trains on them (`--data fmnist`) or evaluates on
+    them (a corpus run given no set of its own, with the files present or `--data-dir` set);
+    None when the run needs no Fashion-MNIST file. own_sets: the run has evaluation sets of
+    its own (default: CLIP's --imagenet-val / --val-data)."""
     if cfg.data == "fmnist":
         return load_fashion_mnist(cfg.data_dir)
-    if cfg.imagenet_val or cfg.val_data:
+    if own_sets if own_sets is not None else (cfg.imagenet_val or cfg.val_data):
         return None
     if cfg.data_dir is not None:  # named on purpose: a bad folder is an error, as before
         return load_fashion_mnist(cfg.data_dir)
@@ -39,6 +42,15 @@ def no_evaluation_note(cfg: Any, has_fashion_mnist_test: bool) -> str | None:
             "--imagenet-val DIR (zero-shot on an ImageFolder of your classes) and/or --val-data "
             "CSV (image/text retrieval on held-out pairs), or install Fashion-MNIST for the demo "
             "zero-shot.")
+
+
+def no_moco_evaluation_note(cfg: Any, has_fashion_mnist: bool) -> str | None:
+    """The MoCo run's line when it will evaluate nothing, naming the flag that would."""
+    if has_fashion_mnist or cfg.eval_folder:
+        return None
+    return ("no evaluation set: this run trains only (metrics.jsonl has no kNN nor probe). "
+            "Pass --eval-folder DIR (kNN and linear probe on an ImageFolder of your classes, "
+            "with --eval-train-folder DIR for its bank), or install Fashion-MNIST for the demo.")
 
 
 def check_classnames(imagenet_val: str | None, classnames: str | None) -> None:

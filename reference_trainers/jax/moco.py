@@ -4,6 +4,8 @@ the end reads top to bottom, the sections above it are the steps it calls.
 
     python -m reference_trainers.moco --framework jax --preset cpu-fmnist-moco --out runs/moco-jax
     python -m reference_trainers.moco --framework jax --preset cpu-tiny-moco --out runs/tiny-jax
+    python -m reference_trainers.moco --framework jax --preset cpu-tiny-moco --out runs/own \
+        --data 'shards:DIR/{00000..00001}.tar' --eval-folder VALDIR --report-to tensorboard
     python -m reference_trainers.moco --framework jax --preset cpu-tiny-moco --out runs/tiny-jax \
         --coordinator 127.0.0.1:1234 --num-processes 2 --process-id 0   # and 1 (processes.py)
 
@@ -13,7 +15,9 @@ lone last id folded into the batch before: BatchNorm needs two samples) -> each 
 updates the momentum encoder, computes the keys and MoCo v3's symmetric loss with its two
 per-sample views ctr(q1, k2), ctr(q2, k1) -> AsyncRecorder hands them to the pruner -> at the
 epoch's end the pruner persists, the trainer evaluates (kNN, linear probe on frozen backbone
-features), logs and checkpoints (common/loop.py). Never imports torch.
+features, on Fashion-MNIST or the user's --eval-folder), logs (metrics.jsonl, skipped.jsonl,
+--report-to tensorboard) and checkpoints (common/loop.py). The data: jax/moco_data.py.
+Never imports torch.
 """
 
 from __future__ import annotations
@@ -26,52 +30,29 @@ import numpy as np
 
 from reference_trainers.common import loop
 from reference_trainers.common.config import build_parser, config_from_args
-from reference_trainers.common.data import load_fashion_mnist, split_subset
-from reference_trainers.common.data_layer import HeldInMemory, Planted
+from reference_trainers.common.corpus_record import check_corpus
+from reference_trainers.common.moco_config import FLAGS, PRESETS, MocoConfig
 from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.progress import knn_epoch_line
+from reference_trainers.common.skipped import SkippedLog
+from reference_trainers.common.tb_report import open_reporter
+from reference_trainers.common.user_sets import no_moco_evaluation_note
 from reference_trainers.common.views import CropView, moco_view_pair
 from reference_trainers.jax import evaluation
 from reference_trainers.jax.augment import normalise, two_crops
 from reference_trainers.jax.checkpoint import save_checkpoint
+from reference_trainers.jax.moco_data import CorpusImages, Images, build_data, build_eval_sets
 from reference_trainers.jax.moco_models import MoCoNet, encoder_of
 from reference_trainers.jax.processes import (add_process_flags, host_local, start_processes,
                                               stop_processes)
 from reference_trainers.jax.runtime import finish_run, open_run, run_epoch, start_run
 from reference_trainers.jax.steps import (TrainState, build_optimizer, init_variables,
                                           lr_schedule, make_moco_step, momentum_schedule)
-from reference_trainers.common.moco_config import FLAGS, PRESETS, MocoConfig
 
 HEADLINE = ("linear_probe_top1", "knn_top1")
 
 
-# == 1. Data: images only, in memory, two crops per batch =========================================
-class Images(HeldInMemory):
-    """N images as uint8 (N, 1, 28, 28), int64 labels (N,), duplicate_of (N,) (-1: none)."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, duplicate_of: np.ndarray) -> None:
-        self.images = np.ascontiguousarray(images[:, None])
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.duplicate_of = duplicate_of
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def planted(self) -> Planted:
-        """TrainData (common/data_layer.py); the rest comes from HeldInMemory."""
-        return Planted(duplicate_of=self.duplicate_of)
-
-
-def build_data(cfg: MocoConfig) -> tuple[Images, Images]:
-    """Fashion-MNIST's train (class-balanced subset, planted near-duplicates) and test splits,
-    as the PyTorch trainer builds them."""
-    splits = load_fashion_mnist(cfg.data_dir)
-    _, *train = split_subset(splits, train=True, num_samples=cfg.num_train,
-                             duplicate_share=cfg.duplicate_share, seed=cfg.seed)
-    _, *test = split_subset(splits, train=False, num_samples=cfg.num_test, seed=cfg.seed)
-    return Images(*train), Images(*test)
-
-
+# == 1. Data: Fashion-MNIST or an image-only corpus, two crops per batch (jax/moco_data.py) =====
 def crop_views(cfg: MocoConfig) -> tuple[CropView, CropView]:
     return moco_view_pair(CropView, cfg.crop_min)
 
@@ -96,21 +77,24 @@ def compiled_features(model: MoCoNet) -> Any:
     return jax.jit(lambda v, x: model.apply(v, x, method=MoCoNet.features))
 
 
-def evaluate(model: MoCoNet, state: TrainState, train: Images, test: Images, cfg: MocoConfig, *,
+def evaluate(model: MoCoNet, state: TrainState, train: Any, test: Any, cfg: MocoConfig, *,
              probe: bool) -> dict[str, float]:
+    """kNN (and the probe) with `train` as the labelled bank: Fashion-MNIST's training data, or
+    the user's --eval-folder split (jax/moco_data.build_eval_sets), over its classes."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     encode = compiled_features(model)
 
-    def features(data: Images) -> np.ndarray:
+    def features(data: Any) -> np.ndarray:
         return evaluation.extract_features(lambda x: encode(variables, x), data.images,
                                            preprocess=normalise)
 
     train_features, test_features = features(train), features(test)
+    classes = train.num_classes
     out = {"knn_top1": evaluation.knn_top1(train_features, train.labels, test_features,
-                                           test.labels, k=cfg.knn_k)}
+                                           test.labels, k=cfg.knn_k, num_classes=classes)}
     if probe:
         out["linear_probe_top1"] = evaluation.linear_probe_top1(
-            train_features, train.labels, test_features, test.labels, num_classes=10,
+            train_features, train.labels, test_features, test.labels, num_classes=classes,
             seed=cfg.seed)
     return out
 
@@ -128,12 +112,16 @@ def compiled_step(model: MoCoNet, optimizer: str, weight_decay: float, base_lr: 
                           momentum_schedule(momentum, epochs), temperature)
 
 
-def batch_maker(data: Images, views: tuple[CropView, CropView], rng: np.random.Generator,
-                share: tuple[int, int] = (0, 1)):
-    """ids -> two augmented crops; share: (process index, process count), augment.py."""
+def batch_maker(data: Images | CorpusImages, views: tuple[CropView, CropView],
+                rng: np.random.Generator, share: tuple[int, int] = (0, 1)):
+    """ids -> two augmented crops; share: (process index, process count), augment.py. A
+    corpus decodes the batch now and serves a bad id's slot as a good id's repeat ("ids")."""
+    corpus = data.batch_mode == "corpus"
+
     def make(ids: np.ndarray) -> dict[str, Any]:
+        ids = data.served_ids(ids) if corpus else ids
         x1, x2 = two_crops(data.images[ids], rng, views=views, share=share)
-        return {"x1": x1, "x2": x2}
+        return {"x1": x1, "x2": x2, "ids": ids} if corpus else {"x1": x1, "x2": x2}
 
     return make
 
@@ -144,8 +132,12 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
     """Train (or continue, with resume) the run in `out`; returns the summary."""
     # -- Setup: XLA's threads, refused flags, processes, run directory.
     cfg, rank, world, run_dir = open_run(cfg, out)
-    # -- Data: the training images (also kNN's and the probe's labelled split) and the test.
-    train_data, test = build_data(cfg)
+    # -- Data: the training images; kNN's bank / the probe's training set and the scored set
+    # (Fashion-MNIST's, the user's --eval-folder, or none: jax/moco_data.py).
+    train_data = build_data(cfg, out)
+    eval_sets = build_eval_sets(cfg, train_data)
+    if (no_eval := no_moco_evaluation_note(cfg, eval_sets is not None)) and rank == 0:
+        print(no_eval, flush=True)
     planted = train_data.planted()
     # -- Model, optimiser (MoCo v3: lr = base_lr * global batch / 256, as in torch),
     # augmentation draws: one generator, the same on every process (augment.py's `share`).
@@ -153,14 +145,23 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
     base_lr = cfg.lr * cfg.batch_size * world / 256
     tx = build_optimizer(cfg.optimizer, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed * 1000)
-    # -- Pruner, sampler and the replicated state (fresh, or the checkpoint's on resume).
+    # -- Pruner, sampler and the replicated state (fresh, or the checkpoint's on resume); a
+    # resume first refuses a corpus whose file list changed (corpus.json), before its store,
+    # on every process alike.
+    if resume:
+        check_corpus(run_dir, train_data, resume=True, write=False)
     boxed, mesh, pruner, sampler, wall = start_run(
         cfg, run_dir, resume=resume, fresh_state=lambda: init_state(model, tx, cfg.seed),
         rng=rng, num_samples=train_data.num_samples)
     state = boxed["state"]
+    reporter = open_reporter(cfg.report_to, run_dir.path, rank=rank,  # TensorBoard on rank 0
+                             rows=run_dir.read_metrics() if rank == 0 else [])
     if rank == 0:
-        run_dir.save_array("planted", duplicate_of=planted.duplicate_of)
+        check_corpus(run_dir, train_data, resume=resume)  # corpus.json, corpus_labels.npz
+        if planted.any:  # a corpus plants nothing
+            run_dir.save_array("planted", duplicate_of=planted.duplicate_of)
     planted_stats = PreparationStats(pruner, duplicate_of=planted.duplicate_of)
+    skipped = SkippedLog(run_dir, train_data, write=rank == 0)  # skipped.jsonl
     step = compiled_step(model, cfg.optimizer, cfg.weight_decay, base_lr, cfg.epochs,
                          cfg.lr_warmup_epochs, cfg.min_lr, cfg.momentum, cfg.temperature)
     make_batch = batch_maker(train_data, crop_views(cfg), rng, share=(rank, world))
@@ -171,17 +172,19 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
         state, stats = run_epoch(
             state, step, mesh, pruner, sampler.plan,
             sampler.batches(cfg.batch_size, fold_single=True), make_batch, epoch, quiet=quiet,
-            extra=("momentum",))
+            extra=("momentum",), reporter=reporter)
+        skipped_note = skipped(epoch, stats["samples"])
         summary = pruner.end_epoch()
-        stats.update(planted_stats())
+        stats.update({**planted_stats(), **train_data.epoch_stats(sampler.plan)})
         log.stop_clock()
         # -- Evaluation and checkpoint: process 0, on its own copy of the replicated state.
         evaluate_now, probe = loop.evaluation_due(cfg, epoch)
-        scores = evaluate(model, host_local(state), train_data, test, cfg, probe=probe) \
-            if rank == 0 and evaluate_now else {}
-        log.write(summary, stats, scores, line=knn_epoch_line)
+        scores = evaluate(model, host_local(state), *eval_sets, cfg, probe=probe) \
+            if rank == 0 and evaluate_now and eval_sets is not None else {}
+        reporter.epoch(log.write(summary, stats, scores, line=knn_epoch_line, note=skipped_note))
         if rank == 0:
             save_checkpoint(run_dir, epoch, host_local(state), rng, log.wall_seconds)
+    reporter.close()
     # -- Save: summary.json and the coreset, once process 0 has written every metrics row.
     return finish_run(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)
 

@@ -61,26 +61,18 @@ def check_jax_config(cfg: Any) -> Any:
         refused.append(f"--precision {cfg.precision} (the JAX trainers train in fp32)")
     data = getattr(cfg, "data", "fmnist")
     clip = getattr(cfg, "tokenizer", None) is not None  # MoCo's config has no tokenizer
-    if data != "fmnist" and not (clip and data.startswith(("csv:", "shards:"))):
+    kinds = ("csv:", "shards:") if clip else ("folder:", "csv:", "shards:")
+    if data != "fmnist" and not data.startswith(kinds):
         refused.append(f"--data {cfg.data} (the JAX CLIP trainer takes fmnist, csv:PATH and "
-                       "shards:SOURCE; the JAX MoCo trainer Fashion-MNIST only)")
-    for field, flag in (("eval_folder", "--eval-folder"),
-                        ("eval_train_folder", "--eval-train-folder")):
-        if getattr(cfg, field, None):  # the JAX CLIP trainer takes --imagenet-val / --val-data
-            refused.append(f"{flag} {getattr(cfg, field)} (MoCo's evaluation on your data is "
-                           "the PyTorch trainer's for now)")
-    if clip:
-        parse_report_to(cfg.report_to)  # an unknown reporter fails before anything is written
+                       "shards:SOURCE; the JAX MoCo trainer also folder:DIR)")
+    parse_report_to(cfg.report_to)  # an unknown reporter fails before anything is written
+    if clip:  # a bad --workers count (e.g. -2) fails before any data is read
         from reference_trainers.common.corpora.decode_pool import check_worker_count
 
-        check_worker_count(getattr(cfg, "workers", None))  # --workers -2 too
-    elif getattr(cfg, "report_to", None) not in (None, "", "none"):
-        refused.append(f"--report-to {cfg.report_to} (the JAX MoCo trainer writes metrics.jsonl "
-                       "only; the JAX CLIP trainer and the PyTorch trainers report to "
-                       "tensorboard)")
+        check_worker_count(getattr(cfg, "workers", None))
     if getattr(cfg, "workers", 0) and not clip:  # the JAX CLIP trainer decodes in workers
-        refused.append(f"--workers {cfg.workers} (the JAX MoCo trainer holds Fashion-MNIST in "
-                       "memory)")
+        refused.append(f"--workers {cfg.workers} (the JAX MoCo trainer decodes each batch in "
+                       "the trainer's process; drop --workers, or use --framework torch)")
     if refused:
         raise TrainerError("not supported with --framework jax: " + "; ".join(refused) + ".")
     return dataclasses.replace(cfg, framework="jax")

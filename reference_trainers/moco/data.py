@@ -21,8 +21,6 @@ Evaluation stays on Fashion-MNIST: kNN and the linear probe fit on its training 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 import numpy as np
@@ -32,7 +30,7 @@ from reference_trainers.common.augment import ColourView, CropView, two_crops
 from reference_trainers.common.data import load_fashion_mnist, split_subset
 from reference_trainers.common.data_layer import HeldInMemory, NothingPlanted, Planted
 from reference_trainers.common.errors import TrainerError
-from reference_trainers.common.rundir import RunDir
+from reference_trainers.common.corpus_record import check_corpus  # noqa: F401 (the trainer's)
 from reference_trainers.common.torch_data import normalise, resize_to_spec
 from reference_trainers.common.views import moco_view_pair
 
@@ -203,6 +201,8 @@ def build_data(cfg: Any, *, rank: int = 0, world: int = 1, run_path: Any = None
 
 
 def _corpus(cfg: Any, rank: int, world: int, run_path: Any = None) -> Any:
+    from reference_trainers.common.workers import check_workers
+
     kind, _, where = cfg.data.partition(":")
     spec = image_spec(cfg)
     views = moco_views(cfg.crop_min, spec.channels)
@@ -221,30 +221,7 @@ def _corpus(cfg: Any, rank: int, world: int, run_path: Any = None) -> Any:
 
         index = index_for_run(where, run_path=run_path, shard_index=cfg.shard_index,
                               train_num_samples=cfg.train_num_samples, captions=False)
-        return ShardStream(index, tokenizer=None, spec=spec, rank=rank,
-                           world_size=world, seed=cfg.seed, captions=False)
+        return ShardStream(index, tokenizer=None, spec=spec, rank=rank, world_size=world,
+                           num_workers=check_workers(cfg.workers), seed=cfg.seed,
+                           captions=False)
     raise TrainerError(f"--data {cfg.data!r}: choose one of {', '.join(DATA_KINDS)}")
-
-
-def check_corpus(run_dir: RunDir, train: Any, *, resume: bool) -> None:
-    """Write corpus.json (the corpus's size and a hash of its file list) and, for a folder
-    tree, corpus_labels.npz; on resume refuse a corpus whose list changed, since its ids would
-    then name other images than the pruner's store remembers."""
-    corpus = train.disk_corpus()
-    if corpus is None:
-        return  # Fashion-MNIST is fixed; a shard index refuses changed shards by itself
-    listing = corpus.listing
-    record = {"num_samples": len(corpus),
-              "fingerprint": hashlib.sha256("\n".join(listing).encode("utf-8")).hexdigest()}
-    target = run_dir.path / "corpus.json"
-    if resume and target.exists():
-        old = json.loads(target.read_text())
-        if old != record:
-            raise TrainerError(f"--resume of {run_dir.path}: the corpus changed since the run "
-                               f"began ({old['num_samples']} files then, {len(corpus)} now, or "
-                               "other names); ids would name other images. Restore the corpus "
-                               "or start a new run.")
-    target.write_text(json.dumps(record) + "\n")
-    if corpus.class_names is not None:
-        run_dir.save_array("corpus_labels", labels=corpus.labels,
-                           class_names=np.array(corpus.class_names, dtype=str))

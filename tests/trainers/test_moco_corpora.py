@@ -308,3 +308,30 @@ def test_a_flag_the_trainer_config_does_not_take_is_a_clear_error():
         ["--compile", "--out", "x"])
     with pytest.raises(TrainerError, match="--compile: not supported by the bare"):
         config_from_args(args, presets=presets, flags=[])
+
+
+def test_every_rank_refuses_a_changed_corpus_and_an_unchanged_one_is_not_rewritten(tree,
+                                                                                   tmp_path):
+    """A resume checks the corpus on every rank (rank 1 went on alone before, and hung at
+    its first collective while rank 0 stopped); rank 0 rewrites nothing when it is unchanged,
+    so another rank never reads a half-written corpus.json."""
+    from reference_trainers.common.corpus_record import check_corpus
+    from reference_trainers.common.rundir import RunDir
+    from reference_trainers.moco import data as moco_data
+
+    views = moco_data.moco_views(0.2)
+    run_dir = RunDir(tmp_path / "run")
+
+    def corpus():
+        return moco_data.CorpusCrops(ImageFolderCorpus(str(tree), spec=ImageSpec.cpu()), views)
+
+    check_corpus(run_dir, corpus(), resume=False)
+    record = run_dir.path / "corpus.json"
+    stamp = record.stat().st_mtime_ns
+    check_corpus(run_dir, corpus(), resume=True, write=False)  # rank 1, unchanged
+    check_corpus(run_dir, corpus(), resume=True)                # rank 0, unchanged
+    assert record.stat().st_mtime_ns == stamp
+    (tree / "bag" / "added.png").write_bytes((tree / "bag" / "zz-corrupt.png").read_bytes())
+    for write in (False, True):                                 # rank 1, rank 0
+        with pytest.raises(TrainerError, match="corpus changed"):
+            check_corpus(run_dir, corpus(), resume=True, write=write)

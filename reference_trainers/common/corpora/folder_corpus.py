@@ -27,7 +27,7 @@ import os
 import pathlib
 
 from reference_trainers.common.corpora.csv_corpus import ImageSpec, PathCorpus
-from reference_trainers.common.corpora.images import list_image_tree
+from reference_trainers.common.corpora.images import list_image_tree, unreadable_in_tree
 
 __all__ = ["ImageFolderCorpus"]
 
@@ -48,12 +48,7 @@ class ImageFolderCorpus(PathCorpus):
         self.paths = [str(self.root / r) for r in self.relative]
         self.captions = None
         self.repeats = 0
-        self.skipped: dict[int, str] = {}
-        for i, path in enumerate(self.paths):
-            if not os.path.exists(path):
-                self.skipped[i] = f"missing file {self.relative[i]} (a broken link)"
-            elif os.path.getsize(path) == 0:
-                self.skipped[i] = f"empty file {self.relative[i]}"
+        self.skipped: dict[int, str] = unreadable_in_tree(self.root, self.relative)
         self.fingerprint = hashlib.sha256("\n".join(self.relative).encode("utf-8")).hexdigest()
 
     @property

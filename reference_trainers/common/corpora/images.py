@@ -134,6 +134,19 @@ def list_image_tree(root: pathlib.Path) -> tuple[list[str], np.ndarray, tuple[st
             tuple(classes))
 
 
+def unreadable_in_tree(root: pathlib.Path, relative: list[str]) -> dict[int, str]:
+    """{id: reason} of a listed tree's files bad before any is read: a broken link, an empty
+    file (folder_corpus.ImageFolderCorpus and the JAX MoCo trainer's folder: corpus)."""
+    skipped = {}
+    for i, name in enumerate(relative):
+        path = root / name
+        if not os.path.exists(path):
+            skipped[i] = f"missing file {name} (a broken link)"
+        elif os.path.getsize(path) == 0:
+            skipped[i] = f"empty file {name}"
+    return skipped
+
+
 def sniff_delimiter(path: pathlib.Path, head: str) -> str:
     try:
         return csv.Sniffer().sniff(head, delimiters=",\t;|").delimiter
