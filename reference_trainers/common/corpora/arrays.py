@@ -242,7 +242,7 @@ class CorpusArrays(NothingPlanted):
         """(served ids int64 (B,), pixels uint8 (B, C, size, size)) of `ids`, decoded in this
         process (serve_batch); what it finds bad joins `skipped` and `repeats`."""
         ids = self.check_ids(ids)
-        return self.absorb(serve_batch(ids, self.loader, self.skipped, self.source))
+        return self.absorb(serve_batch(ids, self.load_image, self.skipped, self.source))
 
     def absorb(self, batch: ServedBatch) -> tuple[np.ndarray, np.ndarray]:
         """Record a served batch's bad ids and repeats (found here or in a --workers
