@@ -363,3 +363,28 @@ assert 'torch' not in sys.modules, 'torch imported'
     for key in ("knn_top1", "linear_probe_top1"):
         assert scalars[f"eval/{key}"] == [(r["epoch"], pytest.approx(r[key])) for r in rows]
     assert [v for _, v in scalars["scan/phase"]] == [0, 1, 2]
+
+
+@pytest.mark.slow  # two processes launched once: ~2 min on the 2 shared cores
+@pytest.mark.distributed
+def test_two_processes_share_a_folder_corpus_and_evaluate_on_the_labelled_folder(tree, tmp_path):
+    """Each process decodes only its own ids of the plan (DistributedSampler's share of the
+    kept ids); process 0 alone writes the rows, skipped.jsonl and the evaluation."""
+    from tests.jax_trainers.test_jax_processes import launch
+
+    val = labelled_tree(tmp_path / "val", 6, offset=100)
+    out = tmp_path / "two"
+    done = launch("moco", ARGS + ["--batch-size", "8", "--epochs", "3", "--data",
+                                  f"folder:{tree}", "--eval-folder", str(val), "--out", str(out)])
+    assert all(code == 0 for code, _ in done), "\n".join(text[-3000:] for _, text in done)
+    assert "kNN top-1" in done[0][1] and "kNN top-1" not in done[1][1]
+    rows = metrics_rows(out)
+    assert [r["phase"] for r in rows] == ["warmup", "prepare", "mutate"]
+    for row in rows:  # the global batch: both processes' equal shares, padded by wrapping
+        assert row["world_size"] == 2
+        assert row["num_kept"] <= row["samples"] < row["num_kept"] + 2
+        assert row["skipped_samples"] >= 2  # the link and the empty file, found when listed
+    assert rows[-1]["num_kept"] < 63
+    assert 0 <= rows[-1]["knn_top1"] <= 1 and 0 <= rows[-1]["linear_probe_top1"] <= 1
+    listed = [json.loads(x)["source"] for x in (out / "skipped.jsonl").read_text().splitlines()]
+    assert {str(tree / "boot" / "zz-link.png"), str(tree / "shirt" / "zz-empty.png")} <= set(listed)
