@@ -8,7 +8,10 @@ a key lookup and nothing else.
 
 `PlanIterableDataset` is the torch face: it holds the epoch's plan (`set_plan`, call it before
 each epoch, like a sampler's `set_epoch`) and, in each DataLoader worker, asks its source for
-that worker's share: `source(plan, worker_id, num_workers)`. The source decides the split (see
+that worker's share: `source(plan, worker_id, num_workers)`. With `persistent=True` it serves a
+DataLoader built once with `persistent_workers=True`: `set_plan` then writes the plan into a
+shared-memory buffer (a pickled plan: two bitmaps of N bits at most), which the running workers
+read each time an epoch's iteration starts, so workers are not started afresh every epoch. The source decides the split (see
 reference_trainers.common.corpora.shards for one that serves every kept id exactly once across
 ranks and workers); this wrapper checks the DataLoader runs the number of workers the source
 split for, since a mismatch would silently lose or repeat part of the epoch.
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
+
+import pickle
 
 import numpy as np
 import torch
@@ -70,22 +75,48 @@ class PlanIterableDataset(IterableDataset):
     """An IterableDataset serving `source`'s share of the plan for the current worker.
 
     source: a WorkerSource. num_workers: the DataLoader's num_workers the source was built for
-      (0 and 1 both mean one stream in the main process).
+      (0 and 1 both mean one stream in the main process). persistent: the plan reaches workers
+      through shared memory, for a DataLoader with persistent_workers=True (module docstring).
     """
 
-    def __init__(self, source: WorkerSource, *, num_workers: int = 0):
+    _HEADER_BYTES = 8  # the pickled plan's length, int64
+
+    def __init__(self, source: WorkerSource, *, num_workers: int = 0, persistent: bool = False):
         if num_workers < 0:
             raise ScanConfigError(f"num_workers must be >= 0, got {num_workers}.")
         self.source = source
         self.num_workers = max(1, num_workers)
+        self.persistent = persistent
         self._plan: EpochPlan | None = None
+        self._shared: torch.Tensor | None = None  # uint8: length header, then the pickle
+        self._worker_epochs = 0  # epochs a worker's copy iterated (a worker's own count)
 
     def set_plan(self, plan: EpochPlan) -> None:
-        """The epoch's plan (pruner.plan_epoch(epoch)); workers started afterwards see it."""
+        """The epoch's plan (pruner.plan_epoch(epoch)); workers started afterwards see it, and
+        with persistent=True so do running workers at their next iteration."""
         self._plan = plan
+        if not self.persistent:
+            return
+        blob = pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)
+        if self._shared is None:  # room for any plan of this N: two bitmaps and the fields
+            capacity = self._HEADER_BYTES + 2 * ((plan.num_samples + 7) // 8) + 65536
+            self._shared = torch.zeros(capacity, dtype=torch.uint8).share_memory_()
+        room = self._shared.numel() - self._HEADER_BYTES
+        if len(blob) > room:
+            raise ScanStateError(
+                f"PlanIterableDataset: epoch {plan.epoch}'s plan takes {len(blob)} bytes, the "
+                f"shared buffer holds {room} (sized for the first plan's num_samples); plans "
+                "of one run must share num_samples: build a new dataset and DataLoader")
+        view = self._shared.numpy()
+        view[self._HEADER_BYTES:self._HEADER_BYTES + len(blob)] = np.frombuffer(blob, np.uint8)
+        view[:self._HEADER_BYTES] = np.frombuffer(np.int64(len(blob)).tobytes(), np.uint8)
 
     @property
     def plan(self) -> EpochPlan:
+        if self._shared is not None and get_worker_info() is not None:
+            view = self._shared.numpy()
+            size = int(np.frombuffer(view[:self._HEADER_BYTES].tobytes(), np.int64)[0])
+            return pickle.loads(view[self._HEADER_BYTES:self._HEADER_BYTES + size].tobytes())
         if self._plan is None:
             raise ScanStateError("PlanIterableDataset: call set_plan(pruner.plan_epoch(epoch)) "
                                  "before iterating (each epoch has its own plan).")
@@ -97,8 +128,22 @@ class PlanIterableDataset(IterableDataset):
             raise ScanConfigError(
                 f"the DataLoader runs {num_workers} worker(s) but the stream was split for "
                 f"{self.num_workers}: build the dataset with num_workers equal to the "
-                "DataLoader's (with persistent_workers=False, so each epoch sees its plan).")
+                "DataLoader's (and persistent=True for persistent_workers=True, so each epoch "
+                "sees its plan).")
+        stale = get_worker_info() is not None and self._worker_epochs and not self.persistent
+        if get_worker_info() is not None:
+            self._worker_epochs += 1
+        if stale:  # raised from the first batch: torch forwards that to the loop, typed
+            return self._refuse_stale()
         return iter(self.source(self.plan, worker_id, num_workers))
+
+    @staticmethod
+    def _refuse_stale() -> Iterator[Any]:
+        raise ScanConfigError(
+            "PlanIterableDataset: a DataLoader worker is iterating a second epoch, so the "
+            "DataLoader keeps its workers (persistent_workers=True), and this worker's copy "
+            "still holds the first epoch's plan: build the dataset with persistent=True")
+        yield  # a generator: the error comes with the first batch
 
 
 def collate_samples(samples: list[tuple[np.ndarray, np.ndarray, int]]

@@ -37,6 +37,7 @@ from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.skipped import SkippedLog
 from reference_trainers.common.tb_report import NullReporter, open_reporter, parse_report_to
+from reference_trainers.common.workers import DecodeWorkers, corpus_batches, stream_batches
 from reference_trainers.common.user_eval import (UserEvaluation, fashion_mnist_for,
                                                  no_evaluation_note)
 from reference_trainers.common.tokenizer_choice import TextTokenizer, load_tokenizer
@@ -151,21 +152,20 @@ def evaluate(model: torch.nn.Module, train: TrainData, test: ImageTextData | Non
 
 # == 3. One epoch of training =====================================================================
 def epoch_batches(data: TrainData, plan: EpochPlan, sampler: ScanSampler, cfg: TrainConfig,
-                  generator: torch.Generator) -> tuple[Iterator[tuple], int]:
+                  generator: torch.Generator, decode: DecodeWorkers | None = None
+                  ) -> tuple[Iterator[tuple], int]:
     """This rank's batches of the epoch, (images float32, tokens, ids), and how many there are.
     Map-style data is served by the sampler; a shard stream drops pruned samples before it
-    reads them and tops up short workers so every rank runs the same number of steps."""
+    reads them and tops up short workers so every rank runs the same number of steps. Files
+    are decoded in the run's `decode` workers (common/workers.py)."""
     if data.batch_mode == "stream":
-        from reference_trainers.common.workers import stream_batches
-
         return (stream_batches(data, plan, batch_size=cfg.batch_size, workers=cfg.workers,
-                               generator=generator), data.steps_per_rank(plan, cfg.batch_size))
+                               generator=generator, decode=decode),
+                data.steps_per_rank(plan, cfg.batch_size))
     id_batches = list(sampler.batches(cfg.batch_size))
     if data.batch_mode == "corpus":  # a corpus on disk: decoded in --workers processes
-        from reference_trainers.common.workers import corpus_batches
-
-        return (corpus_batches(data, id_batches, workers=cfg.workers, generator=generator),
-                len(id_batches))
+        return (corpus_batches(data, id_batches, workers=cfg.workers, generator=generator,
+                               decode=decode), len(id_batches))
     return ((data.batch(ids, augment=True, generator=generator) for ids in id_batches),
             len(id_batches))
 
@@ -173,11 +173,12 @@ def epoch_batches(data: TrainData, plan: EpochPlan, sampler: ScanSampler, cfg: T
 def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: ScanSampler,
                 pruner: ScanPruner, data: TrainData, cfg: TrainConfig, epoch: int,
                 generator: torch.Generator, quiet: bool, amp: AmpSetup, device: torch.device,
-                reporter: NullReporter = NullReporter()) -> dict[str, Any]:
+                reporter: NullReporter = NullReporter(), decode: DecodeWorkers | None = None
+                ) -> dict[str, Any]:
     """Train one epoch of this rank's kept ids and record their per-sample losses; returns
     the epoch's steps, samples, last LR and mean training loss."""
     plan = sampler.plan
-    batches, num_batches = epoch_batches(data, plan, sampler, cfg, generator)
+    batches, num_batches = epoch_batches(data, plan, sampler, cfg, generator, decode)
     bar = EpochBar(epoch, num_batches, phase=plan.phase, kept_share=plan.keep_fraction,
                    enabled=not quiet)
     weighted = plan.weight_bits is not None
@@ -260,11 +261,12 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
                                      duplicate_of=planted.duplicate_of)
     skipped = SkippedLog(run_dir, train_data, write=rank == 0)
     # -- Loop.
+    decode = DecodeWorkers(cfg.workers)  # --workers processes, kept for the whole run
     log = loop.EpochLog(run_dir, rank=rank, world=world, wall_seconds=wall)
     for epoch in log.epochs(cfg, pruner, stop_after):
         sampler.set_epoch(epoch)
         stats = train_epoch(model, optimizer, sampler, pruner, train_data, cfg, epoch,
-                            generator, quiet or rank != 0, amp, device, reporter)
+                            generator, quiet or rank != 0, amp, device, reporter, decode)
         skipped_note = skipped(epoch, stats["samples"])
         summary = pruner.end_epoch()
         # A corpus: its bad samples (and a stream's repeats); Fashion-MNIST: planted noise.
@@ -279,6 +281,7 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
         save_checkpoint(run_dir, epoch, model, optimizer, generator, log.wall_seconds,
                         scaler=amp.scaler)
     reporter.close()
+    decode.close()
     # -- Save: summary.json and the coreset.
     return loop.finish(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)
 

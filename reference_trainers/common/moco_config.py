@@ -59,13 +59,13 @@ class MocoConfig(ScanSettings):
     knn_k: int = 20
     seed: int = 0
     threads: int | None = None
-    workers: int | None = None            # DataLoader workers decoding folder:/csv: (None = 0)
+    workers: int | None = None            # DataLoader workers decoding the corpus (None = 0)
     shard_index: str | None = None        # shards: the key index file (None: in the run dir)
     train_num_samples: int | None = None  # open_clip's count, checked against the index
     save_frequency: int | None = None     # also keep the checkpoint of every k-th epoch
     eval_folder: str | None = None        # labelled ImageFolder for kNN / probe (moco_user_eval)
     eval_train_folder: str | None = None  # its kNN bank / probe training images (default: half)
-    report_to: str | None = None          # tensorboard: event files in RUN/tensorboard (JAX)
+    report_to: str | None = None          # tensorboard: event files in RUN/tensorboard
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,10 +73,6 @@ class MocoConfig(ScanSettings):
             raise TrainerError(f"crop_min={self.crop_min!r}: --crop-min is the smallest crop's "
                                "share of the image area, in (0, 1] (MoCo v3: 0.2 for ResNet, "
                                "0.08 for ViT)")
-        if self.report_to not in (None, "", "none") and self.framework != "jax":
-            raise TrainerError(f"--report-to {self.report_to}: the PyTorch MoCo trainer writes "
-                               "metrics.jsonl only for now; add --framework jax (the JAX MoCo "
-                               "trainer reports to tensorboard) or drop --report-to")
 
 
 def cpu_fmnist_moco() -> MocoConfig:
@@ -123,8 +119,8 @@ FLAGS = [*flag_table("""
                               on your classes (replaces Fashion-MNIST; docs/moco-trainer.md)
     --eval-train-folder  str  the kNN bank / probe's training images, a tree with the same
                               class folders (default: a seeded half of --eval-folder)
-    --workers            int  DataLoader worker processes decoding a folder:/csv: corpus
-                              (default 0: in the trainer's process)
-    --report-to          str  tensorboard: per-step loss / lr / samples/s and per-epoch SCAN
-                              and kNN / probe scalars in RUN/tensorboard (--framework jax)
+    --workers            int  DataLoader worker processes reading and decoding a folder:,
+                              csv: or shards: corpus (default 0: in the trainer's process)
+    --report-to          str  tensorboard: per-step train/* and per-epoch scan/*, eval/*
+                              scalars in OUT/tensorboard (needs the tensorboard extra)
 """), *BOOKKEEPING_FLAGS]

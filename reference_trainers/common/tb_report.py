@@ -9,8 +9,8 @@ the run directory (`RUN/tensorboard/`), beside metrics.jsonl (which stays the re
   3 full), and every evaluation result as `eval/<name>` (zero-shot, recall@K, probe).
 
 Written with the `tensorboard` package's own event-file writer (the scalar events
-torch.utils.tensorboard's `add_scalar` writes, without torch or TensorFlow), so the PyTorch and
-the JAX CLIP trainers share this module: the project's `tensorboard` extra
+torch.utils.tensorboard's `add_scalar` writes, without torch or TensorFlow), so the PyTorch
+trainers and the JAX CLIP trainer share this module: the project's `tensorboard` extra
 (`pip install 'scan-prune[tensorboard]'`). Only rank 0 writes.
 """
 

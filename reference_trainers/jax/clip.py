@@ -27,6 +27,9 @@ from reference_trainers.common import loop
 from reference_trainers.common.captions import class_prompts
 from reference_trainers.common.config import TrainConfig, build_parser, config_from_args
 from reference_trainers.common.corpora.images import ImageSpec
+from reference_trainers.common.openclip_flags import (add_open_clip_flags,
+                                                      apply_open_clip_flags, warmup_in_epochs,
+                                                      with_open_clip_settings)
 from reference_trainers.common.pairs import ImageTextArrays, build_image_text_arrays
 from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.tb_report import open_reporter
@@ -155,16 +158,38 @@ def compiled_step(model: CLIP, weight_decay: float, lr: float, epochs: int, warm
 
 
 def batch_maker(data: ImageTextArrays, tokens: np.ndarray, rng: np.random.Generator,
-                share: tuple[int, int] = (0, 1)):
+                share: tuple[int, int] = (0, 1), decoder: Any = None):
     """ids -> the step's host batch: augmented, normalised NHWC images and (trimmed) tokens.
-    share: (process index, process count), for augmentation draws that do not depend on it."""
+    share: (process index, process count), for augmentation draws that do not depend on it.
+    decoder: a corpus's corpora/decode_pool.BatchDecoder (--workers), which serves its
+    decoded pixels; the augmentation draws stay here, so they do not depend on --workers."""
     def make(ids: np.ndarray) -> dict[str, Any]:
-        if data.batch_mode == "corpus":  # a bad sample's slot serves a good id's repeat
-            ids = data.served_ids(ids)
-        return {"images": normalise(random_crop_flip(data.images[ids], rng, share=share)),
+        if decoder is not None:  # a corpus: a bad sample's slot serves a good id's repeat
+            ids, pixels = decoder.serve(ids)
+        else:
+            pixels = data.images[ids]
+        return {"images": normalise(random_crop_flip(pixels, rng, share=share)),
                 "tokens": tokens[ids], "ids": ids}
 
     return make
+
+
+def open_decoder(cfg: TrainConfig, data: Any, rank: int) -> Any:
+    """A corpus's BatchDecoder with --workers processes (corpora/decode_pool.py), the line
+    saying where it decodes printed by process 0; None for Fashion-MNIST, held in memory,
+    where --workers does nothing (said once, so an open_clip command line runs unchanged)."""
+    from reference_trainers.common.corpora.decode_pool import BatchDecoder, check_worker_count
+
+    workers = check_worker_count(cfg.workers)
+    if data.batch_mode != "corpus":
+        if workers and rank == 0:
+            print(f"--workers {workers}: Fashion-MNIST is held in memory, nothing to decode: "
+                  "the flag does nothing here (it decodes csv:/shards: corpora)", flush=True)
+        return None
+    decoder = BatchDecoder(data, workers)
+    if workers and rank == 0:
+        print(decoder.describe(), flush=True)
+    return decoder
 
 
 # == 4. The run: setup, data, model, pruner, loop (evaluation, checkpoint), save ===============
@@ -175,9 +200,12 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
     cfg, rank, world, run_dir = open_run(cfg, out)
     # -- Data.
     train_data, test, tokenizer = build_data(cfg, out)
+    cfg = warmup_in_epochs(cfg, train_data.num_samples, world)  # --warmup STEPS, as epochs
     planted = train_data.planted()
+    decoder = open_decoder(cfg, train_data, rank)  # a corpus: decoded in --workers processes
     user = JaxUserEvaluation(imagenet_val=cfg.imagenet_val, val_data=cfg.val_data,
-                             classnames=cfg.classnames, spec=ImageSpec.cpu(), tokenizer=tokenizer)
+                             classnames=cfg.classnames, spec=ImageSpec.cpu(), tokenizer=tokenizer,
+                             run_path=out)
     if (no_eval := no_evaluation_note(cfg, test is not None)) and rank == 0:
         print(no_eval, flush=True)
     # -- Model, optimiser, augmentation draws: one generator, the same on every process
@@ -200,35 +228,45 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
     step = compiled_step(model, cfg.weight_decay, cfg.lr, cfg.epochs, cfg.lr_warmup_epochs,
                          cfg.min_lr)
     make_batch = batch_maker(train_data, trim_tokens(train_data.tokens, tokenizer.eot_id), rng,
-                             share=(rank, world))
+                             share=(rank, world), decoder=decoder)
     encode = compiled_encoders(model)
     # -- Loop.
     log = loop.EpochLog(run_dir, rank=rank, world=world, wall_seconds=wall)
-    for epoch in log.epochs(cfg, pruner, stop_after):
-        sampler.set_epoch(epoch)
-        state, stats = run_epoch(state, step, mesh, pruner, sampler.plan,
-                                 sampler.batches(cfg.batch_size), make_batch, epoch, quiet=quiet,
-                                 reporter=reporter)
-        summary = pruner.end_epoch()
-        stats.update(train_data.epoch_stats(sampler.plan)  # a corpus: skipped, repeats
-                     if train_data.batch_mode == "corpus" else planted_stats())
-        log.stop_clock()
-        # -- Evaluation and checkpoint: process 0, on its own copy of the replicated state.
-        evaluate_now, probe = loop.evaluation_due(cfg, epoch)
-        scores = evaluate(encode, host_local(state), train_data, test, tokenizer, cfg,
-                          probe=probe, user=user) if rank == 0 and evaluate_now else {}
-        reporter.epoch(log.write(summary, stats, scores, line=epoch_line))
-        if rank == 0:
-            save_checkpoint(run_dir, epoch, host_local(state), rng, log.wall_seconds)
+    try:
+        for epoch in log.epochs(cfg, pruner, stop_after):
+            sampler.set_epoch(epoch)
+            id_batches = sampler.batches(cfg.batch_size)
+            if decoder is not None:
+                decoder.start_epoch(id_batches)
+            state, stats = run_epoch(state, step, mesh, pruner, sampler.plan, id_batches,
+                                     make_batch, epoch, quiet=quiet, reporter=reporter)
+            summary = pruner.end_epoch()
+            stats.update(train_data.epoch_stats(sampler.plan)  # a corpus: skipped, repeats
+                         if train_data.batch_mode == "corpus" else planted_stats())
+            log.stop_clock()
+            # -- Evaluation and checkpoint: process 0, on its own copy of the replicated state.
+            evaluate_now, probe = loop.evaluation_due(cfg, epoch)
+            scores = evaluate(encode, host_local(state), train_data, test, tokenizer, cfg,
+                              probe=probe, user=user) if rank == 0 and evaluate_now else {}
+            reporter.epoch(log.write(summary, stats, scores, line=epoch_line))
+            if rank == 0:
+                save_checkpoint(run_dir, epoch, host_local(state), rng, log.wall_seconds)
+    finally:
+        if decoder is not None:
+            decoder.close()  # the --workers processes live for the whole run
     reporter.close()
     # -- Save: summary.json and the coreset, once process 0 has written every metrics row.
     return finish_run(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_process_flags(build_parser("python -m reference_trainers.clip"))
-    args = parser.parse_args(argv)
+    """The command line: the PyTorch trainer's flags, open_clip's spellings of them
+    (common/openclip_flags.py: --train-data, --wd, --warmup, --logs/--name, ...) and the
+    process flags."""
+    parser = add_process_flags(add_open_clip_flags(
+        build_parser("python -m reference_trainers.clip")))
+    args = apply_open_clip_flags(parser.parse_args(argv), parser)
     if (code := start_processes(args)) is not None:
         return code
-    return loop.run_command(train, lambda: config_from_args(args), args, HEADLINE,
-                            shutdown=stop_processes)
+    return loop.run_command(train, lambda: with_open_clip_settings(config_from_args(args), args),
+                            args, HEADLINE, shutdown=stop_processes)

@@ -1,5 +1,6 @@
 """Evaluation on the user's own data for the JAX CLIP trainer: `--imagenet-val DIR` (with
-`--classnames FILE`) zero-shot top-1 / top-5 and `--val-data CSV` image<->text recall@1/5/10,
+`--classnames FILE`) zero-shot top-1 / top-5 and `--val-data CSV|SHARDS` image<->text
+recall@1/5/10 (SHARDS: `shards:SOURCE`, a folder of .tar, a .tar or a brace pattern),
 the PyTorch trainer's numbers (common/user_eval.py) with JAX towers. Never imports torch.
 
 Same sets, same maths, same keys: the class names (common/retrieval_maths.class_names_for), the
@@ -7,7 +8,8 @@ prompt ensemble (FOLDER_TEMPLATES through eval_maths.zero_shot_classifier), top-
 against the label and recall@K (retrieval_maths), written as `zero_shot_top1` / `zero_shot_top5`
 and `image_to_text_R@K` / `text_to_image_R@K`. The sets are read as the JAX trainer reads its
 training corpus (corpora/arrays.CorpusArrays): the tree from corpora/images.list_image_tree,
-the CSV with the training CSV's rules; an image that cannot be read or decoded is left out of
+the CSV with the training CSV's rules, shards as training reads them (each image read by a
+seek, captions from the .txt members); an image that cannot be read or decoded is left out of
 the evaluation, as the torch trainer leaves it out.
 
 Every forward pass has EVAL_BATCH rows (the last batch padded with repeats of its first row,
@@ -16,6 +18,7 @@ their features dropped), so each tower compiles once per run whatever the set si
 
 from __future__ import annotations
 
+import os
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -23,18 +26,22 @@ from typing import Any
 import numpy as np
 
 from reference_trainers.common import eval_maths
-from reference_trainers.common.corpora.arrays import CorpusArrays
+from reference_trainers.common.corpora.arrays import CorpusArrays, FileReader
 from reference_trainers.common.corpora.images import (BadSampleError, ImageSpec,
                                                       list_image_tree)
+from reference_trainers.common.corpora.run_index import index_for_run
+from reference_trainers.common.corpora.shard_sources import is_url_source
 from reference_trainers.common.errors import DataError
 from reference_trainers.common.retrieval_maths import (class_names_for, folder_prompts,
                                                        recall_at_k, topk_accuracy)
 from reference_trainers.common.user_sets import check_classnames, check_pairs
 from reference_trainers.jax.augment import normalise
 
-__all__ = ["EVAL_BATCH", "JaxUserEvaluation", "padded_batches"]
+__all__ = ["EVAL_BATCH", "JaxUserEvaluation", "VAL_INDEX_NAME", "padded_batches",
+           "val_shard_source"]
 
 EVAL_BATCH = 256  # rows per forward pass (images or texts)
+VAL_INDEX_NAME = "scan-val-index.npz"  # --val-data shards' key index, in the run directory
 Encode = Callable[[np.ndarray], Any]  # one batch -> (B, D) features (a jax or numpy array)
 
 
@@ -57,13 +64,32 @@ def folder_arrays(root: str, spec: ImageSpec, tokenizer: Any) -> tuple[CorpusArr
     """The ImageFolder tree `root` as image-only CorpusArrays, its labels and class folders."""
     tree = pathlib.Path(root)
     relative, labels, classes = list_image_tree(tree)
-
-    def read(i: int) -> bytes:
-        return (tree / relative[i]).read_bytes()
-
-    data = CorpusArrays(relative, [""] * len(relative), read, {}, spec=spec,
-                        tokenizer=tokenizer, source=str(tree))
+    data = CorpusArrays(relative, [""] * len(relative), FileReader(relative, root=tree), {},
+                        spec=spec, tokenizer=tokenizer, source=str(tree))
     return data, labels, classes
+
+
+def val_shard_source(val_data: str) -> str | None:
+    """The shard source `--val-data` names (`shards:SOURCE`, a folder of .tar, a .tar, a brace
+    pattern or a '::' list, as --train-data takes them), or None for a CSV."""
+    if val_data.startswith("shards:"):
+        return val_data[len("shards:"):]
+    if is_url_source(val_data) or os.path.isdir(val_data):
+        return val_data
+    return None
+
+
+def pairs_arrays(val_data: str, spec: ImageSpec, tokenizer: Any,
+                 run_path: str | os.PathLike | None) -> CorpusArrays:
+    """--val-data's held-out pairs: a CSV, or local tar shards read by seeking (their key
+    index kept as RUN/scan-val-index.npz, so the dataset folder is only read, and checked
+    against the shards when a run resumes; beside the shards without a run directory)."""
+    source = val_shard_source(val_data)
+    if source is None:
+        return CorpusArrays.from_csv(val_data, spec=spec, tokenizer=tokenizer)
+    index_path = None if run_path is None else pathlib.Path(run_path) / VAL_INDEX_NAME
+    index = index_for_run(source, shard_index=index_path)
+    return CorpusArrays.from_shards(index, spec=spec, tokenizer=tokenizer)
 
 
 class JaxUserEvaluation:
@@ -72,15 +98,15 @@ class JaxUserEvaluation:
     -> features and the model's variables for the scores."""
 
     def __init__(self, *, imagenet_val: str | None, val_data: str | None,
-                 classnames: str | None, spec: ImageSpec, tokenizer: Any):
+                 classnames: str | None, spec: ImageSpec, tokenizer: Any,
+                 run_path: str | os.PathLike | None = None):
         check_classnames(imagenet_val, classnames)
         self.tokenizer = tokenizer
         self.folder, self.labels, self.class_names = None, None, ()
         if imagenet_val:
             self.folder, self.labels, folders = folder_arrays(imagenet_val, spec, tokenizer)
             self.class_names = class_names_for(folders, classnames)
-        self.pairs = CorpusArrays.from_csv(val_data, spec=spec, tokenizer=tokenizer) \
-            if val_data else None
+        self.pairs = pairs_arrays(val_data, spec, tokenizer, run_path) if val_data else None
         if self.pairs is not None:
             check_pairs(val_data, self.pairs.num_samples - len(self.pairs.skipped),
                         self.pairs.skipped)

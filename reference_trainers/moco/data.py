@@ -203,6 +203,8 @@ def build_data(cfg: Any, *, rank: int = 0, world: int = 1, run_path: Any = None
 
 
 def _corpus(cfg: Any, rank: int, world: int, run_path: Any = None) -> Any:
+    from reference_trainers.common.workers import check_workers
+
     kind, _, where = cfg.data.partition(":")
     spec = image_spec(cfg)
     views = moco_views(cfg.crop_min, spec.channels)
@@ -221,8 +223,9 @@ def _corpus(cfg: Any, rank: int, world: int, run_path: Any = None) -> Any:
 
         index = index_for_run(where, run_path=run_path, shard_index=cfg.shard_index,
                               train_num_samples=cfg.train_num_samples, captions=False)
-        return ShardStream(index, tokenizer=None, spec=spec, rank=rank,
-                           world_size=world, seed=cfg.seed, captions=False)
+        return ShardStream(index, tokenizer=None, spec=spec, rank=rank, world_size=world,
+                           num_workers=check_workers(cfg.workers), seed=cfg.seed,
+                           captions=False)
     raise TrainerError(f"--data {cfg.data!r}: choose one of {', '.join(DATA_KINDS)}")
 
 

@@ -34,6 +34,9 @@ from reference_trainers.common.progress import EpochBar, knn_epoch_line
 from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.skipped import SkippedLog
+from reference_trainers.common.tb_report import NullReporter, open_reporter, parse_report_to
+from reference_trainers.common.workers import DecodeWorkers, raw_corpus_batches, \
+    raw_stream_batches
 from reference_trainers.moco import data as moco_data
 from reference_trainers.common.moco_config import FLAGS, PRESETS, MocoConfig
 from reference_trainers.moco.data import ImageData, build_data  # noqa: F401 (public before)
@@ -69,10 +72,15 @@ def evaluate(model: MoCo, train: ImageData, test: ImageData, cfg: MocoConfig, *,
 
 # == 3. One epoch of training =====================================================================
 def _stream_steps(stream: Any, plan: EpochPlan, batch_size: int) -> int:
-    """Batches of a one-worker stream epoch after a lone last sample is folded in."""
+    """Batches of a stream epoch after each worker's lone last sample is folded in: every
+    worker serves the same number of samples, so with one left over each of the N workers
+    ends on a batch of one, and all N fold into the batch before them (one batch when each
+    worker serves a single sample)."""
     per_worker = stream.samples_per_worker(plan)
     steps = stream.steps_per_rank(plan, batch_size)
-    return steps - 1 if steps > 1 and per_worker % batch_size == 1 else steps
+    if per_worker % batch_size != 1:
+        return steps
+    return 1 if per_worker == 1 else steps - stream.num_workers
 
 
 def _fold_stream(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -90,18 +98,15 @@ def _fold_stream(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def epoch_batches(data: TrainData, plan: EpochPlan, sampler: ScanSampler, cfg: MocoConfig,
-                  generator: torch.Generator, device: torch.device
+                  generator: torch.Generator, device: torch.device,
+                  decode: DecodeWorkers | None = None
                   ) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]], int]:
     """This rank's (x1, x2, ids) batches of the epoch and how many there are. Map-style data
     is served by the sampler's ids; a shard stream drops pruned samples before it reads them
     and serves the same number of samples on every rank (corpora/shards.py)."""
-    if data.batch_mode == "stream":
-        from adapters.torch.stream import PlanIterableDataset, collate_samples
-
-        dataset = PlanIterableDataset(data)
-        dataset.set_plan(plan)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size,
-                                             collate_fn=collate_samples)
+    if data.batch_mode == "stream":  # read and decoded in --workers processes (workers.py)
+        loader = raw_stream_batches(data, plan, batch_size=cfg.batch_size, workers=cfg.workers,
+                                    decode=decode)
         views = moco_data.moco_views(cfg.crop_min)
         crops = ((*moco_data.spec_two_crops(images.to(device), data.spec, generator, views),
                   ids.numpy())
@@ -109,9 +114,8 @@ def epoch_batches(data: TrainData, plan: EpochPlan, sampler: ScanSampler, cfg: M
         return crops, _stream_steps(data, plan, cfg.batch_size)
     id_batches = fold_lone_last(list(sampler.batches(cfg.batch_size)))  # BatchNorm: >= 2
     if data.batch_mode == "corpus":  # decoded in --workers processes (workers.py)
-        from reference_trainers.common.workers import raw_corpus_batches
-
-        raw = raw_corpus_batches(data.corpus, id_batches, workers=cfg.workers, fill_bad=True)
+        raw = raw_corpus_batches(data.corpus, id_batches, workers=cfg.workers, fill_bad=True,
+                                 decode=decode)
         return ((*moco_data.spec_two_crops(images.to(device), data.spec, generator, data.views),
                  served.numpy()) for images, _, served in raw), len(id_batches)
     return (data.crops(ids, generator, device) for ids in id_batches), len(id_batches)
@@ -120,11 +124,12 @@ def epoch_batches(data: TrainData, plan: EpochPlan, sampler: ScanSampler, cfg: M
 def train_epoch(model: MoCo, optimizer: torch.optim.Optimizer, sampler: ScanSampler,
                 pruner: ScanPruner, data: TrainData, cfg: MocoConfig, epoch: int,
                 generator: torch.Generator, base_lr: float, quiet: bool, amp: AmpSetup,
-                device: torch.device) -> dict[str, Any]:
+                device: torch.device, reporter: NullReporter = NullReporter(),
+                decode: DecodeWorkers | None = None) -> dict[str, Any]:
     """Train one epoch of this rank's kept ids and record their per-sample losses; returns
     the epoch's steps, samples, last LR and momentum, and mean training loss."""
     plan = sampler.plan
-    batches, num_batches = epoch_batches(data, plan, sampler, cfg, generator, device)
+    batches, num_batches = epoch_batches(data, plan, sampler, cfg, generator, device, decode)
     bar = EpochBar(epoch, num_batches, phase=plan.phase, kept_share=plan.keep_fraction,
                    enabled=not quiet)
     weighted = plan.weight_bits is not None
@@ -155,6 +160,8 @@ def train_epoch(model: MoCo, optimizer: torch.optim.Optimizer, sampler: ScanSamp
         elif len(unique):
             record(pruner, unique, out.per_sample[:, torch.from_numpy(first).to(device)])
         loss_sum += float(out.loss.detach()) * len(ids)
+        reporter.step(loss=float(out.loss.detach()), lr=lr, kept_share=plan.keep_fraction,
+                      samples=len(ids))
         samples += len(ids)
         steps += 1
         bar.update(i + 1, loss_sum / samples)
@@ -163,27 +170,17 @@ def train_epoch(model: MoCo, optimizer: torch.optim.Optimizer, sampler: ScanSamp
 
 
 # == 4. The run: setup, data, model, pruner, loop (evaluation, checkpoint), save ===============
-def _check_workers(cfg: MocoConfig, train_data: TrainData) -> None:
-    from reference_trainers.common.errors import TrainerError
-    from reference_trainers.common.workers import check_workers
-
-    if check_workers(cfg.workers) and train_data.batch_mode == "stream":
-        raise TrainerError(f"--workers {cfg.workers} with --data {cfg.data}: MoCo reads a shard "
-                           "stream in the trainer's process for now; drop --workers (folder: "
-                           "and csv: corpora take it)")
-
-
 def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = False,
           model: MoCo | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Train (or continue, with resume) the run in `out`; returns the summary.
     model: any MoCo (e.g. around another backbone); default build_moco(cfg.backbone, ...)."""
     # -- Setup: processes, threads, run directory (rank 0 writes its config).
+    parse_report_to(cfg.report_to)  # an unknown reporter fails before anything is written
     rank, world, run_dir = lifecycle.open_run(cfg, out, resume=resume)
     # -- Data: the training images; the labelled split and test split kNN / the probe use.
     train_data, probe_train, test = build_data(cfg, rank=rank, world=world, run_path=out)
     check_train_data(train_data)
     planted = train_data.planted()
-    _check_workers(cfg, train_data)
     if rank == 0:
         moco_data.check_corpus(run_dir, train_data, resume=resume)
     # -- Model, optimiser, augmentation generator; a resume continues all three.
@@ -207,18 +204,23 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)
+    reporter = NullReporter()
     if rank == 0:
         run_dir.truncate_metrics(last)
+        reporter = open_reporter(cfg.report_to, run_dir.path, rank=rank,
+                                 rows=run_dir.read_metrics())
         if planted.any:
             run_dir.save_array("planted", duplicate_of=planted.duplicate_of)
     planted_stats = PreparationStats(pruner, duplicate_of=planted.duplicate_of)  # planted.py
     skipped = SkippedLog(run_dir, train_data, write=rank == 0)
     # -- Loop.
+    decode = DecodeWorkers(cfg.workers)  # --workers processes, kept for the whole run
     log = loop.EpochLog(run_dir, rank=rank, world=world, wall_seconds=wall)
     for epoch in log.epochs(cfg, pruner, stop_after):
         sampler.set_epoch(epoch)
         stats = train_epoch(model, optimizer, sampler, pruner, train_data, cfg, epoch,
-                            generator, base_lr, quiet or rank != 0, amp, device)
+                            generator, base_lr, quiet or rank != 0, amp, device, reporter,
+                            decode)
         skipped_note = skipped(epoch, stats["samples"])
         summary = pruner.end_epoch()
         stats.update({**planted_stats(), **train_data.epoch_stats(sampler.plan)})
@@ -227,9 +229,12 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
         evaluate_now, probe = loop.evaluation_due(cfg, epoch)
         scores = evaluate(core, probe_train, test, cfg, probe=probe, device=device) \
             if rank == 0 and evaluate_now else {}
-        log.write(summary, stats, scores, line=knn_epoch_line, note=skipped_note)
+        reporter.epoch(log.write(summary, stats, scores, line=knn_epoch_line,
+                                 note=skipped_note))
         save_checkpoint(run_dir, epoch, model, optimizer, generator, log.wall_seconds,
                         scaler=amp.scaler)
+    reporter.close()
+    decode.close()
     # -- Save: summary.json and the coreset.
     return loop.finish(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)
 

@@ -22,8 +22,8 @@ PIL = pytest.importorskip("PIL.Image")
 from reference_trainers.common.corpora.images import ImageSpec  # noqa: E402
 from reference_trainers.common.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD  # noqa: E402
 from reference_trainers.common.errors import DataError  # noqa: E402
-from reference_trainers.jax.user_eval import (EVAL_BATCH, JaxUserEvaluation,  # noqa: E402
-                                              padded_batches)
+from reference_trainers.jax.user_eval import (EVAL_BATCH, VAL_INDEX_NAME,  # noqa: E402
+                                              JaxUserEvaluation, padded_batches)
 
 ROOT = pathlib.Path(__file__).parents[2]
 LEVEL = 20  # image j of a stub set is a flat grey of LEVEL * j
@@ -123,6 +123,54 @@ def test_retrieval_on_held_out_pairs_scores_the_pairing(held_pairs):
     assert sorted(scores) == sorted(f"{side}_R@{k}" for side in ("image_to_text",
                                                                   "text_to_image")
                                     for k in (1, 5, 10))
+
+
+def write_tar(path: pathlib.Path, members: list[tuple[str, bytes]]) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_retrieval_on_held_out_shards_scores_as_the_same_pairs_in_a_csv(held_pairs, tmp_path):
+    """fails on main: the JAX trainer read --val-data as a CSV only (a .tar was refused)."""
+    path, words = held_pairs
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    shards = tmp_path / "held-shards"
+    shards.mkdir()
+    for s, part in enumerate((rows[:5], rows[5:])):  # img2dataset-style: 2 shards, 9-digit keys
+        members = []
+        for j, (image, caption) in enumerate(part):
+            key = f"{s:05d}{j:04d}"
+            if (tmp_path / image).exists():  # the CSV's missing row: a pair without image
+                members.append((f"{key}.png", (tmp_path / image).read_bytes()))
+            members.append((f"{key}.txt", caption.encode()))
+        write_tar(shards / f"{s:05d}.tar", members)
+    os.chmod(shards, 0o555)  # read-only: the index goes to the run directory
+    try:
+        expected = JaxUserEvaluation(imagenet_val=None, val_data=str(path), classnames=None,
+                                     spec=ImageSpec.cpu(), tokenizer=StubTokenizer(words))(
+            StubEncoders(8).pair, {"params": "stub"})
+        for n, val_data in enumerate([f"{shards}/{{00000..00001}}.tar", f"shards:{shards}",
+                                      str(shards)]):
+            run = tmp_path / f"run{n}"
+            user = JaxUserEvaluation(imagenet_val=None, val_data=val_data, classnames=None,
+                                     spec=ImageSpec.cpu(), tokenizer=StubTokenizer(words),
+                                     run_path=run)
+            assert user(StubEncoders(8).pair, {"params": "stub"}) == expected
+            assert (run / VAL_INDEX_NAME).is_file() and user.pairs.num_samples == 9
+    finally:
+        os.chmod(shards, 0o755)
+    assert sorted(p.name for p in shards.iterdir()) == ["00000.tar", "00001.tar"]
+    assert expected["image_to_text_R@1"] == 6 / 8
+    with pytest.raises(DataError, match="cannot seek"):  # read by id: a pipe: is refused
+        JaxUserEvaluation(imagenet_val=None, val_data=f"pipe:cat {shards}/00000.tar",
+                          classnames=None, spec=ImageSpec.cpu(), tokenizer=StubTokenizer(words),
+                          run_path=tmp_path / "pipe")
 
 
 def test_the_jax_and_torch_evaluations_give_the_same_numbers_on_the_same_towers(

@@ -5,6 +5,7 @@ shards evaluated on a labelled folder without any Fashion-MNIST file."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,10 @@ def test_a_bank_folder_and_what_is_refused(tmp_path):
 
 
 def test_moco_on_image_only_shards_evaluates_on_the_labelled_folder_alone(tmp_path):
+    """Issue 17's MoCo run: image-only shards by brace URL in a read-only folder, 2 DataLoader
+    workers, a labelled val folder, TensorBoard; no Fashion-MNIST file is read."""
     pytest.importorskip("braceexpand")
+    pytest.importorskip("tensorboard")
     from reference_trainers.common.corpora import make_shards
     from reference_trainers.moco import train as moco_train
 
@@ -73,14 +77,22 @@ def test_moco_on_image_only_shards_evaluates_on_the_labelled_folder_alone(tmp_pa
     tree = labelled_tree(tmp_path / "val", (6, 6, 6))
     (tmp_path / "no-fmnist").mkdir()  # a run that read Fashion-MNIST would fail here
     run = tmp_path / "run"
-    assert moco_train.main([
-        "--preset", "cpu-tiny-moco", "--epochs", "1", "--batch-size", "32", "--threads", "1",
-        "--quiet", "--data", f"shards:{shards}/shard-{{000000..000001}}.tar",
-        "--data-dir", str(tmp_path / "no-fmnist"), "--eval-folder", str(tree),
-        "--out", str(run)]) == 0
+    before = sorted(p.name for p in shards.iterdir())
+    os.chmod(shards, 0o555)  # the index goes to the run directory, never beside the shards
+    try:
+        assert moco_train.main([
+            "--preset", "cpu-tiny-moco", "--epochs", "1", "--batch-size", "32", "--threads",
+            "1", "--quiet", "--data", f"shards:{shards}/shard-{{000000..000001}}.tar",
+            "--workers", "2", "--report-to", "tensorboard",
+            "--data-dir", str(tmp_path / "no-fmnist"), "--eval-folder", str(tree),
+            "--out", str(run)]) == 0
+    finally:
+        os.chmod(shards, 0o755)
+    assert sorted(p.name for p in shards.iterdir()) == before
     summary = json.loads((run / "summary.json").read_text())
     assert 0.0 <= summary["knn_top1"] <= 1.0 and 0.0 <= summary["linear_probe_top1"] <= 1.0
     # 9 scored images: every accuracy is a multiple of 1/9
     assert round(summary["knn_top1"] * 9, 6) == round(summary["knn_top1"] * 9)
     config = json.loads((run / "config.json").read_text())
-    assert config["eval_folder"] == str(tree)
+    assert config["eval_folder"] == str(tree) and config["workers"] == 2
+    assert any((run / "tensorboard").rglob("events.out.tfevents.*"))

@@ -74,3 +74,37 @@ def test_a_run_writes_per_step_and_per_epoch_scalars_and_a_resume_continues_them
         assert scalars[f"eval/{key}"] == [(r["epoch"], pytest.approx(r[key])) for r in metrics]
     assert [v for _, v in scalars["scan/phase"]] == [0, 1, 2]
     assert [v for _, v in scalars["scan/num_kept"]] == [r["num_kept"] for r in metrics]
+
+
+def test_moco_writes_the_same_scalars_and_a_resume_continues_them(tmp_path):
+    pytest.importorskip("tensorboard")
+    from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR
+    from reference_trainers.moco import train as moco_train
+
+    if not pathlib.Path(DEFAULT_FASHION_MNIST_DIR).is_dir():
+        pytest.skip("the MoCo trainer's default data is Fashion-MNIST")
+    args = ["--preset", "cpu-tiny-moco", "--num-train", "96", "--num-test", "48",
+            "--batch-size", "16", "--epochs", "3", "--scan-warmup-epochs", "1", "--threads",
+            "1", "--quiet", "--eval-every", "1", "--report-to", "tensorboard",
+            "--out", str(tmp_path / "run")]
+    assert moco_train.main(args + ["--stop-after", "1"]) == 0
+    assert moco_train.main(args + ["--resume"]) == 0
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text()
+               .splitlines()]
+    scalars = read_scalars(tmp_path / "run" / "tensorboard")
+    total_steps = sum(r["steps"] for r in metrics)
+    assert [s for s, _ in scalars["train/loss"]] == list(range(total_steps))
+    assert scalars["train/lr"][-1][1] == pytest.approx(metrics[-1]["lr"])
+    assert scalars["eval/knn_top1"] == [(r["epoch"], pytest.approx(r["knn_top1"]))
+                                        for r in metrics]
+    assert [v for _, v in scalars["scan/phase"]] == [0, 1, 2]
+
+
+def test_moco_refuses_an_unknown_reporter_before_writing(tmp_path, capsys):
+    from reference_trainers.moco import train as moco_train
+
+    out = tmp_path / "run"
+    assert moco_train.main(["--preset", "cpu-tiny-moco", "--report-to", "wandb", "--quiet",
+                            "--out", str(out)]) == 2
+    assert "--report-to wandb: wandb is not supported" in capsys.readouterr().err
+    assert not out.exists()

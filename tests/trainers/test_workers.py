@@ -13,7 +13,8 @@ import torch
 from reference_trainers.common.corpora import CsvCorpus, ImageSpec, ShardIndex, ShardStream
 from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.tokenizer import Tokenizer
-from reference_trainers.common.workers import check_workers, corpus_batches, stream_batches
+from reference_trainers.common.workers import (check_workers, corpus_batches, raw_stream_batches,
+                                               stream_batches)
 from scan_core import EpochPlan
 
 pytest.importorskip("PIL")
@@ -181,12 +182,102 @@ def test_moco_on_a_folder_with_two_workers_equals_the_run_without(tmp_path):
     assert len(w0) == 2 and w0[-1][4] == 1 and w2 == w0
 
 
-def test_moco_refuses_workers_on_a_shard_stream(tmp_path, capsys):
+@pytest.mark.parametrize("n, batch_size, workers", [
+    (10, 4, 2), (2, 4, 2), (16, 4, 2), (9, 4, 0), (1, 4, 0), (13, 4, 2), (3, 2, 2)])
+def test_moco_counts_the_stream_batches_it_serves_after_folding_lone_samples(
+        tmp_path, n, batch_size, workers):
+    """The LR and momentum schedules follow i / num_batches: the count must be the batches
+    the folded stream really serves, for every worker count (fails on main for 2 workers
+    with one sample left over per worker: each worker's lone batch folds in)."""
+    from reference_trainers.moco.train import _fold_stream, _stream_steps
+
+    index = ShardIndex.open(write_shards(tmp_path / "shards", n, 6))
+    plan = EpochPlan(2, "warmup", 0.0, n, 0, n, seed=0)
+    stream = ShardStream(index, tokenizer=None, spec=ImageSpec.cpu(), num_workers=workers,
+                         seed=4, captions=False)
+    raw = raw_stream_batches(stream, plan, batch_size=batch_size, workers=workers)
+    batches = list(_fold_stream(raw))
+    assert len(batches) == _stream_steps(stream, plan, batch_size)
+    assert all(len(ids) >= 2 for _, ids in batches) or n == 1  # BatchNorm takes >= 2
+    served = torch.cat([ids for _, ids in batches]).tolist()
+    assert set(served) == set(range(n))
+
+
+def test_moco_on_shards_with_two_workers_serves_the_kept_ids_and_resumes_exactly(tmp_path):
     _fmnist_or_skip()
     from reference_trainers.moco import train as moco_train
 
-    shards = write_shards(tmp_path / "shards", 24, 12)
-    assert moco_train.main(["--preset", "cpu-tiny-moco", "--num-train", "64", "--num-test", "32",
-                            "--quiet", "--data", f"shards:{shards}", "--workers", "2",
-                            "--out", str(tmp_path / "run")]) == 2
-    assert "--workers 2 with --data shards:" in capsys.readouterr().err
+    shards = write_shards(tmp_path / "shards", 60, 16, corrupt={5, 40})
+    args = ["--preset", "cpu-tiny-moco", "--num-train", "64", "--num-test", "32",
+            "--batch-size", "8", "--epochs", "3", "--scan-warmup-epochs", "1", "--threads",
+            "1", "--quiet", "--eval-every", "0", "--data", f"shards:{shards}",
+            "--workers", "2"]
+    assert moco_train.main(args + ["--out", str(tmp_path / "whole")]) == 0
+    stopped = str(tmp_path / "stopped")
+    assert moco_train.main(args + ["--stop-after", "1", "--out", stopped]) == 0
+    assert moco_train.main(args + ["--resume", "--out", stopped]) == 0
+    keys = ("train_loss", "samples", "steps", "num_kept", "skipped_samples", "lr")
+    whole, resumed = ([tuple(r.get(k) for k in keys) for r in _rows(tmp_path / name)]
+                      for name in ("whole", "stopped"))
+    assert len(whole) == 3 and resumed == whole
+    assert whole[-1][5] == 0.0  # the cosine LR ends at the last step: the batch count is right
+    assert whole[-1][4] == 2  # both corrupt images, met in a worker, counted here
+    for row in _rows(tmp_path / "whole"):  # every kept id served: repeats only top up
+        assert row["samples"] >= row["num_kept"] - 2
+
+
+class PidCorpus:
+    """A map-style corpus stub whose pixels carry the decoding process's id."""
+
+    captions = tokenizer = None
+
+    def __init__(self):
+        self.skipped, self.repeats = {}, 0
+
+    def raw_batch(self, ids, fill_bad=False):
+        import os
+
+        ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
+        return torch.full((len(ids), 1, 1, 1), os.getpid(), dtype=torch.long), ids
+
+
+def test_the_run_keeps_its_worker_processes_from_epoch_to_epoch():
+    from reference_trainers.common.workers import DecodeWorkers
+
+    decode, corpus, pids = DecodeWorkers(2), PidCorpus(), set()
+    for epoch in range(3):
+        id_batches = [np.arange(k, k + 4) + 100 * epoch for k in range(0, 16, 4)]
+        got = list(decode.raw_corpus_batches(corpus, id_batches))
+        assert [b[2].tolist() for b in got] == [b.tolist() for b in id_batches]
+        pids |= {int(b[0][0]) for b in got}
+    decode.close()
+    assert len(pids) == 2
+
+
+def test_persistent_stream_workers_serve_what_fresh_workers_serve_every_epoch(tmp_path):
+    """Each epoch's plan reaches the kept workers: epoch by epoch the batches equal those of
+    workers started for that epoch alone, corrupt ones counted once per epoch as before."""
+    from reference_trainers.common.workers import DecodeWorkers
+    from scan_core import bitset
+
+    index = ShardIndex.open(write_shards(tmp_path / "shards", 48, 12, corrupt={13}))
+
+    def stream():
+        return ShardStream(index, tokenizer=tokenize, spec=ImageSpec.cpu(), num_workers=2,
+                           seed=4)
+
+    kept, fresh, decode = stream(), stream(), DecodeWorkers(2)
+    for epoch, dropped in enumerate([[], [1, 2, 3, 20, 21, 40], list(range(0, 48, 3))]):
+        drop = np.asarray(dropped, dtype=np.int64)
+        plan = EpochPlan(epoch, "mutate" if dropped else "warmup", 0.5 if dropped else 0.0, 48,
+                         len(drop), 48 - len(drop), seed=0,
+                         drop_bits=bitset.from_ids(drop, 48) if dropped else None)
+        a = list(decode.raw_stream_batches(kept, plan, batch_size=5))
+        b = list(raw_stream_batches(fresh, plan, batch_size=5, workers=2))
+        assert len(a) == len(b) == kept.steps_per_rank(plan, 5)
+        for x, y in zip(a, b):
+            assert all(torch.equal(u, v) for u, v in zip(x, y))
+        assert set(torch.cat([x[2] for x in a]).tolist()) == set(plan.kept_ids.tolist()) - {13}
+        assert set(kept.stats.corrupt) == set(fresh.stats.corrupt) == {13}
+        assert kept.repeated_samples(plan) == fresh.repeated_samples(plan)
+    decode.close()

@@ -16,6 +16,12 @@ The JAX trainer reads its data by id, as it reads Fashion-MNIST: `data.images[id
 Shards are read by seeking, so they must be local files: a `pipe:` source is refused here (the
 torch trainer streams it). Implements common/data_layer.TrainData (batch_mode "corpus").
 
+What reads and decodes one image (`ImageLoader`, over a `FileReader` or a `ShardReader`) is a
+small picklable object, and serving one batch (`serve_batch`) a pure function of the ids, that
+loader and the bad ids known so far: `--workers N` (corpora/decode_pool.py) runs the same
+function in N processes and hands its `ServedBatch` back to `absorb`, so a batch, its served
+ids and what it skips are those of N = 0.
+
 >>> import pathlib, tempfile
 >>> from reference_trainers.common.corpora.images import ImageSpec
 >>> from reference_trainers.common.tokenizer import Tokenizer
@@ -29,8 +35,9 @@ torch trainer streams it). Implements common/data_layer.TrainData (batch_mode "c
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,7 +48,108 @@ from reference_trainers.common.corpora.shard_sources import is_streamed
 from reference_trainers.common.data_layer import NothingPlanted
 from reference_trainers.common.errors import DataError
 
-__all__ = ["CorpusArrays"]
+__all__ = ["CorpusArrays", "FileReader", "ImageLoader", "ServedBatch", "ShardReader",
+           "serve_batch"]
+
+
+class FileReader:
+    """id -> the bytes of file `paths[id]` (under `root` when given): a CSV's image column, an
+    image folder tree. Picklable, so a --workers process can hold it."""
+
+    def __init__(self, paths: Sequence[str], root: str | os.PathLike | None = None):
+        self.paths, self.root = list(paths), None if root is None else os.fspath(root)
+
+    def path(self, i: int) -> str:
+        return self.paths[i] if self.root is None else os.path.join(self.root, self.paths[i])
+
+    def __call__(self, i: int) -> bytes:
+        with open(self.path(i), "rb") as handle:
+            return handle.read()
+
+    def where(self, i: int) -> str:
+        return self.path(i)
+
+
+class ShardReader:
+    """id -> the bytes of its image member, read by a seek into its local .tar shard (a
+    ShardIndex's offsets; nothing else of the shard is read). Picklable."""
+
+    def __init__(self, index: Any):
+        self.urls = list(index.shard_urls)
+        self.shard = np.asarray(index.shard)
+        self.offset, self.size = np.asarray(index.image_offset), np.asarray(index.image_size)
+
+    def __call__(self, i: int) -> bytes:
+        with open(self.urls[int(self.shard[i])], "rb") as handle:
+            handle.seek(int(self.offset[i]))
+            return handle.read(int(self.size[i]))
+
+    def where(self, i: int) -> str:
+        return f"shard {self.urls[int(self.shard[i])]} at byte {int(self.offset[i])}"
+
+
+class ImageLoader:
+    """id -> uint8 (C, size, size): `read` then decode per `spec`; BadSampleError (naming the
+    sample) when it cannot be served. All a --workers process needs of a corpus."""
+
+    def __init__(self, read: Callable[[int], bytes], names: Sequence[str], spec: ImageSpec):
+        self.read, self.names, self.spec = read, names, spec
+
+    def __call__(self, i: int) -> np.ndarray:
+        try:
+            data = self.read(i)
+        except OSError as err:
+            raise BadSampleError(f"cannot read {self.names[i]}: {err}") from err
+        return decode_image(data, self.spec)
+
+    def where(self, i: int) -> str:
+        """Sample i for a message: its name, and its file or shard when the reader knows."""
+        name, where = str(self.names[i]), getattr(self.read, "where", None)
+        place = where(i) if where is not None else name
+        return name if place in (name, os.path.abspath(name)) else f"{name} ({place})"
+
+
+@dataclasses.dataclass
+class ServedBatch:
+    """One id batch served: requested (B,) the sampler's ids; served int64 (B,) with each bad
+    id replaced by a good id of the batch; pixels uint8 (B, C, size, size); new_skipped
+    {id: reason} bad ids found while serving it; repeats: slots served as repeats."""
+
+    requested: np.ndarray
+    served: np.ndarray
+    pixels: np.ndarray
+    new_skipped: dict[int, str]
+    repeats: int
+
+
+def serve_batch(ids: np.ndarray, load: Callable[[int], np.ndarray], known_bad: Mapping[int, str],
+                source: str) -> ServedBatch:
+    """Decode `ids` with `load`, skipping those in `known_bad` and recording those that fail;
+    each bad slot holds the next good image of the batch, in turn. DataError when no id of the
+    batch can be served. Pure given `load`: the same in the trainer's process and a worker's.
+    `ids` are checked by the caller (CorpusArrays.check_ids)."""
+    ids = np.atleast_1d(np.asarray(ids))
+    new: dict[int, str] = {}
+    images: list[np.ndarray | None] = []
+    for i in ids.tolist():
+        image = None
+        if i not in known_bad:
+            try:
+                image = load(i)
+            except BadSampleError as err:
+                new[i] = f"decode: {err}"
+        images.append(image)
+    good = [im for im in images if im is not None]
+    if not good:
+        first = int(ids[0]) if len(ids) else None
+        raise DataError(f"no image of a batch of {len(ids)} from {source} could be served "
+                        f"(ids {ids[:5].tolist()}...: {new.get(first, known_bad.get(first))})")
+    good_ids = [i for i, im in zip(ids.tolist(), images) if im is not None]
+    served = ids.copy()
+    bad_slots = [k for k, im in enumerate(images) if im is None]
+    for j, k in enumerate(bad_slots):
+        images[k], served[k] = good[j % len(good)], good_ids[j % len(good)]
+    return ServedBatch(ids, served, np.stack(images), new, len(bad_slots))
 
 
 class _LazyImages:
@@ -70,7 +178,8 @@ class CorpusArrays(NothingPlanted):
 
     def __init__(self, names: list[str], captions: list[str], read: Callable[[int], bytes],
                  skipped: dict[int, str], *, spec: ImageSpec, tokenizer: Any, source: str):
-        self.names, self.spec, self.source, self._read = names, spec, source, read
+        self.names, self.spec, self.source = names, spec, source
+        self.loader = ImageLoader(read, names, spec)  # what a --workers process holds
         self.skipped = dict(skipped)
         self.repeats = 0
         self.tokens = np.asarray(tokenizer.encode([c if i not in skipped else ""
@@ -85,13 +194,8 @@ class CorpusArrays(NothingPlanted):
                  ) -> "CorpusArrays":
         paths, captions, skipped = read_pairs(path, image_column=image_column,
                                               caption_column=caption_column)
-
-        def read(i: int) -> bytes:
-            with open(paths[i], "rb") as handle:
-                return handle.read()
-
-        return cls(paths, captions or [], read, skipped, spec=spec, tokenizer=tokenizer,
-                   source=os.fspath(path))
+        return cls(paths, captions or [], FileReader(paths), skipped, spec=spec,
+                   tokenizer=tokenizer, source=os.fspath(path))
 
     @classmethod
     def from_shards(cls, index: Any, *, spec: ImageSpec, tokenizer: Any) -> "CorpusArrays":
@@ -110,16 +214,10 @@ class CorpusArrays(NothingPlanted):
                     handle.seek(int(index.text_offset[i]))
                     raw = handle.read(int(index.text_size[i]))
                     captions[i] = raw.decode("utf-8", errors="replace").strip()
-
-        def read(i: int) -> bytes:
-            with open(index.shard_urls[int(index.shard[i])], "rb") as handle:
-                handle.seek(int(index.image_offset[i]))
-                return handle.read(int(index.image_size[i]))
-
         skipped = index.skipped_for(True)
         skipped.update({i: "empty .txt" for i, c in enumerate(captions) if good[i] and not c})
-        return cls([str(k) for k in index.keys.tolist()], captions, read, skipped, spec=spec,
-                   tokenizer=tokenizer, source=index.source.source)
+        return cls([str(k) for k in index.keys.tolist()], captions, ShardReader(index), skipped,
+                   spec=spec, tokenizer=tokenizer, source=index.source.source)
 
     # -- serving -----------------------------------------------------------------------------
     @property
@@ -128,16 +226,35 @@ class CorpusArrays(NothingPlanted):
 
     def load_image(self, i: int) -> np.ndarray:
         """uint8 (C, size, size) of sample i; BadSampleError when it cannot be served."""
-        try:
-            data = self._read(i)
-        except OSError as err:
-            raise BadSampleError(f"cannot read {self.names[i]}: {err}") from err
-        return decode_image(data, self.spec)
+        return self.loader(i)
+
+    def check_ids(self, ids: np.ndarray) -> np.ndarray:
+        """`ids` as a 1-D integer array, each in [0, num_samples); else DataError."""
+        ids = np.atleast_1d(np.asarray(ids))
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise DataError(f"ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.num_samples):
+            raise DataError(f"ids span [{ids.min()}, {ids.max()}], expected [0, "
+                            f"{self.num_samples - 1}] for {self.source}")
+        return ids
+
+    def serve(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(served ids int64 (B,), pixels uint8 (B, C, size, size)) of `ids`, decoded in this
+        process (serve_batch); what it finds bad joins `skipped` and `repeats`."""
+        ids = self.check_ids(ids)
+        return self.absorb(serve_batch(ids, self.loader, self.skipped, self.source))
+
+    def absorb(self, batch: ServedBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Record a served batch's bad ids and repeats (found here or in a --workers
+        process) as this process's own; -> (served ids, pixels)."""
+        self.skipped.update(batch.new_skipped)
+        self.repeats += batch.repeats
+        return batch.served, batch.pixels
 
     def served_ids(self, ids: np.ndarray) -> np.ndarray:
         """`ids` with each bad one replaced by a good id of the batch (what the batch then
         trains on and the pruner records); their images are kept for `images[...]`."""
-        served, images = self._serve(np.atleast_1d(np.asarray(ids)))
+        served, images = self.serve(ids)
         self._last = (served, images)
         return served
 
@@ -147,33 +264,7 @@ class CorpusArrays(NothingPlanted):
         last = getattr(self, "_last", None)
         if last is not None and np.array_equal(last[0], ids):
             return last[1]
-        return self._serve(ids)[1]
-
-    def _serve(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-            raise DataError(f"ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
-        if len(ids) and (ids.min() < 0 or ids.max() >= self.num_samples):
-            raise DataError(f"ids span [{ids.min()}, {ids.max()}], expected [0, "
-                            f"{self.num_samples - 1}] for {self.source}")
-        images: list[np.ndarray | None] = []
-        for i in ids.tolist():
-            image = None
-            if i not in self.skipped:
-                try:
-                    image = self.load_image(i)
-                except BadSampleError as err:
-                    self.skipped[i] = f"decode: {err}"
-            images.append(image)
-        good = [im for im in images if im is not None]
-        if not good:
-            raise DataError(f"no image of a batch of {len(ids)} from {self.source} could be "
-                            f"served (ids {ids[:5].tolist()}...: {self.skipped.get(int(ids[0]))})")
-        good_ids = [i for i, im in zip(ids.tolist(), images) if im is not None]
-        served = ids.copy()
-        for j, k in enumerate(k for k, im in enumerate(images) if im is None):
-            images[k], served[k] = good[j % len(good)], good_ids[j % len(good)]
-            self.repeats += 1
-        return served, np.stack(images)
+        return self.serve(ids)[1]
 
     # -- TrainData (common/data_layer.py) ----------------------------------------------------
     def epoch_stats(self, plan: Any) -> dict[str, int]:

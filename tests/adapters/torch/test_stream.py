@@ -66,3 +66,48 @@ def test_dataset_in_process_and_its_errors():
         iter(wrong)
     with pytest.raises(ScanConfigError, match="num_workers"):
         PlanIterableDataset(RangeSource(), num_workers=-1)
+
+
+class PidSource(RangeSource):
+    """RangeSource whose samples carry the worker's process id in their token row."""
+
+    def __call__(self, plan, worker_id, num_workers):
+        import os
+
+        for image, _, i in super().__call__(plan, worker_id, num_workers):
+            yield image, np.array([i, os.getpid()]), i
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_persistent_workers_serve_each_epochs_own_plan_without_restarting(context):
+    dataset = PlanIterableDataset(PidSource(), num_workers=2, persistent=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2,
+                                         collate_fn=collate_samples, persistent_workers=True,
+                                         multiprocessing_context=context)
+    pids = set()
+    for epoch, dropped in enumerate([[3, 7], [0, 1, 2, 9], [], list(range(1, 12))]):
+        plan = plan_dropping(12, dropped, epoch=epoch)
+        dataset.set_plan(plan)
+        batches = list(loader)
+        ids = sorted(torch.cat([b[2] for b in batches]).tolist()) if batches else []
+        assert ids == plan.kept_ids.tolist()
+        pids |= {int(p) for b in batches for p in b[1][:, 1]}
+    assert len(pids) == 2  # the same two worker processes served all four epochs
+
+
+def test_a_non_persistent_dataset_under_persistent_workers_is_refused_not_stale():
+    dataset = PlanIterableDataset(RangeSource(), num_workers=1)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1,
+                                         collate_fn=collate_samples, persistent_workers=True)
+    dataset.set_plan(plan_dropping(6, [1]))
+    assert len(list(loader)) == 3
+    dataset.set_plan(plan_dropping(6, [1, 2, 3]))  # never reaches the running worker
+    with pytest.raises(ScanConfigError, match="persistent=True"):
+        list(loader)
+
+
+def test_plans_of_another_size_are_refused_by_a_persistent_dataset():
+    dataset = PlanIterableDataset(RangeSource(), num_workers=1, persistent=True)
+    dataset.set_plan(plan_dropping(8, [1]))
+    with pytest.raises(ScanStateError, match="share num_samples"):
+        dataset.set_plan(plan_dropping(8 + 8 * 70000, [1]))
