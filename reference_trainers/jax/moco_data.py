@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from reference_trainers.common.corpora.arrays import CorpusArrays
+from reference_trainers.common.corpora.arrays import CorpusArrays, FileReader, ShardReader
 from reference_trainers.common.corpora.images import (ImageSpec, list_image_tree,
                                                       unreadable_in_tree)
 from reference_trainers.common.data import load_fashion_mnist, split_subset
@@ -123,8 +123,8 @@ def corpus_images(data: str, *, run_path: Any = None, shard_index: str | None = 
         root = pathlib.Path(where)
         relative, labels, classes = list_image_tree(root)
         paths = [str(root / r) for r in relative]
-        arrays = CorpusArrays(paths, [""] * len(paths), lambda i: pathlib.Path(paths[i])
-                              .read_bytes(), unreadable_in_tree(root, relative), spec=spec,
+        arrays = CorpusArrays(paths, [""] * len(paths), FileReader(paths),
+                              unreadable_in_tree(root, relative), spec=spec,
                               tokenizer=_NoCaptions(), source=str(root))
         return CorpusImages(arrays, listing=relative, labels=labels, class_names=classes)
     if kind == "csv" and where:
@@ -150,13 +150,9 @@ def _shard_arrays(source: str, spec: ImageSpec, run_path: Any, shard_index: str 
                         "with --framework torch (which streams pipe: shards)")
     index = index_for_run(source, run_path=run_path, shard_index=shard_index,
                           train_num_samples=train_num_samples, captions=False)
-
-    def read(i: int) -> bytes:
-        with open(index.shard_urls[int(index.shard[i])], "rb") as handle:
-            return index.read(handle, i, with_text=False)[0]
-
     keys = [str(k) for k in index.keys.tolist()]
-    return CorpusArrays(keys, [""] * len(keys), read, index.skipped_for(False), spec=spec,
+    return CorpusArrays(keys, [""] * len(keys), ShardReader(index), index.skipped_for(False),
+                        spec=spec,
                         tokenizer=_NoCaptions(), source=index.source.source)
 
 

@@ -25,7 +25,7 @@ PIL = pytest.importorskip("PIL.Image")
 pytest.importorskip("braceexpand")
 
 from adapters.jax import PlanSampler  # noqa: E402
-from reference_trainers.common.corpora.arrays import CorpusArrays  # noqa: E402
+from reference_trainers.common.corpora.arrays import CorpusArrays, ImageLoader  # noqa: E402
 from reference_trainers.common.corpora.images import ImageSpec  # noqa: E402
 from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR, read_idx  # noqa: E402
 from reference_trainers.common.errors import DataError, TrainerError  # noqa: E402
@@ -224,31 +224,25 @@ def test_what_the_jax_moco_trainer_still_refuses_names_the_way_out(tree, tmp_pat
         err = capsys.readouterr().err
         assert all(w in err for w in words), err
     assert not (out / "config.json").exists()  # refused before the run directory is written
-    # The PyTorch MoCo trainer does not report to TensorBoard yet: refused, not ignored.
-    from reference_trainers.common.moco_config import MocoConfig
-
-    with pytest.raises(TrainerError, match="--report-to tensorboard: the PyTorch MoCo"):
-        MocoConfig(report_to="tensorboard")
-    assert MocoConfig(report_to="tensorboard", framework="jax").report_to == "tensorboard"
 
 
 # ----------------------------------------------------------------------------------- the runs
 def _capture_plans_and_decodes(monkeypatch) -> list[tuple[set, list]]:
     """Per epoch: the plan's kept ids and the ids the corpus decoded."""
     epochs: list[tuple[set, list]] = []
-    real_set_epoch, real_load = PlanSampler.set_epoch, CorpusArrays.load_image
+    real_set_epoch, real_load = PlanSampler.set_epoch, ImageLoader.__call__
 
     def set_epoch(self, epoch):
         real_set_epoch(self, epoch)
         epochs.append((set(self.plan.kept_ids.tolist()), []))
 
-    def load_image(self, i):
+    def load(self, i):  # every image a corpus reads and decodes goes through its loader
         if epochs:
             epochs[-1][1].append(i)
         return real_load(self, i)
 
     monkeypatch.setattr(PlanSampler, "set_epoch", set_epoch)
-    monkeypatch.setattr(CorpusArrays, "load_image", load_image)
+    monkeypatch.setattr(ImageLoader, "__call__", load)
     return epochs
 
 
