@@ -15,6 +15,11 @@ corpus image is decoded to `ImageSpec.cpu()`, as the JAX CLIP trainer decodes it
   seeking (a folder, a .tar, a brace pattern, a '::' list; their key index in the run
   directory, so the dataset folder is only read); `pipe:` cannot seek and is refused.
 
+`--workers N` (`open_decoder`): a corpus's batches are read and decoded ahead in N worker
+processes by corpora/decode_pool.BatchDecoder (the JAX CLIP trainer's pool; the same served
+ids, pixels and bad-sample findings as N = 0, and the two crops still drawn in the trainer's
+process from its checkpointed generator, so runs and resume do not depend on N).
+
 Evaluation sets (`build_eval_sets`): `--eval-folder DIR` [`--eval-train-folder DIR`] through
 common/moco_user_eval.labelled_splits (the PyTorch trainer's split, as numpy), no Fashion-MNIST
 file read on a corpus; else Fashion-MNIST (its training subset as kNN bank and probe training
@@ -38,7 +43,8 @@ from reference_trainers.common.errors import DataError, TrainerError
 from reference_trainers.common.moco_user_eval import LabelledArrays, labelled_splits
 from reference_trainers.common.user_sets import fashion_mnist_for
 
-__all__ = ["CorpusImages", "Images", "build_data", "build_eval_sets", "corpus_images"]
+__all__ = ["CorpusImages", "Images", "build_data", "build_eval_sets", "corpus_images",
+           "open_decoder"]
 
 DATA_KINDS = ("fmnist", "folder:DIR", "csv:PATH", "shards:SOURCE")
 
@@ -185,3 +191,22 @@ def build_eval_sets(cfg: Any, train: Images | CorpusImages
         return train, Images(*test)
     _, *bank = split_subset(splits, train=True, num_samples=cfg.num_train, seed=cfg.seed)
     return Images(*bank), Images(*test)
+
+
+def open_decoder(cfg: Any, data: Images | CorpusImages, rank: int) -> Any:
+    """A corpus's corpora/decode_pool.BatchDecoder with `--workers` processes (0: in this
+    process), its line printed by process 0; None for Fashion-MNIST, held in memory, where
+    --workers has nothing to decode (said once). A bad count is a TrainerError."""
+    from reference_trainers.common.corpora.decode_pool import BatchDecoder, check_worker_count
+
+    workers = check_worker_count(cfg.workers)
+    if data.batch_mode != "corpus":
+        if workers and rank == 0:
+            print(f"--workers {workers}: Fashion-MNIST is held in memory, nothing to decode: "
+                  "the flag does nothing here (it decodes folder:/csv:/shards: corpora)",
+                  flush=True)
+        return None
+    decoder = BatchDecoder(data.arrays, workers)
+    if workers and rank == 0:
+        print(decoder.describe(), flush=True)
+    return decoder

@@ -216,7 +216,8 @@ assert 'torch' not in sys.modules, 'torch imported'
 
 def test_what_the_jax_moco_trainer_still_refuses_names_the_way_out(tree, tmp_path, capsys):
     out = tmp_path / "run"
-    for extra, words in ((["--workers", "2"], ("--workers 2", "--framework torch")),
+    for extra, words in ((["--data", f"folder:{tree}", "--workers", "-1"],
+                          ("--workers -1", "expected an integer >= 0")),
                          (["--report-to", "wandb"], ("--report-to wandb", "not supported")),
                          (["--data", f"folder:{tree}", "--duplicate-share", "0.1"],
                           ("Fashion-MNIST only",))):
@@ -289,7 +290,13 @@ def test_a_folder_run_without_evaluation_skips_bad_images_never_decodes_pruned_o
         for key in ra.keys() - {"seconds", "wall_seconds"}:
             assert rb[key] == (pytest.approx(ra[key], rel=1e-6) if isinstance(ra[key], float)
                                else ra[key]), key
-    capsys.readouterr()
+    # --workers 2: the batches decoded ahead in two processes, the same run.
+    workers = tmp_path / "workers"
+    assert jax_moco.main(args + ["--out", str(workers), "--workers", "2"]) == 0
+    assert "decoded in 2 worker processes" in capsys.readouterr().out
+    for ra, rb in zip(metrics_rows(full), metrics_rows(workers), strict=True):
+        assert {k: v for k, v in ra.items() if k not in ("seconds", "wall_seconds")} == \
+            {k: v for k, v in rb.items() if k not in ("seconds", "wall_seconds")}
     (tree / "bag" / "new.png").write_bytes((tree / "bag" / "000.png").read_bytes())
     assert jax_moco.main(args + ["--out", str(full), "--resume"]) == 2
     assert "corpus changed" in capsys.readouterr().err
