@@ -3,7 +3,7 @@
 The JAX MoCo trainer makes each batch on the host before its jitted step: ids -> uint8 images
 -> two augmented numpy crops (jax/moco.batch_maker). In memory (`--data fmnist`) the images are
 an array gather; on a corpus (`--data folder: | shards:`, jax/moco_data.py) they are read and
-decoded when the batch is made, in the trainer's process (`--workers` is refused there). Side by
+decoded when the batch is made, in the trainer's process here (`--workers 0`). Side by
 side in one process, alternating blocks `--rounds` times, the same Fashion-MNIST images as an
 in-memory array, a folder of PNGs and two local tar shards: samples/s of making the batches of
 one epoch (no model), and of the decode alone (the crops left out). Whether the step waits for
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__, num_samples=2048, batch_size=256)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    from reference_trainers.common.corpora.decode_pool import BatchDecoder
     from reference_trainers.common.data import load_fashion_mnist
     from reference_trainers.common.views import CropView, moco_view_pair
     from reference_trainers.jax.moco import batch_maker
@@ -81,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                    "shards: (2 local tars)": corpus_images(shards, run_path=run)}
         for _ in range(args.rounds):
             for name, data in sources.items():
-                make = batch_maker(data, views, np.random.default_rng(args.seed))
+                decoder = BatchDecoder(data.arrays, 0) if data.batch_mode == "corpus" else None
+                make = batch_maker(data, views, np.random.default_rng(args.seed),
+                                   decoder=decoder)
                 rates.setdefault(f"{name}, batch + two crops", []).append(
                     epoch_rate(make, batches))
                 decode = (lambda ids: data.images[data.served_ids(ids)]) \

@@ -41,7 +41,8 @@ from reference_trainers.common.views import CropView, moco_view_pair
 from reference_trainers.jax import evaluation
 from reference_trainers.jax.augment import normalise, two_crops
 from reference_trainers.jax.checkpoint import save_checkpoint
-from reference_trainers.jax.moco_data import CorpusImages, Images, build_data, build_eval_sets
+from reference_trainers.jax.moco_data import (CorpusImages, Images, build_data, build_eval_sets,
+                                             open_decoder)
 from reference_trainers.jax.moco_models import MoCoNet, encoder_of
 from reference_trainers.jax.processes import (add_process_flags, host_local, start_processes,
                                               stop_processes)
@@ -113,15 +114,18 @@ def compiled_step(model: MoCoNet, optimizer: str, weight_decay: float, base_lr: 
 
 
 def batch_maker(data: Images | CorpusImages, views: tuple[CropView, CropView],
-                rng: np.random.Generator, share: tuple[int, int] = (0, 1)):
-    """ids -> two augmented crops; share: (process index, process count), augment.py. A
-    corpus decodes the batch now and serves a bad id's slot as a good id's repeat ("ids")."""
-    corpus = data.batch_mode == "corpus"
-
+                rng: np.random.Generator, share: tuple[int, int] = (0, 1), decoder: Any = None):
+    """ids -> two augmented crops; share: (process index, process count), augment.py.
+    decoder: a corpus's corpora/decode_pool.BatchDecoder (jax/moco_data.open_decoder), which
+    serves the batch decoded (here or in --workers processes) with a bad id's slot as a good
+    id's repeat ("ids"); the crops' draws stay here, so they do not depend on --workers."""
     def make(ids: np.ndarray) -> dict[str, Any]:
-        ids = data.served_ids(ids) if corpus else ids
-        x1, x2 = two_crops(data.images[ids], rng, views=views, share=share)
-        return {"x1": x1, "x2": x2, "ids": ids} if corpus else {"x1": x1, "x2": x2}
+        if decoder is None:
+            return dict(zip(("x1", "x2"), two_crops(data.images[ids], rng, views=views,
+                                                    share=share)))
+        ids, pixels = decoder.serve(ids)
+        x1, x2 = two_crops(pixels, rng, views=views, share=share)
+        return {"x1": x1, "x2": x2, "ids": ids}
 
     return make
 
@@ -139,6 +143,7 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
     if (no_eval := no_moco_evaluation_note(cfg, eval_sets is not None)) and rank == 0:
         print(no_eval, flush=True)
     planted = train_data.planted()
+    decoder = open_decoder(cfg, train_data, rank)  # a corpus: decoded in --workers processes
     # -- Model, optimiser (MoCo v3: lr = base_lr * global batch / 256, as in torch),
     # augmentation draws: one generator, the same on every process (augment.py's `share`).
     model = build_model(cfg)
@@ -164,26 +169,34 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
     skipped = SkippedLog(run_dir, train_data, write=rank == 0)  # skipped.jsonl
     step = compiled_step(model, cfg.optimizer, cfg.weight_decay, base_lr, cfg.epochs,
                          cfg.lr_warmup_epochs, cfg.min_lr, cfg.momentum, cfg.temperature)
-    make_batch = batch_maker(train_data, crop_views(cfg), rng, share=(rank, world))
+    make_batch = batch_maker(train_data, crop_views(cfg), rng, share=(rank, world),
+                             decoder=decoder)
     # -- Loop.
     log = loop.EpochLog(run_dir, rank=rank, world=world, wall_seconds=wall)
-    for epoch in log.epochs(cfg, pruner, stop_after):
-        sampler.set_epoch(epoch)
-        state, stats = run_epoch(
-            state, step, mesh, pruner, sampler.plan,
-            sampler.batches(cfg.batch_size, fold_single=True), make_batch, epoch, quiet=quiet,
-            extra=("momentum",), reporter=reporter)
-        skipped_note = skipped(epoch, stats["samples"])
-        summary = pruner.end_epoch()
-        stats.update({**planted_stats(), **train_data.epoch_stats(sampler.plan)})
-        log.stop_clock()
-        # -- Evaluation and checkpoint: process 0, on its own copy of the replicated state.
-        evaluate_now, probe = loop.evaluation_due(cfg, epoch)
-        scores = evaluate(model, host_local(state), *eval_sets, cfg, probe=probe) \
-            if rank == 0 and evaluate_now and eval_sets is not None else {}
-        reporter.epoch(log.write(summary, stats, scores, line=knn_epoch_line, note=skipped_note))
-        if rank == 0:
-            save_checkpoint(run_dir, epoch, host_local(state), rng, log.wall_seconds)
+    try:
+        for epoch in log.epochs(cfg, pruner, stop_after):
+            sampler.set_epoch(epoch)
+            id_batches = sampler.batches(cfg.batch_size, fold_single=True)
+            if decoder is not None:
+                decoder.start_epoch(id_batches)  # decoded ahead by --workers processes
+            state, stats = run_epoch(state, step, mesh, pruner, sampler.plan, id_batches,
+                                     make_batch, epoch, quiet=quiet, extra=("momentum",),
+                                     reporter=reporter)
+            skipped_note = skipped(epoch, stats["samples"])
+            summary = pruner.end_epoch()
+            stats.update({**planted_stats(), **train_data.epoch_stats(sampler.plan)})
+            log.stop_clock()
+            # -- Evaluation and checkpoint: process 0, on its copy of the replicated state.
+            evaluate_now, probe = loop.evaluation_due(cfg, epoch)
+            scores = evaluate(model, host_local(state), *eval_sets, cfg, probe=probe) \
+                if rank == 0 and evaluate_now and eval_sets is not None else {}
+            reporter.epoch(log.write(summary, stats, scores, line=knn_epoch_line,
+                                     note=skipped_note))
+            if rank == 0:
+                save_checkpoint(run_dir, epoch, host_local(state), rng, log.wall_seconds)
+    finally:
+        if decoder is not None:
+            decoder.close()  # the --workers processes live for the whole run
     reporter.close()
     # -- Save: summary.json and the coreset, once process 0 has written every metrics row.
     return finish_run(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)

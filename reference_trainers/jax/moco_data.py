@@ -15,6 +15,11 @@ corpus image is decoded to `ImageSpec.cpu()`, as the JAX CLIP trainer decodes it
   seeking (a folder, a .tar, a brace pattern, a '::' list; their key index in the run
   directory, so the dataset folder is only read); `pipe:` cannot seek and is refused.
 
+`--workers N` (`open_decoder`): a corpus's batches are read and decoded ahead in N worker
+processes by corpora/decode_pool.BatchDecoder (the JAX CLIP trainer's pool; the same served
+ids, pixels and bad-sample findings as N = 0, and the two crops still drawn in the trainer's
+process from its checkpointed generator, so runs and resume do not depend on N).
+
 Evaluation sets (`build_eval_sets`): `--eval-folder DIR` [`--eval-train-folder DIR`] through
 common/moco_user_eval.labelled_splits (the PyTorch trainer's split, as numpy), no Fashion-MNIST
 file read on a corpus; else Fashion-MNIST (its training subset as kNN bank and probe training
@@ -29,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from reference_trainers.common.corpora.arrays import CorpusArrays
+from reference_trainers.common.corpora.arrays import CorpusArrays, FileReader, ShardReader
 from reference_trainers.common.corpora.images import (ImageSpec, list_image_tree,
                                                       unreadable_in_tree)
 from reference_trainers.common.data import load_fashion_mnist, split_subset
@@ -38,7 +43,8 @@ from reference_trainers.common.errors import DataError, TrainerError
 from reference_trainers.common.moco_user_eval import LabelledArrays, labelled_splits
 from reference_trainers.common.user_sets import fashion_mnist_for
 
-__all__ = ["CorpusImages", "Images", "build_data", "build_eval_sets", "corpus_images"]
+__all__ = ["CorpusImages", "Images", "build_data", "build_eval_sets", "corpus_images",
+           "open_decoder"]
 
 DATA_KINDS = ("fmnist", "folder:DIR", "csv:PATH", "shards:SOURCE")
 
@@ -123,8 +129,8 @@ def corpus_images(data: str, *, run_path: Any = None, shard_index: str | None = 
         root = pathlib.Path(where)
         relative, labels, classes = list_image_tree(root)
         paths = [str(root / r) for r in relative]
-        arrays = CorpusArrays(paths, [""] * len(paths), lambda i: pathlib.Path(paths[i])
-                              .read_bytes(), unreadable_in_tree(root, relative), spec=spec,
+        arrays = CorpusArrays(paths, [""] * len(paths), FileReader(paths),
+                              unreadable_in_tree(root, relative), spec=spec,
                               tokenizer=_NoCaptions(), source=str(root))
         return CorpusImages(arrays, listing=relative, labels=labels, class_names=classes)
     if kind == "csv" and where:
@@ -150,13 +156,9 @@ def _shard_arrays(source: str, spec: ImageSpec, run_path: Any, shard_index: str 
                         "with --framework torch (which streams pipe: shards)")
     index = index_for_run(source, run_path=run_path, shard_index=shard_index,
                           train_num_samples=train_num_samples, captions=False)
-
-    def read(i: int) -> bytes:
-        with open(index.shard_urls[int(index.shard[i])], "rb") as handle:
-            return index.read(handle, i, with_text=False)[0]
-
     keys = [str(k) for k in index.keys.tolist()]
-    return CorpusArrays(keys, [""] * len(keys), read, index.skipped_for(False), spec=spec,
+    return CorpusArrays(keys, [""] * len(keys), ShardReader(index), index.skipped_for(False),
+                        spec=spec,
                         tokenizer=_NoCaptions(), source=index.source.source)
 
 
@@ -189,3 +191,22 @@ def build_eval_sets(cfg: Any, train: Images | CorpusImages
         return train, Images(*test)
     _, *bank = split_subset(splits, train=True, num_samples=cfg.num_train, seed=cfg.seed)
     return Images(*bank), Images(*test)
+
+
+def open_decoder(cfg: Any, data: Images | CorpusImages, rank: int) -> Any:
+    """A corpus's corpora/decode_pool.BatchDecoder with `--workers` processes (0: in this
+    process), its line printed by process 0; None for Fashion-MNIST, held in memory, where
+    --workers has nothing to decode (said once). A bad count is a TrainerError."""
+    from reference_trainers.common.corpora.decode_pool import BatchDecoder, check_worker_count
+
+    workers = check_worker_count(cfg.workers)
+    if data.batch_mode != "corpus":
+        if workers and rank == 0:
+            print(f"--workers {workers}: Fashion-MNIST is held in memory, nothing to decode: "
+                  "the flag does nothing here (it decodes folder:/csv:/shards: corpora)",
+                  flush=True)
+        return None
+    decoder = BatchDecoder(data.arrays, workers)
+    if workers and rank == 0:
+        print(decoder.describe(), flush=True)
+    return decoder

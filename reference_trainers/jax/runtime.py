@@ -66,13 +66,10 @@ def check_jax_config(cfg: Any) -> Any:
         refused.append(f"--data {cfg.data} (the JAX CLIP trainer takes fmnist, csv:PATH and "
                        "shards:SOURCE; the JAX MoCo trainer also folder:DIR)")
     parse_report_to(cfg.report_to)  # an unknown reporter fails before anything is written
-    if clip:  # a bad --workers count (e.g. -2) fails before any data is read
-        from reference_trainers.common.corpora.decode_pool import check_worker_count
+    # a bad --workers count (e.g. -2) fails before any data is read
+    from reference_trainers.common.corpora.decode_pool import check_worker_count
 
-        check_worker_count(getattr(cfg, "workers", None))
-    if getattr(cfg, "workers", 0) and not clip:  # the JAX CLIP trainer decodes in workers
-        refused.append(f"--workers {cfg.workers} (the JAX MoCo trainer decodes each batch in "
-                       "the trainer's process; drop --workers, or use --framework torch)")
+    check_worker_count(getattr(cfg, "workers", None))
     if refused:
         raise TrainerError("not supported with --framework jax: " + "; ".join(refused) + ".")
     return dataclasses.replace(cfg, framework="jax")

@@ -25,7 +25,7 @@ PIL = pytest.importorskip("PIL.Image")
 pytest.importorskip("braceexpand")
 
 from adapters.jax import PlanSampler  # noqa: E402
-from reference_trainers.common.corpora.arrays import CorpusArrays  # noqa: E402
+from reference_trainers.common.corpora.arrays import CorpusArrays, ImageLoader  # noqa: E402
 from reference_trainers.common.corpora.images import ImageSpec  # noqa: E402
 from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR, read_idx  # noqa: E402
 from reference_trainers.common.errors import DataError, TrainerError  # noqa: E402
@@ -216,7 +216,8 @@ assert 'torch' not in sys.modules, 'torch imported'
 
 def test_what_the_jax_moco_trainer_still_refuses_names_the_way_out(tree, tmp_path, capsys):
     out = tmp_path / "run"
-    for extra, words in ((["--workers", "2"], ("--workers 2", "--framework torch")),
+    for extra, words in ((["--data", f"folder:{tree}", "--workers", "-1"],
+                          ("--workers -1", "expected an integer >= 0")),
                          (["--report-to", "wandb"], ("--report-to wandb", "not supported")),
                          (["--data", f"folder:{tree}", "--duplicate-share", "0.1"],
                           ("Fashion-MNIST only",))):
@@ -224,31 +225,25 @@ def test_what_the_jax_moco_trainer_still_refuses_names_the_way_out(tree, tmp_pat
         err = capsys.readouterr().err
         assert all(w in err for w in words), err
     assert not (out / "config.json").exists()  # refused before the run directory is written
-    # The PyTorch MoCo trainer does not report to TensorBoard yet: refused, not ignored.
-    from reference_trainers.common.moco_config import MocoConfig
-
-    with pytest.raises(TrainerError, match="--report-to tensorboard: the PyTorch MoCo"):
-        MocoConfig(report_to="tensorboard")
-    assert MocoConfig(report_to="tensorboard", framework="jax").report_to == "tensorboard"
 
 
 # ----------------------------------------------------------------------------------- the runs
 def _capture_plans_and_decodes(monkeypatch) -> list[tuple[set, list]]:
     """Per epoch: the plan's kept ids and the ids the corpus decoded."""
     epochs: list[tuple[set, list]] = []
-    real_set_epoch, real_load = PlanSampler.set_epoch, CorpusArrays.load_image
+    real_set_epoch, real_load = PlanSampler.set_epoch, ImageLoader.__call__
 
     def set_epoch(self, epoch):
         real_set_epoch(self, epoch)
         epochs.append((set(self.plan.kept_ids.tolist()), []))
 
-    def load_image(self, i):
+    def load(self, i):  # every image a corpus reads and decodes goes through its loader
         if epochs:
             epochs[-1][1].append(i)
         return real_load(self, i)
 
     monkeypatch.setattr(PlanSampler, "set_epoch", set_epoch)
-    monkeypatch.setattr(CorpusArrays, "load_image", load_image)
+    monkeypatch.setattr(ImageLoader, "__call__", load)
     return epochs
 
 
@@ -295,7 +290,13 @@ def test_a_folder_run_without_evaluation_skips_bad_images_never_decodes_pruned_o
         for key in ra.keys() - {"seconds", "wall_seconds"}:
             assert rb[key] == (pytest.approx(ra[key], rel=1e-6) if isinstance(ra[key], float)
                                else ra[key]), key
-    capsys.readouterr()
+    # --workers 2: the batches decoded ahead in two processes, the same run.
+    workers = tmp_path / "workers"
+    assert jax_moco.main(args + ["--out", str(workers), "--workers", "2"]) == 0
+    assert "decoded in 2 worker processes" in capsys.readouterr().out
+    for ra, rb in zip(metrics_rows(full), metrics_rows(workers), strict=True):
+        assert {k: v for k, v in ra.items() if k not in ("seconds", "wall_seconds")} == \
+            {k: v for k, v in rb.items() if k not in ("seconds", "wall_seconds")}
     (tree / "bag" / "new.png").write_bytes((tree / "bag" / "000.png").read_bytes())
     assert jax_moco.main(args + ["--out", str(full), "--resume"]) == 2
     assert "corpus changed" in capsys.readouterr().err
@@ -363,3 +364,28 @@ assert 'torch' not in sys.modules, 'torch imported'
     for key in ("knn_top1", "linear_probe_top1"):
         assert scalars[f"eval/{key}"] == [(r["epoch"], pytest.approx(r[key])) for r in rows]
     assert [v for _, v in scalars["scan/phase"]] == [0, 1, 2]
+
+
+@pytest.mark.slow  # two processes launched once: ~2 min on the 2 shared cores
+@pytest.mark.distributed
+def test_two_processes_share_a_folder_corpus_and_evaluate_on_the_labelled_folder(tree, tmp_path):
+    """Each process decodes only its own ids of the plan (DistributedSampler's share of the
+    kept ids); process 0 alone writes the rows, skipped.jsonl and the evaluation."""
+    from tests.jax_trainers.test_jax_processes import launch
+
+    val = labelled_tree(tmp_path / "val", 6, offset=100)
+    out = tmp_path / "two"
+    done = launch("moco", ARGS + ["--batch-size", "8", "--epochs", "3", "--data",
+                                  f"folder:{tree}", "--eval-folder", str(val), "--out", str(out)])
+    assert all(code == 0 for code, _ in done), "\n".join(text[-3000:] for _, text in done)
+    assert "kNN top-1" in done[0][1] and "kNN top-1" not in done[1][1]
+    rows = metrics_rows(out)
+    assert [r["phase"] for r in rows] == ["warmup", "prepare", "mutate"]
+    for row in rows:  # the global batch: both processes' equal shares, padded by wrapping
+        assert row["world_size"] == 2
+        assert row["num_kept"] <= row["samples"] < row["num_kept"] + 2
+        assert row["skipped_samples"] >= 2  # the link and the empty file, found when listed
+    assert rows[-1]["num_kept"] < 63
+    assert 0 <= rows[-1]["knn_top1"] <= 1 and 0 <= rows[-1]["linear_probe_top1"] <= 1
+    listed = [json.loads(x)["source"] for x in (out / "skipped.jsonl").read_text().splitlines()]
+    assert {str(tree / "boot" / "zz-link.png"), str(tree / "shirt" / "zz-empty.png")} <= set(listed)
