@@ -13,6 +13,8 @@ in one process so that the ratios share the machine's state:
    rho 0.45 per end, so its mutation epochs prune a large share. Per pruned epoch:
    time saved = 1 - seconds / the mean seconds of the unpruned (preparation) epochs, against
    the share of visits pruned = 1 - kept / N. The issue's bar: saved >= 0.9 x pruned.
+   The trainer runs `--rounds` times; each epoch's seconds are the median over the rounds
+   (a 2-core box moves a 4-second epoch by 15% from one run to the next).
 
     .venv/bin/python benchmarks/bench_workers.py
     .venv/bin/python benchmarks/bench_workers.py --num-samples 8000 --write-docs
@@ -91,6 +93,16 @@ def pruned_epochs(shards: Path, workers: int, epochs: int, threads: int) -> list
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def median_rows(runs: list[list[dict]]) -> list[dict]:
+    """One row per epoch: the seconds the median over the runs, which must have kept the same
+    samples epoch by epoch (the same seeded schedule), else their epochs do not compare."""
+    kept = [[r["num_kept"] for r in rows] for rows in runs]
+    if any(k != kept[0] for k in kept):
+        raise SystemExit(f"the trainer runs kept different counts per epoch: {kept}")
+    return [{**rows[0], "seconds": float(np.median([float(r["seconds"]) for r in rows]))}
+            for rows in zip(*runs)]
+
+
 def epoch_saving(rows: list[dict], num_samples: int) -> list[dict]:
     """Per pruned epoch: the share of visits pruned and of wall-clock saved against the mean
     unpruned epoch of the run after its first (which pays start-up costs)."""
@@ -133,7 +145,12 @@ def main(argv: list[str] | None = None) -> int:
                                                     args.batch_size))
                 print(f"pipeline, {workers} workers: {rates[workers][-1]:.0f} samples/s",
                       flush=True)
-        rows = pruned_epochs(shards, args.workers, args.epochs, args.threads)
+        runs = []
+        for _ in range(args.rounds):
+            runs.append(pruned_epochs(shards, args.workers, args.epochs, args.threads))
+            print("trainer epochs (s):", [round(float(r["seconds"]), 2) for r in runs[-1]],
+                  flush=True)
+        rows = median_rows(runs)
     saving = epoch_saving(rows, args.num_samples)
     ratio_min = min(s["ratio"] for s in saving)
     where = ", ".join(f"{k} {v}" for k, v in machine().items())
@@ -147,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         block.append(f"| {workers} workers | {', '.join(f'{v:.0f}' for v in values)} | "
                      f"{np.median(values):.0f} |")
     block += ["", f"CLIP trainer (cpu-tiny, {args.workers} workers, {args.threads} thread(s)), "
-              "pruned epochs against the mean unpruned epoch after the first:", "",
+              f"{args.rounds} runs, each epoch's median seconds; pruned epochs against the mean "
+              "unpruned epoch after the first:", "",
               "| epoch | visits pruned | wall-clock saved | saved / pruned |", "|---|---|---|---|"]
     block += [f"| {s['epoch']} | {s['pruned']:.1%} | {s['saved']:.1%} | {s['ratio']:.2f} |"
               for s in saving]
