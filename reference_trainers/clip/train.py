@@ -36,7 +36,8 @@ from reference_trainers.common.progress import EpochBar, epoch_line
 from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.skipped import SkippedLog
-from reference_trainers.common.tb_report import NullReporter, open_reporter, parse_report_to
+from reference_trainers.common.tb_report import (NullReporter, open_run_reporter,
+                                                  parse_report_to)
 from reference_trainers.common.workers import DecodeWorkers, corpus_batches, stream_batches
 from reference_trainers.common.user_eval import (UserEvaluation, fashion_mnist_for,
                                                  no_evaluation_note)
@@ -55,9 +56,9 @@ def build_data(cfg: TrainConfig, run_path: Any = None
     sets or on nothing: common/user_eval.py). The tokenizer (`--tokenizer`, default the
     word-level one at cfg.context_length) sets the context length of every token row.
     run_path: the run directory, where a shards: source keeps its key index (run_index.py)."""
-    from reference_trainers.common.workers import check_workers
+    from reference_trainers.common.corpora.decode_pool import check_worker_count
 
-    check_workers(cfg.workers)
+    check_worker_count(cfg.workers)
     parse_report_to(cfg.report_to)
     splits = fashion_mnist_for(cfg)  # None: the run needs no Fashion-MNIST file
     tokenizer = load_tokenizer(cfg.tokenizer, context_length=cfg.context_length)
@@ -74,9 +75,8 @@ def build_data(cfg: TrainConfig, run_path: Any = None
         index = index_for_run(cfg.data[7:], run_path=run_path, shard_index=cfg.shard_index,
                               train_num_samples=cfg.train_num_samples)
         train = ShardStream(index, spec=image_spec(cfg),
-                            tokenizer=tokenizer.encode,
-                            rank=rank, world_size=world, num_workers=check_workers(cfg.workers),
-                            seed=cfg.seed)
+                            tokenizer=tokenizer.encode, rank=rank, world_size=world,
+                            num_workers=check_worker_count(cfg.workers), seed=cfg.seed)
     elif cfg.model != "cpu":
         raise TrainerError(f"--model {cfg.model} takes {image_spec(cfg).size}-pixel RGB images: "
                            "train it on a corpus (--data csv:PATH), not on 28x28 Fashion-MNIST.")
@@ -248,14 +248,10 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)
-    reporter = NullReporter()
-    if rank == 0:
-        run_dir.truncate_metrics(last)
-        reporter = open_reporter(cfg.report_to, run_dir.path, rank=rank,
-                                 rows=run_dir.read_metrics())
-        if planted.any:
-            run_dir.save_array("planted", mismatched=planted.mismatched,
-                               duplicate_of=planted.duplicate_of)
+    reporter = open_run_reporter(cfg.report_to, run_dir, rank=rank, last_epoch=last)
+    if rank == 0 and planted.any:
+        run_dir.save_array("planted", mismatched=planted.mismatched,
+                           duplicate_of=planted.duplicate_of)
     # After each preparation epoch: D''s churn and how well it finds planted noise (planted.py).
     planted_stats = PreparationStats(pruner, mismatched=planted.mismatched,
                                      duplicate_of=planted.duplicate_of)
@@ -263,25 +259,24 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
     # -- Loop.
     decode = DecodeWorkers(cfg.workers)  # --workers processes, kept for the whole run
     log = loop.EpochLog(run_dir, rank=rank, world=world, wall_seconds=wall)
-    for epoch in log.epochs(cfg, pruner, stop_after):
-        sampler.set_epoch(epoch)
-        stats = train_epoch(model, optimizer, sampler, pruner, train_data, cfg, epoch,
-                            generator, quiet or rank != 0, amp, device, reporter, decode)
-        skipped_note = skipped(epoch, stats["samples"])
-        summary = pruner.end_epoch()
-        # A corpus: its bad samples (and a stream's repeats); Fashion-MNIST: planted noise.
-        stats.update(train_data.epoch_stats(sampler.plan) if train_data.batch_mode != "memory"
-                     else planted_stats())
-        log.stop_clock()
-        # -- Evaluation (rank 0), the metrics row, the checkpoint (every rank: it gathers).
-        evaluate_now, probe = loop.evaluation_due(cfg, epoch)
-        scores = evaluate(core, train_data, test, tokenizer, cfg, probe=probe, user=user) \
-            if rank == 0 and evaluate_now else {}
-        reporter.epoch(log.write(summary, stats, scores, line=epoch_line, note=skipped_note))
-        save_checkpoint(run_dir, epoch, model, optimizer, generator, log.wall_seconds,
-                        scaler=amp.scaler)
-    reporter.close()
-    decode.close()
+    with reporter, decode:  # closed on an error too: events flushed, workers stopped
+        for epoch in log.epochs(cfg, pruner, stop_after):
+            sampler.set_epoch(epoch)
+            stats = train_epoch(model, optimizer, sampler, pruner, train_data, cfg, epoch,
+                                generator, quiet or rank != 0, amp, device, reporter, decode)
+            skipped_note = skipped(epoch, stats["samples"])
+            summary = pruner.end_epoch()
+            # A corpus: its bad samples (and a stream's repeats); Fashion-MNIST: planted noise.
+            stats.update(train_data.epoch_stats(sampler.plan) if train_data.batch_mode != "memory"
+                         else planted_stats())
+            log.stop_clock()
+            # -- Evaluation (rank 0), the metrics row, the checkpoint (every rank: it gathers).
+            evaluate_now, probe = loop.evaluation_due(cfg, epoch)
+            scores = evaluate(core, train_data, test, tokenizer, cfg, probe=probe, user=user) \
+                if rank == 0 and evaluate_now else {}
+            reporter.epoch(log.write(summary, stats, scores, line=epoch_line, note=skipped_note))
+            save_checkpoint(run_dir, epoch, model, optimizer, generator, log.wall_seconds,
+                            scaler=amp.scaler)
     # -- Save: summary.json and the coreset.
     return loop.finish(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)
 

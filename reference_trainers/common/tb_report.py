@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from reference_trainers.common.errors import TrainerError
+from reference_trainers.common.rundir import RunDir
 
 __all__ = ["EVAL_PREFIXES", "NullReporter", "ScalarWriter", "TensorBoardReporter",
            "open_reporter", "parse_report_to"]
@@ -44,7 +45,15 @@ def parse_report_to(value: str | None) -> tuple[str, ...]:
 
 
 class NullReporter:
-    """Reports nothing (no --report-to, or a rank other than 0)."""
+    """Reports nothing (no --report-to, or a rank other than 0). Every reporter is a context
+    manager: a trainer's loop runs inside it, so a run that fails is closed (its events
+    flushed) as one that ends."""
+
+    def __enter__(self) -> "NullReporter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def step(self, *, loss: float, lr: float, kept_share: float, samples: int) -> None:
         pass
@@ -118,6 +127,18 @@ class TensorBoardReporter(NullReporter):
 
     def close(self) -> None:
         self.writer.close()
+
+
+def open_run_reporter(report_to: str | None, run_dir: RunDir, *, rank: int,
+                      last_epoch: int) -> NullReporter:
+    """Every trainer's reporter at its start, or at its resume after `last_epoch` (-1: a fresh
+    run): rank 0 cuts metrics.jsonl back to the epochs its checkpoint holds (the resumed run
+    repeats the rest), then opens open_reporter with their rows, so TensorBoard's steps go on
+    from theirs. Other ranks write nothing: a NullReporter."""
+    if rank != 0:
+        return NullReporter()
+    run_dir.truncate_metrics(last_epoch)
+    return open_reporter(report_to, run_dir.path, rank=rank, rows=run_dir.read_metrics())
 
 
 def open_reporter(report_to: str | None, run_path: pathlib.Path, *, rank: int,

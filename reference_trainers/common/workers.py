@@ -35,21 +35,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from reference_trainers.common.errors import TrainerError
+from reference_trainers.common.corpora.decode_pool import check_worker_count
 
-__all__ = ["DecodeWorkers", "check_workers", "corpus_batches", "raw_corpus_batches",
+__all__ = ["DecodeWorkers", "corpus_batches", "raw_corpus_batches",
            "raw_stream_batches", "stream_batches"]
-
-
-def check_workers(workers: int | None) -> int:
-    """`workers` when it is a count of DataLoader worker processes (>= 0; None means 0),
-    else TrainerError."""
-    if workers is None:
-        return 0
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise TrainerError(f"--workers {workers!r}: expected an integer >= 0 (0 decodes in the "
-                           "trainer's process; N > 0 starts N DataLoader worker processes)")
-    return workers
 
 
 class _DecodedBatches(Dataset):
@@ -130,10 +119,10 @@ class DecodeWorkers:
     """The run's `--workers` decoding processes: DataLoaders built on first use and kept, with
     their workers, for the whole run (module docstring). `close()` stops the workers.
 
-    Args: workers: N >= 0 (check_workers)."""
+    Args: workers: N >= 0 (corpora/decode_pool.check_worker_count)."""
 
     def __init__(self, workers: int | None) -> None:
-        self.workers = check_workers(workers)
+        self.workers = check_worker_count(workers)
         self._corpus: tuple[Any, bool, DataLoader, _EpochIdBatches] | None = None
         self._stream: tuple[Any, int, DataLoader, Any] | None = None
 
@@ -187,6 +176,12 @@ class DecodeWorkers:
     def close(self) -> None:
         """Stop the worker processes (dropping the loaders shuts their workers down)."""
         self._corpus = self._stream = None
+
+    def __enter__(self) -> "DecodeWorkers":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def raw_corpus_batches(corpus: Any, id_batches: Sequence[np.ndarray], *, workers: int | None,

@@ -17,6 +17,7 @@ completed epoch, with the same plans as a run that never stopped. Never imports 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -232,7 +233,8 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
     encode = compiled_encoders(model)
     # -- Loop.
     log = loop.EpochLog(run_dir, rank=rank, world=world, wall_seconds=wall)
-    try:
+    # The reporter and the --workers processes live for the whole run, closed on an error too.
+    with reporter, decoder if decoder is not None else contextlib.nullcontext():
         for epoch in log.epochs(cfg, pruner, stop_after):
             sampler.set_epoch(epoch)
             id_batches = sampler.batches(cfg.batch_size)
@@ -251,10 +253,6 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
             reporter.epoch(log.write(summary, stats, scores, line=epoch_line))
             if rank == 0:
                 save_checkpoint(run_dir, epoch, host_local(state), rng, log.wall_seconds)
-    finally:
-        if decoder is not None:
-            decoder.close()  # the --workers processes live for the whole run
-    reporter.close()
     # -- Save: summary.json and the coreset, once process 0 has written every metrics row.
     return finish_run(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)
 

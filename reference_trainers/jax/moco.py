@@ -22,6 +22,7 @@ Never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -173,7 +174,8 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
                              decoder=decoder)
     # -- Loop.
     log = loop.EpochLog(run_dir, rank=rank, world=world, wall_seconds=wall)
-    try:
+    # The reporter and the --workers processes live for the whole run, closed on an error too.
+    with reporter, decoder if decoder is not None else contextlib.nullcontext():
         for epoch in log.epochs(cfg, pruner, stop_after):
             sampler.set_epoch(epoch)
             id_batches = sampler.batches(cfg.batch_size, fold_single=True)
@@ -194,10 +196,6 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
                                      note=skipped_note))
             if rank == 0:
                 save_checkpoint(run_dir, epoch, host_local(state), rng, log.wall_seconds)
-    finally:
-        if decoder is not None:
-            decoder.close()  # the --workers processes live for the whole run
-    reporter.close()
     # -- Save: summary.json and the coreset, once process 0 has written every metrics row.
     return finish_run(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)
 

@@ -201,7 +201,7 @@ def build_data(cfg: Any, *, rank: int = 0, world: int = 1, run_path: Any = None
 
 
 def _corpus(cfg: Any, rank: int, world: int, run_path: Any = None) -> Any:
-    from reference_trainers.common.workers import check_workers
+    from reference_trainers.common.corpora.decode_pool import check_worker_count
 
     kind, _, where = cfg.data.partition(":")
     spec = image_spec(cfg)
@@ -222,6 +222,6 @@ def _corpus(cfg: Any, rank: int, world: int, run_path: Any = None) -> Any:
         index = index_for_run(where, run_path=run_path, shard_index=cfg.shard_index,
                               train_num_samples=cfg.train_num_samples, captions=False)
         return ShardStream(index, tokenizer=None, spec=spec, rank=rank, world_size=world,
-                           num_workers=check_workers(cfg.workers), seed=cfg.seed,
+                           num_workers=check_worker_count(cfg.workers), seed=cfg.seed,
                            captions=False)
     raise TrainerError(f"--data {cfg.data!r}: choose one of {', '.join(DATA_KINDS)}")

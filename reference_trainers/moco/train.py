@@ -34,7 +34,8 @@ from reference_trainers.common.progress import EpochBar, knn_epoch_line
 from reference_trainers.common.record_once import RecordOnce
 from reference_trainers.common.schedule import cosine_lr, progress
 from reference_trainers.common.skipped import SkippedLog
-from reference_trainers.common.tb_report import NullReporter, open_reporter, parse_report_to
+from reference_trainers.common.tb_report import (NullReporter, open_run_reporter,
+                                                  parse_report_to)
 from reference_trainers.common.workers import DecodeWorkers, raw_corpus_batches, \
     raw_stream_batches
 from reference_trainers.moco import data as moco_data
@@ -204,37 +205,32 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
                         communicator=TorchCommunicator() if world > 1 else None,
                         loss_history=cfg.loss_history, resume_epoch=last)
     sampler = ScanSampler(pruner, num_replicas=world, rank=rank, seed=cfg.seed)
-    reporter = NullReporter()
-    if rank == 0:
-        run_dir.truncate_metrics(last)
-        reporter = open_reporter(cfg.report_to, run_dir.path, rank=rank,
-                                 rows=run_dir.read_metrics())
-        if planted.any:
-            run_dir.save_array("planted", duplicate_of=planted.duplicate_of)
+    reporter = open_run_reporter(cfg.report_to, run_dir, rank=rank, last_epoch=last)
+    if rank == 0 and planted.any:
+        run_dir.save_array("planted", duplicate_of=planted.duplicate_of)
     planted_stats = PreparationStats(pruner, duplicate_of=planted.duplicate_of)  # planted.py
     skipped = SkippedLog(run_dir, train_data, write=rank == 0)
     # -- Loop.
     decode = DecodeWorkers(cfg.workers)  # --workers processes, kept for the whole run
     log = loop.EpochLog(run_dir, rank=rank, world=world, wall_seconds=wall)
-    for epoch in log.epochs(cfg, pruner, stop_after):
-        sampler.set_epoch(epoch)
-        stats = train_epoch(model, optimizer, sampler, pruner, train_data, cfg, epoch,
-                            generator, base_lr, quiet or rank != 0, amp, device, reporter,
-                            decode)
-        skipped_note = skipped(epoch, stats["samples"])
-        summary = pruner.end_epoch()
-        stats.update({**planted_stats(), **train_data.epoch_stats(sampler.plan)})
-        log.stop_clock()
-        # -- Evaluation (rank 0), the metrics row, the checkpoint (every rank: it gathers).
-        evaluate_now, probe = loop.evaluation_due(cfg, epoch)
-        scores = evaluate(core, probe_train, test, cfg, probe=probe, device=device) \
-            if rank == 0 and evaluate_now else {}
-        reporter.epoch(log.write(summary, stats, scores, line=knn_epoch_line,
-                                 note=skipped_note))
-        save_checkpoint(run_dir, epoch, model, optimizer, generator, log.wall_seconds,
-                        scaler=amp.scaler)
-    reporter.close()
-    decode.close()
+    with reporter, decode:  # closed on an error too: events flushed, workers stopped
+        for epoch in log.epochs(cfg, pruner, stop_after):
+            sampler.set_epoch(epoch)
+            stats = train_epoch(model, optimizer, sampler, pruner, train_data, cfg, epoch,
+                                generator, base_lr, quiet or rank != 0, amp, device, reporter,
+                                decode)
+            skipped_note = skipped(epoch, stats["samples"])
+            summary = pruner.end_epoch()
+            stats.update({**planted_stats(), **train_data.epoch_stats(sampler.plan)})
+            log.stop_clock()
+            # -- Evaluation (rank 0), the metrics row, the checkpoint (every rank: it gathers).
+            evaluate_now, probe = loop.evaluation_due(cfg, epoch)
+            scores = evaluate(core, probe_train, test, cfg, probe=probe, device=device) \
+                if rank == 0 and evaluate_now else {}
+            reporter.epoch(log.write(summary, stats, scores, line=knn_epoch_line,
+                                     note=skipped_note))
+            save_checkpoint(run_dir, epoch, model, optimizer, generator, log.wall_seconds,
+                            scaler=amp.scaler)
     # -- Save: summary.json and the coreset.
     return loop.finish(run_dir, pruner, cfg, rank, log.row, headline=HEADLINE)
 

@@ -220,3 +220,20 @@ def test_the_docstring_examples_run():
     for module in (tokenizer_bpe, tokenizer_choice, folder_corpus):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_the_tokenizer_reads_a_csv_with_a_caption_longer_than_the_csv_modules_limit(tmp_path):
+    """The corpus loader took a caption longer than the csv module's default field limit
+    (131,072 characters: issue 15); the tokenizer's reader of the same CSV crashed on it."""
+    import csv
+
+    from reference_trainers.common.corpora.train_tokenizer import captions_from_csv
+
+    long = "a long caption " * 10_000  # 150,000 characters
+    path = tmp_path / "train.csv"
+    path.write_text(f'image,caption\n0.png,"{long}"\n1.png,a short one\n2.png,\n')
+    limit = csv.field_size_limit(131_072)  # the default, whatever an earlier test set
+    try:
+        assert captions_from_csv(path) == [long.strip(), "a short one"]
+    finally:
+        csv.field_size_limit(max(limit, csv.field_size_limit()))

@@ -13,7 +13,8 @@ import torch
 from reference_trainers.common.corpora import CsvCorpus, ImageSpec, ShardIndex, ShardStream
 from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.tokenizer import Tokenizer
-from reference_trainers.common.workers import (check_workers, corpus_batches, raw_stream_batches,
+from reference_trainers.common.corpora.decode_pool import check_worker_count
+from reference_trainers.common.workers import (corpus_batches, raw_stream_batches,
                                                stream_batches)
 from scan_core import EpochPlan
 
@@ -114,7 +115,7 @@ def test_stream_batches_in_two_workers_serve_every_kept_id_and_count_corrupt_one
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
 def test_a_bad_worker_count_is_refused_naming_it(bad):
     with pytest.raises(TrainerError, match=r"--workers .*integer >= 0"):
-        check_workers(bad)
+        check_worker_count(bad)
 
 
 # ------------------------------------------------------------------------- the trainer

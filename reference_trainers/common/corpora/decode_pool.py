@@ -51,7 +51,7 @@ _slot: Any = None  # in a worker: (shared array of the sample each worker decode
 
 def check_worker_count(workers: int | None) -> int:
     """`workers` when it is a count of decode processes (>= 0; None means 0), else
-    TrainerError (common/workers.check_workers's rule, without importing torch)."""
+    TrainerError: the one check of --workers for every trainer, torch and JAX (no torch here)."""
     if workers is None:
         return 0
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:

@@ -15,7 +15,7 @@ import dataclasses
 import io
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -154,28 +154,38 @@ def sniff_delimiter(path: pathlib.Path, head: str) -> str:
         return "\t" if path.suffix.lower() == ".tsv" else ","
 
 
-def read_pairs(path: str | os.PathLike, *, image_column: str = "image",
-               caption_column: str | None = "caption", delimiter: str | None = None
-               ) -> tuple[list[str], list[str] | None, dict[int, str]]:
-    """(resolved image paths, captions (None when image-only), {row id: reason} of the rows
-    bad at load) of a CSV / TSV with a header row; see csv_corpus.CsvCorpus for the rules."""
+def read_csv_rows(path: str | os.PathLike, *, columns: Sequence[str],
+                  delimiter: str | None = None, fix: str) -> list[dict[str, str]]:
+    """The rows of a CSV / TSV whose header row names every one of `columns` (the delimiter
+    sniffed when not given). A file that cannot be read, or lacks a column, is a DataError
+    naming it, its columns and `fix` (what to pass instead). A field may be as long as the
+    file: the csv module's default limit (131,072 characters) crashed the load on a long
+    caption (issue 15 item 16)."""
     path = pathlib.Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"cannot read corpus file {path}: {err}") from err
     delimiter = delimiter or sniff_delimiter(path, text[:65536])
-    # A field may be as long as the file (the csv module's default limit is 131,072
-    # characters: a long caption crashed the load, issue 15 item 16).
     csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    needed = {image_column} if caption_column is None else {image_column, caption_column}
-    missing = needed - set(reader.fieldnames or ())
+    missing = set(columns) - set(reader.fieldnames or ())
     if missing:
-        raise DataError(f"{path} has columns {reader.fieldnames} (delimiter "
-                        f"{delimiter!r}); it lacks {sorted(missing)}: pass image_column= / "
-                        "caption_column= with the header's names, or delimiter=")
-    rows = list(reader)
+        raise DataError(f"{path} has columns {reader.fieldnames} (delimiter {delimiter!r}); it "
+                        f"lacks {sorted(missing)}: {fix}")
+    return list(reader)
+
+
+def read_pairs(path: str | os.PathLike, *, image_column: str = "image",
+               caption_column: str | None = "caption", delimiter: str | None = None
+               ) -> tuple[list[str], list[str] | None, dict[int, str]]:
+    """(resolved image paths, captions (None when image-only), {row id: reason} of the rows
+    bad at load) of a CSV / TSV with a header row; see csv_corpus.CsvCorpus for the rules."""
+    path = pathlib.Path(path)
+    rows = read_csv_rows(path, columns=[image_column] + ([caption_column] if caption_column
+                                                         else []),
+                         delimiter=delimiter, fix="pass image_column= / caption_column= with "
+                         "the header's names, or delimiter=")
     raws = [(row.get(image_column) or "").strip() for row in rows]
     paths = [str(path.parent / raw) if raw else "" for raw in raws]
     captions = None if caption_column is None else \

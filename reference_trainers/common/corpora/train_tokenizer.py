@@ -15,11 +15,8 @@ context_length, seconds.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
-import pathlib
 import sys
 import tempfile
 import time
@@ -27,7 +24,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from reference_trainers.common.corpora.images import sniff_delimiter as _sniff_delimiter
+from reference_trainers.common.corpora.images import read_csv_rows
 from reference_trainers.common.corpora.run_index import index_for_run
 from reference_trainers.common.corpora.shard_sources import is_streamed, read_streamed
 from reference_trainers.common.errors import DataError, TrainerError
@@ -37,17 +34,9 @@ from reference_trainers.common.tokenizer_bpe import train_bpe
 def captions_from_csv(path: str | os.PathLike, *, caption_column: str = "caption",
                       delimiter: str | None = None) -> list[str]:
     """The non-empty captions of a CSV / TSV (the header names the columns)."""
-    path = pathlib.Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read corpus file {path}: {err}") from err
-    delimiter = delimiter or _sniff_delimiter(path, text[:65536])
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    if caption_column not in (reader.fieldnames or ()):
-        raise DataError(f"{path} has columns {reader.fieldnames} (delimiter {delimiter!r}); it "
-                        f"lacks {caption_column!r}: pass --caption-column with the header's name")
-    return [c for c in ((row.get(caption_column) or "").strip() for row in reader) if c]
+    rows = read_csv_rows(path, columns=[caption_column], delimiter=delimiter,
+                         fix="pass --caption-column with the header's name")
+    return [c for c in ((row.get(caption_column) or "").strip() for row in rows) if c]
 
 
 def captions_from_shards(source: str | os.PathLike, *,
