@@ -257,13 +257,16 @@ def coreset(seeds, miniature) -> list[RunSpec]:
 
 
 RETIRE_SHARE = 0.10  # the retire cap the one-seed scoring chose (docs/results.md, Beyond SCAN)
+PERSISTENCE = 2  # rule (a): ill-matched in two preparations in a row (the same scoring)
 
 
 def beyond(seeds, miniature) -> list[RunSpec]:
     """Suite 7 (issue 20): SCAN plus the retire rule (c) (ill-matched candidates with the
-    highest epoch-wide z dropped for the rest of the run, up to 10% of N) at 0 / 20 / 40%
-    caption noise, against suite 3's full, random and paper-SCAN runs of the same cells (the
-    same run ids: shared) and random at the retire run's own measured saving."""
+    highest epoch-wide z dropped for the rest of the run, up to 10% of N), and SCAN with the
+    persistence rule (a) (ill-matched only when in the ill-matched end of two preparations in
+    a row), at 0 / 20 / 40% caption noise, against suite 3's full, random and paper-SCAN runs
+    of the same cells (the same run ids: shared) and random at each rule's own measured
+    saving."""
     runs = []
     for seed in seeds:
         for noise in (0.2, 0.4, 0.0):
@@ -279,6 +282,13 @@ def beyond(seeds, miniature) -> list[RunSpec]:
             runs.append(make_run("clip", seed, {**cell, "rule": "random, retire budget"},
                                  miniature=miniature, pruning="random", **base,
                                  derive={"kind": "random_budget", "source": retire.run_id}))
+            persist = make_run("clip", seed, {**cell, "rule": "scan + persistence 2"},
+                               miniature=miniature, pruning="scan",
+                               ill_persistence=PERSISTENCE, **base)
+            runs.append(persist)
+            runs.append(make_run("clip", seed, {**cell, "rule": "random, persistence budget"},
+                                 miniature=miniature, pruning="random", **base,
+                                 derive={"kind": "random_budget", "source": persist.run_id}))
     return runs
 
 
@@ -298,7 +308,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("coreset", "6. The coreset, retrained from scratch", coreset, "zero_shot_top1",
           ("zero_shot_top1", "linear_probe_top1", "visits_saved_vs_full_set", "wall_seconds",
            "num_samples"), ("subset", "scan subset")),
-    Suite("beyond", "7. Beyond SCAN: retiring persistent wrong captions", beyond,
+    Suite("beyond", "7. Beyond SCAN: history-aware rules for wrong captions", beyond,
           "zero_shot_top1", CLIP_COLUMNS),
 )}
 

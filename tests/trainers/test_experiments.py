@@ -151,6 +151,29 @@ def test_beyond_retires_a_tenth_and_random_takes_its_measured_budget(mini_grid):
         assert rnd["config"]["target_rate"] == share and rnd["config"]["pruning"] == "random"
 
 
+def test_beyond_trains_the_persistence_rule_beside_paper_scan_and_random_at_its_budget(
+        mini_grid):
+    """Until the second preparation there is no run of two ill-matched ends, so a persistence
+    run is paper SCAN's run with an empty ill-matched end: the same plans up to that first
+    preparation, then D' holds the redundant end alone."""
+    specs = {(s.cell["noise"], s.cell["rule"]): s for s in suite_runs("beyond", (0,),
+                                                                       miniature=True)}
+    for noise in ("0%", "20%", "40%"):
+        persist = _result(mini_grid, specs[(noise, "scan + persistence 2")])
+        paper = _result(mini_grid, specs[(noise, "scan")])
+        assert persist["config"]["ill_persistence"] == 2 and paper["config"]["ill_persistence"] == 1
+        first = next(i for i, r in enumerate(paper["metrics"]) if r["phase"] == "prepare")
+        assert [r["num_kept"] for r in persist["metrics"][:first + 1]] == \
+            [r["num_kept"] for r in paper["metrics"][:first + 1]], noise
+        prep_p, prep_s = persist["metrics"][first], paper["metrics"][first]
+        assert prep_p["phase"] == "prepare"
+        assert 0 < prep_p["num_candidates"] < prep_s["num_candidates"], noise
+        rnd = _result(mini_grid, specs[(noise, "random, persistence budget")])
+        share = persist["summary"]["realised_pruned_share"]
+        assert rnd["derived"]["matched_share"] == share
+        assert rnd["config"]["target_rate"] == share and rnd["config"]["pruning"] == "random"
+
+
 def test_infobatch_prune_ratio_is_set_from_scans_measured_share(mini_grid):
     specs = suite_runs("clip-table", (0,), miniature=True)
     scan = _result(mini_grid, next(s for s in specs if s.rule == "scan"))
