@@ -184,3 +184,20 @@ def test_refills_for_a_corrupt_shard_image_count_as_repeated_samples(tmp_path, c
     listed = [json.loads(x) for x in (out / "skipped.jsonl").read_text().splitlines()]
     assert [(r["id"], r["source"]) for r in listed] == [(bad, str(index.keys[bad]))]
     assert "epoch 0: 1 samples skipped so far (1 new)" in capsys.readouterr().out
+
+
+def test_a_corrupt_images_reason_is_the_same_text_on_every_decode():
+    """Pillow names the BytesIO it read ("<_io.BytesIO object at 0x7f...>"): that address
+    made the same bad sample's reason differ from run to run, and from a run to its resume,
+    in skipped.jsonl. The reason says what failed, and only that."""
+    from reference_trainers.common.corpora.images import CorruptImageError, decode_image
+
+    reasons = set()
+    for _ in range(3):
+        with pytest.raises(CorruptImageError) as err:
+            decode_image(b"not an image at all", ImageSpec.cpu())
+        reasons.add(str(err.value))
+    assert len(reasons) == 1, reasons
+    (reason,) = reasons
+    assert "0x" not in reason and reason.startswith("cannot decode image (19 bytes): ")
+    assert "cannot identify image file" in reason

@@ -15,6 +15,7 @@ import dataclasses
 import io
 import os
 import pathlib
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -85,6 +86,9 @@ class ImageSpec:
         return cls("RGB", size, CLIP_MEAN, CLIP_STD, size // 14)
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
     """Encoded image bytes -> uint8 (C, size, size) per `spec`. Raises CorruptImageError."""
     image_module = require_pillow()
@@ -93,7 +97,10 @@ def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
             image.load()
             image = image.convert(spec.mode)
     except (OSError, SyntaxError, ValueError, image_module.DecompressionBombError) as err:
-        raise CorruptImageError(f"cannot decode image ({len(data)} bytes): {err}") from err
+        # Pillow names the buffer it read, "<_io.BytesIO object at 0x...>": an address that
+        # would make the same sample's reason differ between runs (skipped.jsonl).
+        reason = _OBJECT_REPR.sub("its bytes", str(err))
+        raise CorruptImageError(f"cannot decode image ({len(data)} bytes): {reason}") from err
     width, height = image.size
     scale = spec.size / min(width, height)
     if (width, height) != (spec.size, spec.size):
