@@ -99,7 +99,7 @@ def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, image_module.DecompressionBombError) as err:
         # Pillow names the buffer it read, "<_io.BytesIO object at 0x...>": an address that
         # would make the same sample's reason differ between runs (skipped.jsonl).
-        reason = _OBJECT_REPR.sub("its bytes", str(err))
+        reason = " ".join(_OBJECT_REPR.sub("", str(err)).split())
         raise CorruptImageError(f"cannot decode image ({len(data)} bytes): {reason}") from err
     width, height = image.size
     scale = spec.size / min(width, height)
