@@ -24,7 +24,7 @@ from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.rundir import RunDir
 
 __all__ = ["EVAL_PREFIXES", "NullReporter", "ScalarWriter", "TensorBoardReporter",
-           "open_reporter", "parse_report_to"]
+           "open_reporter", "open_run_reporter", "parse_report_to"]
 
 REPORTERS = ("tensorboard", "none")
 PHASES = {"warmup": 0, "prepare": 1, "mutate": 2, "full": 3}
