@@ -16,6 +16,10 @@ Invariants (tests/adapters/jax/test_batching.py holds one property test each):
 - No pruned id is ever served; every rank serves `num_batches(...)` batches.
 - The order is a pure function of (seed, plan.epoch, kept set, rank, world_size).
 
+`pad_batch` pads a short batch (a pruned epoch's last) to the full batch size with copies of
+its own rows and returns the `valid` mask that `clip_loss` / `moco_loss`, flax's BatchNorm and
+`AsyncRecorder.push` take, so the step keeps one shape and compiles once per run.
+
 The shuffle is numpy's PCG64 seeded with (seed, epoch) (`scan_core.plan.default_permutation`),
 not torch.randperm: JAX has no way to reproduce torch's generator, so a JAX run and a torch
 run with the same seed shuffle differently (each is deterministic and rank-consistent).
@@ -24,7 +28,8 @@ run with the same seed shuffle differently (each is deterministic and rank-consi
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +38,7 @@ from adapters.batching import (check_batch_size, check_seed, fold_lone_last, num
 from scan_core import EpochPlan
 from scan_core.plan import default_permutation
 
-__all__ = ["fold_lone_last", "num_batches", "plan_batches", "plan_permutation"]
+__all__ = ["fold_lone_last", "num_batches", "pad_batch", "plan_batches", "plan_permutation"]
 
 
 def plan_permutation(seed: int, epoch: int):
@@ -68,3 +73,35 @@ def plan_batches(plan: EpochPlan, batch_size: int, *, rank: int = 0, world_size:
     permutation = plan_permutation(plan.seed if seed is None else seed, plan.epoch)
     return serve_batches(plan, batch_size, rank=rank, world_size=world_size,
                          permutation=permutation, shuffle=shuffle, drop_last=drop_last)
+
+
+def pad_batch(batch: Mapping[str, Any], size: int) -> tuple[dict[str, Any], np.ndarray]:
+    """`batch`'s arrays padded along their first axis to `size` rows, and the (size,) bool mask
+    `valid` (True on the real rows, which come first).
+
+    batch: name -> array; every array with a batch axis has the same length n, 1 <= n <= size;
+      0-d values (a step's `progress`) pass through unchanged.
+    Padding rows are copies of real rows (row i is row i % n), never zeros: a zero image or
+    token row can normalise to NaN features, and a NaN anywhere in a matmul's input reaches
+    the valid rows' gradients even when the loss masks it out.
+
+    >>> batch, valid = pad_batch({"x": np.arange(3.0), "progress": np.float32(0.5)}, 5)
+    >>> batch["x"].tolist(), valid.tolist()
+    ([0.0, 1.0, 2.0, 0.0, 1.0], [True, True, True, False, False])
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be an int >= 1 (the full batch size), got {size!r}.")
+    lengths = {name: len(value) for name, value in batch.items() if np.ndim(value) > 0}
+    if not lengths:
+        raise ValueError("pad_batch needs at least one array with a batch axis, got only "
+                         f"scalars: {sorted(batch)}.")
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"every array of a batch needs the same length, got {lengths}.")
+    n = next(iter(lengths.values()))
+    if not 1 <= n <= size:
+        raise ValueError(f"a batch of {n} rows cannot be padded to {size}: pad_batch takes "
+                         f"1 to {size} rows (a longer batch is its own shape; pass a larger size).")
+    rows = np.arange(size) % n
+    padded = {name: (np.asarray(value)[rows] if name in lengths else value)
+              for name, value in batch.items()}
+    return padded, np.arange(size) < n

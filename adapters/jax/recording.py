@@ -50,6 +50,7 @@ class _Pending(NamedTuple):
     ids: np.ndarray
     per_sample: Any  # jax.Array, not yet on the host
     epoch: int
+    valid: np.ndarray | None  # this process's padding mask (pad_batch), or None
 
 
 class AsyncRecorder:
@@ -90,7 +91,7 @@ class AsyncRecorder:
         """How many pushed steps are not recorded yet."""
         return len(self._pending)
 
-    def push(self, ids: Any, per_sample: Any) -> None:
+    def push(self, ids: Any, per_sample: Any, *, valid: Any = None) -> None:
         """Queue this step's batch; record the pending steps that are finished, and the oldest
         ones regardless while more than `max_pending` are pending.
 
@@ -99,14 +100,24 @@ class AsyncRecorder:
         per_sample: (num_views, B) per-sample losses as the jitted step returned them (a
           jax.Array, possibly sharded over the batch axis); not waited for here unless
           `max_pending` says so.
+        valid: for a padded batch (`pad_batch`), this process's (B_padded,) bool mask; its True
+          columns of `per_sample` are recorded, in order, with `ids` (the real ids only, as
+          many as valid has True).
         """
         ids = np.array(ids, copy=True)
         if ids.dtype.kind not in "iu" or ids.ndim != 1:
             raise ScanInputError(f"ids must be a 1-D integer array (B,), got dtype {ids.dtype} "
                                  f"shape {ids.shape}.")
+        if valid is not None:
+            valid = np.array(valid, copy=True)
+            if valid.dtype != np.bool_ or valid.ndim != 1 or int(valid.sum()) != len(ids):
+                raise ScanInputError(
+                    f"valid must be a 1-D bool mask with one True per id ({len(ids)}), got "
+                    f"dtype {valid.dtype} shape {valid.shape} with {int(valid.sum())} True; "
+                    "push the real ids and pad_batch's mask.")
         if isinstance(per_sample, jax.Array) and per_sample.is_fully_addressable:
             per_sample.copy_to_host_async()  # the copy overlaps the next step's compute
-        self._pending.append(_Pending(ids, per_sample, self._open_epoch()))
+        self._pending.append(_Pending(ids, per_sample, self._open_epoch(), valid))
         # The newest step always stays pending, ready or not, so that what end_epoch() must
         # flush does not depend on timing.
         limit = self.max_pending
@@ -139,6 +150,13 @@ class AsyncRecorder:
         losses = local_rows(item.per_sample, axis=1)
         if losses.dtype not in (np.float32, np.float64):
             losses = losses.astype(np.float32)  # bfloat16 / float16 from mixed precision
+        if item.valid is not None:
+            if losses.shape[-1] != item.valid.shape[0]:
+                raise ScanInputError(
+                    f"per_sample has {losses.shape[-1]} columns on this process but valid has "
+                    f"{item.valid.shape[0]} entries; pass the mask of the padded batch this "
+                    "process placed.")
+            losses = losses[..., item.valid]
         if losses.ndim == 2 and losses.shape[1] != item.ids.shape[0]:
             raise ScanInputError(
                 f"per_sample has {losses.shape[1]} columns on this process but {item.ids.shape[0]} "

@@ -153,7 +153,8 @@ def compiled_step(model: CLIP, weight_decay: float, lr: float, epochs: int, warm
                   min_lr: float) -> Any:
     """The jitted CLIP step for this model, AdamW and LR schedule. Cached, so a run stopped
     and resumed in one process (tests, notebooks) reuses what XLA compiled: a pruned epoch's
-    shorter last batch is a new shape and costs a compilation (seconds on a CPU)."""
+    shorter last batch is padded to the batch size (runtime.run_epoch), so the step compiles
+    once for full batches and once for padded ones."""
     return make_clip_step(model, build_optimizer("adamw", weight_decay=weight_decay),
                           lr_schedule(lr, epochs, warmup, min_lr))
 
@@ -241,7 +242,8 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
             if decoder is not None:
                 decoder.start_epoch(id_batches)
             state, stats = run_epoch(state, step, mesh, pruner, sampler.plan, id_batches,
-                                     make_batch, epoch, quiet=quiet, reporter=reporter)
+                                     make_batch, epoch, quiet=quiet, reporter=reporter,
+                                     pad_to=cfg.batch_size)
             summary = pruner.end_epoch()
             stats.update(train_data.epoch_stats(sampler.plan)  # a corpus: skipped, repeats
                          if train_data.batch_mode == "corpus" else planted_stats())

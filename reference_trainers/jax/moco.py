@@ -107,7 +107,7 @@ def compiled_step(model: MoCoNet, optimizer: str, weight_decay: float, base_lr: 
                   epochs: int, warmup: float, min_lr: float, momentum: float,
                   temperature: float) -> Any:
     """The jitted MoCo step. Cached, so a run resumed in one process reuses what XLA compiled
-    (each pruned epoch's shorter last batch is a new shape: one compilation)."""
+    (full batches; shorter last batches padded to the batch size; a folded B + 1)."""
     return make_moco_step(model, encoder_of(model),
                           build_optimizer(optimizer, weight_decay=weight_decay),
                           lr_schedule(base_lr, epochs, warmup, min_lr),
@@ -183,7 +183,7 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
                 decoder.start_epoch(id_batches)  # decoded ahead by --workers processes
             state, stats = run_epoch(state, step, mesh, pruner, sampler.plan, id_batches,
                                      make_batch, epoch, quiet=quiet, extra=("momentum",),
-                                     reporter=reporter)
+                                     reporter=reporter, pad_to=cfg.batch_size)
             skipped_note = skipped(epoch, stats["samples"])
             summary = pruner.end_epoch()
             stats.update({**planted_stats(), **train_data.epoch_stats(sampler.plan)})

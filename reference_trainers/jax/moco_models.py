@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reference_trainers.common.errors import TrainerError
-from reference_trainers.jax.models import TORCH_KERNEL_INIT, batch_norm
+from reference_trainers.jax.models import TORCH_KERNEL_INIT, batch_norm, row_mask
 
 __all__ = ["BACKBONES", "Encoder", "MLP", "MoCoNet", "SmallResNet", "VitTiny", "encoder_of"]
 
@@ -43,11 +43,13 @@ class BasicBlock(nn.Module):
     stride: int
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        out = nn.relu(batch_norm(train)(_conv(self.features, 3, self.stride)(x)))
-        out = batch_norm(train)(_conv(self.features, 3, 1)(out))
+    def __call__(self, x: jax.Array, train: bool, valid: jax.Array | None = None) -> jax.Array:
+        mask = row_mask(valid, x)
+        out = nn.relu(batch_norm(train)(_conv(self.features, 3, self.stride)(x), mask=mask))
+        out = batch_norm(train)(_conv(self.features, 3, 1)(out), mask=mask)
         if self.stride != 1 or x.shape[-1] != self.features:
-            x = batch_norm(train)(_conv(self.features, 1, self.stride, name="shortcut")(x))
+            x = batch_norm(train)(_conv(self.features, 1, self.stride, name="shortcut")(x),
+                                  mask=mask)
         return nn.relu(out + x)
 
 
@@ -59,10 +61,11 @@ class SmallResNet(nn.Module):
     stem_stride: int = 2
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.relu(batch_norm(train)(_conv(self.width, 3, self.stem_stride, name="stem")(x)))
+    def __call__(self, x: jax.Array, train: bool, valid: jax.Array | None = None) -> jax.Array:
+        x = nn.relu(batch_norm(train)(_conv(self.width, 3, self.stem_stride, name="stem")(x),
+                                      mask=row_mask(valid, x)))
         for mult, stride in ((1, 1), (2, 2), (4, 2)):
-            x = BasicBlock(self.width * mult, stride)(x, train)
+            x = BasicBlock(self.width * mult, stride)(x, train, valid)
         return x.mean(axis=(1, 2))
 
 
@@ -103,7 +106,8 @@ class VitTiny(nn.Module):
     image_size: int = 28
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, valid: jax.Array | None = None) -> jax.Array:
+        del train, valid  # no BatchNorm: every row is computed on its own
         if self.image_size % self.patch or self.dim % 4 or self.dim % self.heads:
             raise TrainerError(f"VitTiny(image_size={self.image_size}, patch={self.patch}, "
                                f"dim={self.dim}, heads={self.heads}): need image_size % patch "
@@ -131,15 +135,16 @@ class MLP(nn.Module):
     last_bn: bool
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, valid: jax.Array | None = None) -> jax.Array:
+        mask = row_mask(valid, x)
         for i in range(self.num_layers):
             last = i == self.num_layers - 1
             x = nn.Dense(self.output_dim if last else self.mlp_dim, use_bias=False,
                          kernel_init=TORCH_KERNEL_INIT)(x)
             if not last:
-                x = nn.relu(batch_norm(train)(x))
+                x = nn.relu(batch_norm(train)(x, mask=mask))
             elif self.last_bn:
-                x = batch_norm(train, use_scale=False, use_bias=False)(x)
+                x = batch_norm(train, use_scale=False, use_bias=False)(x, mask=mask)
         return x
 
 
@@ -168,8 +173,10 @@ class Encoder(_Sized):
         """The backbone's features (before the projector): what evaluation probes."""
         return self.net(x, train)
 
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return self.projector(self.net(x, train), train)
+    def __call__(self, x: jax.Array, train: bool = False,
+                 valid: jax.Array | None = None) -> jax.Array:
+        """`valid` (B,) bool: a padded batch's real rows, for BatchNorm's statistics."""
+        return self.projector(self.net(x, train, valid), train, valid)
 
 
 class MoCoNet(_Sized):
@@ -183,8 +190,9 @@ class MoCoNet(_Sized):
         """Frozen backbone features for evaluation (BatchNorm on running statistics)."""
         return self.base.features(x, False)
 
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return self.predictor(self.base(x, train), train)
+    def __call__(self, x: jax.Array, train: bool = False,
+                 valid: jax.Array | None = None) -> jax.Array:
+        return self.predictor(self.base(x, train, valid), train, valid)
 
 
 def encoder_of(net: MoCoNet) -> Encoder:

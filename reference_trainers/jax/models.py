@@ -47,6 +47,12 @@ def batch_norm(train: bool, *, use_scale: bool = True, use_bias: bool = True) ->
                         use_scale=use_scale, use_bias=use_bias)
 
 
+def row_mask(valid: jax.Array | None, x: jax.Array) -> jax.Array | None:
+    """A padded batch's (B,) `valid` shaped to broadcast over x (B, ...): BatchNorm's `mask`,
+    so its batch statistics leave the padding rows out (adapters.jax.pad_batch)."""
+    return None if valid is None else valid.reshape(valid.shape + (1,) * (x.ndim - 1))
+
+
 class ImageCNN(nn.Module):
     """Three conv3x3(stride 2)-BN-ReLU blocks (28 -> 14 -> 7 -> 4; widths w, 2w, 4w), global
     average pool, linear to `embed_dim`. (B, H, W, C) float32 -> (B, embed_dim), not normalised.
@@ -56,11 +62,11 @@ class ImageCNN(nn.Module):
     embed_dim: int = 128
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, valid: jax.Array | None = None) -> jax.Array:
         for mult in (1, 2, 4):
             x = nn.Conv(self.width * mult, (3, 3), strides=2, padding=1, use_bias=False,
                         kernel_init=TORCH_KERNEL_INIT)(x)
-            x = nn.relu(batch_norm(train)(x))
+            x = nn.relu(batch_norm(train)(x, mask=row_mask(valid, x)))
         return nn.Dense(self.embed_dim, kernel_init=TORCH_KERNEL_INIT)(x.mean(axis=(1, 2)))
 
 
@@ -137,9 +143,11 @@ class CLIP(nn.Module):
     both to `embed_dim`, and `logit_scale` holding log(scale), initialised to log(1 / 0.07);
     the scale used is exp(min(logit_scale, log 100)).
 
-    `__call__(images (B, 28, 28, 1), tokens (B, L), train)` -> (image_features (B, D),
-    text_features (B, D), scale ()), features L2-normalised; `encode_image` / `encode_text`
-    are the evaluation faces (use `model.apply(variables, x, method="encode_image")`)."""
+    `__call__(images (B, 28, 28, 1), tokens (B, L), train, valid=None)` -> (image_features
+    (B, D), text_features (B, D), scale ()), features L2-normalised; `valid` (B,) bool marks
+    a padded batch's real rows for BatchNorm's statistics (adapters.jax.pad_batch).
+    `encode_image` / `encode_text` are the evaluation faces (use
+    `model.apply(variables, x, method="encode_image")`)."""
 
     vocab_size: int
     eot_id: int
@@ -155,13 +163,14 @@ class CLIP(nn.Module):
         self.logit_scale = self.param("logit_scale",
                                       nn.initializers.constant(math.log(1 / 0.07)), ())
 
-    def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
-        return l2_normalise(self.visual(images, train))
+    def encode_image(self, images: jax.Array, train: bool = False,
+                     valid: jax.Array | None = None) -> jax.Array:
+        return l2_normalise(self.visual(images, train, valid))
 
     def encode_text(self, tokens: jax.Array) -> jax.Array:
         return l2_normalise(self.text(tokens))
 
-    def __call__(self, images: jax.Array, tokens: jax.Array,
-                 train: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def __call__(self, images: jax.Array, tokens: jax.Array, train: bool = False,
+                 valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         scale = jnp.exp(jnp.minimum(self.logit_scale, self.max_logit_scale))
-        return self.encode_image(images, train), self.encode_text(tokens), scale
+        return self.encode_image(images, train, valid), self.encode_text(tokens), scale

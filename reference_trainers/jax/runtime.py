@@ -6,9 +6,17 @@ epoch's plan and id batches, and the loop over one epoch's steps.
 (DistributedSampler's arithmetic over the kept ids, shuffled by numpy's PCG64 with
 (seed, epoch); rank and world are `jax.process_index()` / `jax.process_count()`, see
 processes.py), a lone last id folded in for BatchNorm (`fold_single`). `run_epoch` runs the steps:
-host batch -> `place_batch` -> jitted step (state donated) -> `AsyncRecorder.push` (one step
-late, so the host never waits for the step it just queued), with the EpochBar's loss also read
-one step late.
+host batch -> padded to the full batch size if short (`adapters.jax.pad_batch`) -> `place_batch`
+-> jitted step (state donated) -> `AsyncRecorder.push` (one step late, so the host never waits
+for the step it just queued), with the EpochBar's loss also read one step late.
+
+Why pad: jit compiles once per batch shape, and a pruned epoch's last batch has a new length
+almost every epoch (its kept count changes), so without padding every pruned epoch paid one
+compilation (seconds on a CPU, more for a large model on an accelerator). Padded with copies of
+real rows and a `valid` mask that BatchNorm and the loss honour, the last batch computes what
+the short batch computed, to float rounding, in the full batch's shape. Full batches carry no
+mask and run exactly as before; a run compiles at most two training steps (full, padded), and
+a third when a lone last id is folded into the batch before it (B + 1 rows).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from adapters.jax import AsyncRecorder, JaxCommunicator, PlanSampler, data_mesh
+from adapters.jax import AsyncRecorder, JaxCommunicator, PlanSampler, data_mesh, pad_batch
 from reference_trainers.common.errors import TrainerError
 from reference_trainers.common.loop import RunConfig, finish
 from reference_trainers.common.progress import EpochBar
@@ -107,13 +115,15 @@ def limit_threads(threads: int | None) -> None:
 def run_epoch(state: Any, step: Callable, mesh: Any, pruner: Any, plan: Any,
               id_batches: list[np.ndarray], make_batch: Callable[[np.ndarray], dict[str, Any]],
               epoch: int, *, quiet: bool, extra: Iterable[str] = (),
-              reporter: NullReporter | None = None) -> tuple[Any, dict[str, Any]]:
+              reporter: NullReporter | None = None,
+              pad_to: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Run one epoch's steps; returns (state, stats): steps, samples (of the global batches,
     every process's), train_loss (mean over them), lr and the `extra` metrics (e.g. momentum)
     of the last step. Under several processes `id_batches` are this process's; the step's loss
     is the global batch's, and each process records its own rows. `reporter`
     (common/tb_report.py) gets each step's loss, lr and global batch size when the loop reads
-    them, one step late."""
+    them, one step late. `pad_to` (the per-process batch size): a shorter batch is padded to
+    it with a `valid` mask (module docstring), so the step keeps one shape."""
     reporter = reporter if reporter is not None else NullReporter()
     world = jax.process_count()
     bar = EpochBar(epoch, len(id_batches), phase=plan.phase, kept_share=plan.keep_fraction,
@@ -129,8 +139,12 @@ def run_epoch(state: Any, step: Callable, mesh: Any, pruner: Any, plan: Any,
         batch["progress"] = np.float32(progress(epoch, i, len(id_batches)))
         if weighted:
             batch["weights"] = np.asarray(plan.loss_weights(ids), np.float32)
+        valid = None
+        if pad_to is not None and len(ids) < pad_to:
+            batch, valid = pad_batch(batch, pad_to)
+            batch["valid"] = valid
         state, metrics = step(state, place_batch(mesh, batch))
-        recorder.push(ids, metrics["per_sample"])
+        recorder.push(ids, metrics["per_sample"], valid=valid)
         # equal lengths on every process
         losses.append((metrics["loss"], metrics["lr"], len(ids) * world))
         if len(losses) > 1:  # the previous step's loss: done, or nearly, so no stall

@@ -170,15 +170,17 @@ def _process_mesh(mesh: Mesh) -> Mesh:
 def make_clip_step(model: nn.Module, tx: optax.GradientTransformation,
                    schedule: Callable[[jax.Array], jax.Array]) -> Callable:
     """The CLIP train step. batch: images float32 (B, H, W, C), tokens int (B, L), progress
-    float32 (), optional weights float32 (B,) (InfoBatch's). metrics: loss (), lr (),
+    float32 (), optional weights float32 (B,) (InfoBatch's), optional valid bool (B,) (a
+    padded batch's real rows: adapters.jax.pad_batch). metrics: loss (), lr (),
     per_sample (2, B)."""
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         def loss_fn(params):
             (image, text, scale), updates = model.apply(
                 {"params": params, "batch_stats": state.batch_stats}, batch["images"],
-                batch["tokens"], train=True, mutable=["batch_stats"])
-            out = clip_loss(image, text, scale, weights=batch.get("weights"))
+                batch["tokens"], train=True, valid=batch.get("valid"), mutable=["batch_stats"])
+            out = clip_loss(image, text, scale, weights=batch.get("weights"),
+                            valid=batch.get("valid"))
             return out.loss, (out.per_sample, updates["batch_stats"])
 
         (loss, (per_sample, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -200,8 +202,10 @@ def make_moco_step(model: nn.Module, encoder: nn.Module, tx: optax.GradientTrans
     """The MoCo v3 train step. `model` maps crops to predictor outputs q (params
     {"base", "predictor"}); `encoder` is its base encoder alone, which the momentum encoder
     runs with ema_params. batch: x1, x2 float32 (B, H, W, C), progress float32 (), optional
-    weights (B,). The momentum encoder is updated first, k <- m k + (1 - m) q, and the keys
-    computed with it (BatchNorm in training mode, its own statistics), as MoCo v3 does.
+    weights (B,), optional valid bool (B,) (a padded batch's real rows: BatchNorm's statistics
+    and the loss leave the padding out). The momentum encoder is updated first,
+    k <- m k + (1 - m) q, and the keys computed with it (BatchNorm in training mode, its own
+    statistics), as MoCo v3 does.
     metrics: loss, lr, momentum, per_sample (2, B) = (ctr(q1, k2), ctr(q2, k1))."""
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
@@ -212,7 +216,8 @@ def make_moco_step(model: nn.Module, encoder: nn.Module, tx: optax.GradientTrans
         keys = []
         for crop in ("x1", "x2"):
             k, updates = encoder.apply({"params": ema_params, "batch_stats": ema_stats},
-                                       batch[crop], train=True, mutable=["batch_stats"])
+                                       batch[crop], train=True, valid=batch.get("valid"),
+                                       mutable=["batch_stats"])
             keys.append(k)
             ema_stats = updates["batch_stats"]
 
@@ -220,10 +225,12 @@ def make_moco_step(model: nn.Module, encoder: nn.Module, tx: optax.GradientTrans
             stats, queries = state.batch_stats, []
             for crop in ("x1", "x2"):
                 q, updates = model.apply({"params": params, "batch_stats": stats}, batch[crop],
-                                         train=True, mutable=["batch_stats"])
+                                         train=True, valid=batch.get("valid"),
+                                         mutable=["batch_stats"])
                 queries.append(q)
                 stats = updates["batch_stats"]
-            out = moco_loss(*queries, *keys, temperature, weights=batch.get("weights"))
+            out = moco_loss(*queries, *keys, temperature, weights=batch.get("weights"),
+                            valid=batch.get("valid"))
             return out.loss, (out.per_sample, stats)
 
         (loss, (per_sample, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

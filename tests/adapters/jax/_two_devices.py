@@ -28,7 +28,11 @@ def inputs(seed: int = 0) -> dict[str, np.ndarray]:
     return {"x": x, "y": y, "w": w, "weights": weights}
 
 
-def clip_parts(w, x, y, weights, axis_name=None):
+# A padded batch whose two device shards hold different numbers of real rows (3 and 1).
+PADDED_VALID = np.array([True, True, True, False, True, False, False, False])
+
+
+def clip_parts(w, x, y, weights, axis_name=None, valid=None):
     """(loss, per_sample) of CLIP on features x @ w, y @ w (L2-normalised)."""
     import jax.numpy as jnp
 
@@ -37,17 +41,18 @@ def clip_parts(w, x, y, weights, axis_name=None):
     def unit(f):
         return f / jnp.linalg.norm(f, axis=1, keepdims=True)
 
-    out = clip_loss(unit(x @ w), unit(y @ w), SCALE, weights=weights, axis_name=axis_name)
+    out = clip_loss(unit(x @ w), unit(y @ w), SCALE, weights=weights, axis_name=axis_name,
+                    valid=valid)
     return out.loss, out.per_sample
 
 
-def moco_parts(w, x, y, weights, axis_name=None):
+def moco_parts(w, x, y, weights, axis_name=None, valid=None):
     """(loss, per_sample) of MoCo with queries x @ w, y @ w and keys derived from them."""
     from adapters.jax import moco_loss
 
     q1, q2 = x @ w, y @ w
     out = moco_loss(q1, q2, 0.5 * q1 + 1.0, 2.0 * q2, TEMPERATURE, weights=weights,
-                    axis_name=axis_name)
+                    axis_name=axis_name, valid=valid)
     return out.loss, out.per_sample
 
 
@@ -101,6 +106,27 @@ def main(out_path: str) -> None:
         results[f"{name}_gspmd"] = (np.asarray(loss), np.asarray(per_sample), np.asarray(grad))
         results[f"{name}_gspmd_sharding"] = (tuple(x.sharding.spec), len(x.addressable_shards),
                                              str(per_sample.sharding))
+
+        # A padded batch (valid mask) both ways: the shards' real-row counts differ.
+        def padded_shard(w, x, y, weights, valid, parts=parts):
+            return jax.value_and_grad(lambda w: parts(w, x, y, weights, "data", valid),
+                                      has_aux=True)(w)
+
+        step = jax.jit(jax.shard_map(padded_shard, mesh=mesh,
+                                     in_specs=(P(), P("data"), P("data"), P("data"), P("data")),
+                                     out_specs=((P(), P(None, "data")), P())))
+        (loss, per_sample), grad = step(data["w"], data["x"], data["y"], data["weights"],
+                                        PADDED_VALID)
+        results[f"{name}_padded_shard_map"] = (np.asarray(loss), np.asarray(per_sample),
+                                               np.asarray(grad))
+        x, y, weights, valid = shard_batch(mesh, data["x"], data["y"], data["weights"],
+                                           PADDED_VALID)
+        padded = jax.jit(jax.value_and_grad(
+            lambda w, x, y, weights, valid, parts=parts: parts(w, x, y, weights, None, valid),
+            has_aux=True))
+        (loss, per_sample), grad = padded(data["w"], x, y, weights, valid)
+        results[f"{name}_padded_gspmd"] = (np.asarray(loss), np.asarray(per_sample),
+                                           np.asarray(grad))
 
     # The recorder takes the sharded per_sample of a GSPMD step as it is.
     pruner = ScanPruner(B, 2, ScanConfig(warmup_epochs=0, seed=1))

@@ -38,6 +38,24 @@ def test_two_devices_give_the_one_device_loss_rows_and_gradient(two_devices, nam
         np.testing.assert_allclose(g, w, **TOL, err_msg=f"{name} {path}: {label}")
 
 
+@pytest.mark.parametrize("name, parts", [("clip", _two_devices.clip_parts),
+                                         ("moco", _two_devices.moco_parts)])
+@pytest.mark.parametrize("path", ["padded_shard_map", "padded_gspmd"])
+def test_a_padded_batch_on_two_devices_gives_the_real_rows_loss_and_gradient(
+        two_devices, name, parts, path):
+    """Shards holding 3 and 1 real rows of 4: the loss and gradient of the 4 real rows alone,
+    on one device, their per-sample rows in the valid columns and 0 in the padding."""
+    data, valid = _two_devices.inputs(), _two_devices.PADDED_VALID
+    (loss, per_sample), grad = jax.jit(jax.value_and_grad(parts, has_aux=True))(
+        data["w"], data["x"][valid], data["y"][valid], data["weights"][valid])
+    got_loss, got_rows, got_grad = two_devices[f"{name}_{path}"]
+    np.testing.assert_allclose(got_loss, loss, **TOL, err_msg=f"{name} {path}: loss")
+    np.testing.assert_allclose(got_rows[:, valid], per_sample, **TOL,
+                               err_msg=f"{name} {path}: per_sample")
+    np.testing.assert_array_equal(got_rows[:, ~valid], 0.0)
+    np.testing.assert_allclose(got_grad, grad, **TOL, err_msg=f"{name} {path}: gradient")
+
+
 def test_shard_batch_splits_the_batch_axis_over_both_devices(two_devices):
     spec, shards, per_sample_sharding = two_devices["clip_gspmd_sharding"]
     assert spec == ("data",) and shards == 2
