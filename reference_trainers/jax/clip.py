@@ -33,7 +33,7 @@ from reference_trainers.common.openclip_flags import (add_open_clip_flags,
                                                       with_open_clip_settings)
 from reference_trainers.common.pairs import ImageTextArrays, build_image_text_arrays
 from reference_trainers.common.planted import PreparationStats
-from reference_trainers.common.tb_report import open_reporter
+from reference_trainers.common.tb_report import open_run_reporter
 from reference_trainers.common.progress import epoch_line
 from reference_trainers.common.tokenizer import Tokenizer
 from reference_trainers.common.tokenizer_choice import load_tokenizer
@@ -220,8 +220,9 @@ def train(cfg: TrainConfig, out: str, *, resume: bool = False, quiet: bool = Fal
         cfg, run_dir, resume=resume, fresh_state=lambda: init_state(model, tx, cfg), rng=rng,
         num_samples=train_data.num_samples)
     state = boxed["state"]
-    reporter = open_reporter(cfg.report_to, run_dir.path, rank=rank,  # TensorBoard on rank 0
-                             rows=run_dir.read_metrics() if rank == 0 else [])
+    # metrics.jsonl cut back to the checkpoint, then TensorBoard (rank 0)
+    reporter = open_run_reporter(cfg.report_to, run_dir, rank=rank,
+                                 last_epoch=pruner.next_epoch - 1)
     if rank == 0 and planted.any:  # a corpus plants nothing
         run_dir.save_array("planted", mismatched=planted.mismatched,
                            duplicate_of=planted.duplicate_of)

@@ -36,7 +36,7 @@ from reference_trainers.common.moco_config import FLAGS, PRESETS, MocoConfig
 from reference_trainers.common.planted import PreparationStats
 from reference_trainers.common.progress import knn_epoch_line
 from reference_trainers.common.skipped import SkippedLog
-from reference_trainers.common.tb_report import open_reporter
+from reference_trainers.common.tb_report import open_run_reporter
 from reference_trainers.common.user_sets import no_moco_evaluation_note
 from reference_trainers.common.views import CropView, moco_view_pair
 from reference_trainers.jax import evaluation
@@ -160,8 +160,9 @@ def train(cfg: MocoConfig, out: str, *, resume: bool = False, quiet: bool = Fals
         cfg, run_dir, resume=resume, fresh_state=lambda: init_state(model, tx, cfg.seed),
         rng=rng, num_samples=train_data.num_samples)
     state = boxed["state"]
-    reporter = open_reporter(cfg.report_to, run_dir.path, rank=rank,  # TensorBoard on rank 0
-                             rows=run_dir.read_metrics() if rank == 0 else [])
+    # metrics.jsonl cut back to the checkpoint, then TensorBoard (rank 0)
+    reporter = open_run_reporter(cfg.report_to, run_dir, rank=rank,
+                                 last_epoch=pruner.next_epoch - 1)
     if rank == 0:
         check_corpus(run_dir, train_data, resume=resume)  # corpus.json, corpus_labels.npz
         if planted.any:  # a corpus plants nothing

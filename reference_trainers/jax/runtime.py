@@ -174,8 +174,8 @@ def start_run(cfg: Any, run_dir: RunDir, *, resume: bool, fresh_state: Callable[
     fail is checked everywhere): the process count, the config (written by process 0), and
     the state (`fresh_state()`, or the last checkpoint with `rng`'s state on resume); then
     the state replicated over every device of every process, the pruner (resumed at the
-    checkpoint's epoch) and the plan sampler; process 0 cuts metrics.jsonl to the checkpoint.
-    Returns ({"state": replicated state}, mesh, pruner, sampler, wall seconds so far)."""
+    checkpoint's epoch: `pruner.next_epoch - 1` is the checkpoint's, what
+    tb_report.open_run_reporter cuts metrics.jsonl back to) and the plan sampler. Returns ({"state": replicated state}, mesh, pruner, sampler, wall seconds so far)."""
     rank = jax.process_index()
 
     def start() -> tuple[Any, int, float]:
@@ -191,8 +191,6 @@ def start_run(cfg: Any, run_dir: RunDir, *, resume: bool, fresh_state: Callable[
                         communicator=JaxCommunicator(), loss_history=cfg.loss_history,
                         resume_epoch=last)
     sampler = PlanSampler(pruner, cfg.seed)
-    if rank == 0:
-        run_dir.truncate_metrics(last)
     return {"state": replicate(mesh, state)}, mesh, pruner, sampler, wall
 
 
