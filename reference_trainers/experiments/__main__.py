@@ -5,7 +5,7 @@
         [--seeds 0 1 2] [--workers K] [--threads T] [--miniature] [--data-dir DIR]
         [--where KEY=VALUE ...]
     python -m reference_trainers.experiments table clip-table [--out ...] [--seeds ...]
-        [--where KEY=VALUE ...] [--figures]
+        [--where KEY=VALUE ...] [--against VALUE] [--preparations] [--figures]
     python -m reference_trainers.experiments report RUN_DIR [--out DIR]
 
 `run` runs the suite's grid (skipping finished runs, resuming stopped ones), then writes its
@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="print (and write) a suite's table")
     _grid_args(table)
     table.add_argument("--figures", action="store_true", help="draw the figures too")
+    table.add_argument("--against", default=None, metavar="VALUE",
+                       help="pair every row with this row of its regime instead of the suite's "
+                            "reference (e.g. full, or 'random, persistence budget' in beyond)")
+    table.add_argument("--preparations", action="store_true",
+                       help="also the candidates' recall / precision per preparation epoch")
     report = sub.add_parser("report", help="draw one run directory's figures")
     report.add_argument("run_dir")
     report.add_argument("--out", default=None, help="default RUN_DIR/report")
@@ -108,10 +113,12 @@ def main(argv: list[str] | None = None) -> int:
             print("stopped: run the same command again to resume", file=sys.stderr)
             return 130
     where = args.where if args.command == "table" else None
+    extra = ({"against": args.against, "preparations": args.preparations}
+             if args.command == "table" else {})
     for name in _suites(args.suite):
         try:
             path, text = write_table(name, args.out, seeds, miniature=args.miniature,
-                                     where=where)
+                                     where=where, **extra)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

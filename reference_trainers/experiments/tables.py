@@ -11,6 +11,9 @@ same regime), two ways:
   value for n - 1 degrees of freedom, "n.s." otherwise; needs >= 2 common seeds).
 The same paired test is run on the suite's secondary metric (the linear probe for CLIP, kNN
 for MoCo), its own column: one significant test among several is a lead, not a finding.
+`against` holds every row against another row of the same regime instead (e.g. full data,
+or random at a rule's own budget: `table beyond --against full`), and `preparations` adds the
+candidates' recall and precision per preparation epoch (what suite 5 always shows).
 Failed runs are counted and
 their first error shown, never averaged in. Wall-clock is the trainer's training time
 (evaluation excluded), summed over resumes; the pruned share is summary.json's counted
@@ -114,12 +117,15 @@ def cells(suite: Suite, pairs: list) -> list[dict[str, Any]]:
     return out
 
 
-def compare(suite: Suite, rows: list[dict[str, Any]]) -> None:
-    """Add 'vs_reference' to each row: headline difference to the reference row, paired by
-    seed on the headline ('paired') and on the secondary metric ('secondary')."""
-    if suite.reference is None:
+def compare(suite: Suite, rows: list[dict[str, Any]],
+            reference: tuple[str, str] | None = None) -> None:
+    """Add 'vs_reference' to each row: headline difference to the reference row (the suite's,
+    or `reference` = (key, value)), paired by seed on the headline ('paired') and on the
+    secondary metric ('secondary')."""
+    reference = reference or suite.reference
+    if reference is None:
         return
-    key, value = suite.reference
+    key, value = reference
     index = {tuple(sorted(r["cell"].items())): r for r in rows}
     for row in rows:
         ref = index.get(tuple(sorted({**row["cell"], key: value}.items())))
@@ -179,19 +185,39 @@ def _paired(p: dict[str, Any]) -> str:
             f"({'p<.05' if p['significant'] else 'n.s.'}, n {p['n']})")
 
 
-def suite_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool = False,
-                where: list[str] | None = None) -> tuple[str, dict[str, Any]]:
-    """(markdown, numbers) of suite `name` from the result JSONs under `root`; `where`
-    (KEY=VALUE items, suites.match_cells) keeps only the matching cells."""
+def reference_of(name: str, against: str | None) -> tuple[str, str] | None:
+    """The (key, value) rows of suite `name` are held against: its own reference, or the cell
+    whose reference key holds `against` (ValueError naming the choices if none does)."""
     suite = SUITES[name]
+    if against is None:
+        return suite.reference
+    if suite.reference is None:
+        raise ValueError(f"suite {name!r} has no reference row to replace with --against")
+    key = suite.reference[0]
+    values = sorted({s.cell[key] for s in suite_runs(name, (0,)) if key in s.cell})
+    if against not in values:
+        raise ValueError(f"no {key} of suite {name!r} is {against!r}; --against takes one of "
+                         f"{values}")
+    return key, against
+
+
+def suite_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool = False,
+                where: list[str] | None = None, against: str | None = None,
+                preparations: bool = False) -> tuple[str, dict[str, Any]]:
+    """(markdown, numbers) of suite `name` from the result JSONs under `root`; `where`
+    (KEY=VALUE items, suites.match_cells) keeps only the matching cells; `against` names the
+    row every row is paired with (default the suite's reference, SCAN); `preparations` adds
+    the candidates' recall / precision per preparation epoch (always there for suite 5)."""
+    suite = SUITES[name]
+    reference = reference_of(name, against)
     specs = suite_runs(name, tuple(seeds), miniature=miniature)
     pairs = results_of(match_cells(specs, where) if where else specs, root)
     rows = cells(suite, pairs)
-    compare(suite, rows)
+    compare(suite, rows, reference)
     coords = list(dict.fromkeys(k for r in rows for k in r["cell"]))
     headers = coords + [LABELS.get(c, c) for c in suite.columns] + ["seeds ok"]
-    if suite.reference:
-        headers += [f"{LABELS[suite.metric]} vs {suite.reference[1]}",
+    if reference:
+        headers += [f"{LABELS[suite.metric]} vs {reference[1]}",
                     "paired by seed (t-test)"]
         if suite.secondary:
             headers.append(f"{LABELS[suite.secondary]}, paired by seed")
@@ -203,7 +229,7 @@ def suite_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool
         if r["failed"]:
             status += f" (failed: {str(r['error'])[:80]})"
         line.append(status)
-        if suite.reference:
+        if reference:
             vs = r.get("vs_reference")
             line += ["-", "-"] if vs is None else [_unpaired(vs), _paired(vs["paired"])]
             if suite.secondary:
@@ -211,8 +237,8 @@ def suite_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool
         body.append(line)
     text = f"### {suite.title}\n\n" + _markdown(headers, body)
     numbers: dict[str, Any] = {"suite": name, "seeds": list(seeds), "miniature": miniature,
-                               "where": list(where or []), "rows": rows}
-    if name == "quality":
+                               "where": list(where or []), "against": against, "rows": rows}
+    if name == "quality" or preparations:
         qrows = quality_rows(pairs)
         numbers["quality"] = qrows
         qcoords = list(dict.fromkeys(k for r in qrows for k in r["cell"]))
@@ -225,13 +251,18 @@ def suite_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool
 
 
 def write_table(name: str, root: str | Path, seeds=(0, 1, 2), *, miniature: bool = False,
-                where: list[str] | None = None) -> tuple[Path, str]:
-    """tables/<suite>[-mini][-where].md and .json under root; returns (markdown path,
-    markdown). A `where` selection gets its own files, so the whole suite's stay."""
-    text, numbers = suite_table(name, root, seeds, miniature=miniature, where=where)
+                where: list[str] | None = None, against: str | None = None,
+                preparations: bool = False) -> tuple[Path, str]:
+    """tables/<suite>[-mini][-where][-vs-<against>].md and .json under root; returns
+    (markdown path, markdown). A `where` selection or another reference row gets its own
+    files, so the whole suite's stay."""
+    text, numbers = suite_table(name, root, seeds, miniature=miniature, where=where,
+                                against=against, preparations=preparations)
     folder = Path(root) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     stem = name + ("-mini" if miniature else "") + ("-where" if where else "")
+    if against is not None:
+        stem += "-vs-" + "".join(c if c.isalnum() else "-" for c in against).strip("-")
     (folder / f"{stem}.md").write_text(text)
     (folder / f"{stem}.json").write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
     return folder / f"{stem}.md", text

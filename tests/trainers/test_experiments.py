@@ -737,3 +737,38 @@ def test_table_where_keeps_only_the_matching_rows(tmp_path, capsys):
     assert not (tmp_path / "tables" / "clip-table.md").exists()
     assert cli(["table", "clip-table", "--out", str(tmp_path), "--where", "noise=9%"]) == 2
     assert "no cell has the key 'noise'" in capsys.readouterr().err
+
+
+def test_table_against_pairs_every_row_with_the_row_it_names(tmp_path, capsys):
+    scan = [0.80, 0.81, 0.82]
+    full = [0.806, 0.818, 0.821]
+    _fake_results(tmp_path, {"scan": scan, "full": full, "random": [0.79, 0.80, 0.81]})
+    text, numbers = suite_table("clip-table", tmp_path, against="full")
+    rows = {r["cell"]["rule"]: r for r in numbers["rows"]}
+    assert rows["full"]["vs_reference"] is None                 # the new reference itself
+    deltas = [a - b for a, b in zip(scan, full)]
+    paired = rows["scan"]["vs_reference"]["paired"]
+    assert paired["mean"] == pytest.approx(np.mean(deltas))
+    assert paired["t"] == pytest.approx(np.mean(deltas) / (np.std(deltas, ddof=1) / 3 ** 0.5))
+    assert rows["random"]["vs_reference"]["paired"]["n"] == 3
+    assert numbers["against"] == "full"
+    assert "zero-shot top-1 vs full" in text.splitlines()[2]
+    # the default reference (SCAN) is unchanged, and the CLI writes its own files for it
+    _, default = suite_table("clip-table", tmp_path)
+    assert next(r for r in default["rows"] if r["cell"]["rule"] == "scan")["vs_reference"] is None
+    assert cli(["table", "clip-table", "--out", str(tmp_path), "--against", "full"]) == 0
+    assert (tmp_path / "tables" / "clip-table-vs-full.md").exists()
+    assert not (tmp_path / "tables" / "clip-table.md").exists()
+    assert cli(["table", "clip-table", "--out", str(tmp_path), "--against", "fulll"]) == 2
+    err = capsys.readouterr().err
+    assert "no rule of suite 'clip-table' is 'fulll'" in err and "'full'" in err
+
+
+def test_table_preparations_adds_the_candidate_quality_per_preparation(mini_grid):
+    text, numbers = suite_table("clip-table", mini_grid, (0,), miniature=True,
+                                preparations=True)
+    assert "Candidate quality per preparation epoch" in text
+    prepared = {r["cell"]["rule"] for r in numbers["quality"]}
+    assert "scan" in prepared
+    plain, _ = suite_table("clip-table", mini_grid, (0,), miniature=True)
+    assert "Candidate quality" not in plain
