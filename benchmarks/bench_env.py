@@ -9,9 +9,12 @@ which command and which machine produced a number.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +106,17 @@ def publish(block: str, name: str, *, write_docs_too: bool) -> None:
     print(block)
     if write_docs_too:
         write_docs(block, f"<!-- {name}:begin -->", f"<!-- {name}:end -->")
+
+
+def trainer_rows(argv: list[str]) -> list[dict]:
+    """Run a trainer in a subprocess of this checkout (`python ARGV --out <temporary run>`,
+    e.g. ["-m", "reference_trainers.clip", ...]) and return its metrics.jsonl rows; a failed
+    run stops the benchmark with the trainer's last stderr."""
+    with tempfile.TemporaryDirectory() as run:
+        cmd = [sys.executable, *argv, "--out", str(Path(run) / "run")]
+        done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        if done.returncode != 0:
+            raise SystemExit(f"the trainer failed ({' '.join(cmd)}):\n{done.stderr[-3000:]}")
+        lines = (Path(run) / "run" / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]

@@ -15,19 +15,15 @@ prunes hard and often so that most epochs are pruned: `--epochs 8 --scan-warmup-
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))  # this checkout's packages
-from bench_env import bench_parser, command_and_machine, machine, publish  # noqa: E402
+from bench_env import (bench_parser, command_and_machine, machine, publish,  # noqa: E402
+                       trainer_rows)
 
 TRAINERS = {"CLIP": ("reference_trainers.jax.clip", "cpu-tiny"),
             "MoCo v3": ("reference_trainers.jax.moco", "cpu-tiny-moco")}
@@ -44,19 +40,12 @@ sys.exit(module.main(sys.argv[3:]))
 
 def epochs_of(module: str, preset: str, arm: str, args) -> list[dict]:
     """The metrics rows of one run of `module` (a JAX trainer) in a subprocess."""
-    with tempfile.TemporaryDirectory() as run:
-        cmd = [sys.executable, "-c", _CHILD, module, arm, "--framework", "jax", "--preset",
-               preset, "--num-train", str(args.num_samples), "--num-test", "200",
-               "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
-               "--scan-warmup-epochs", "1", "--t-cos", "2", "--rho-low", "0.45",
-               "--rho-high", "0.45", "--eval-every", "0", "--probe-every", "0",
-               "--threads", "1", "--quiet", "--out", str(Path(run) / "run")]
-        done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        if done.returncode != 0:
-            raise SystemExit(f"the trainer failed ({' '.join(cmd)}):\n{done.stderr[-3000:]}")
-        lines = (Path(run) / "run" / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return trainer_rows(["-c", _CHILD, module, arm, "--framework", "jax", "--preset", preset,
+                         "--num-train", str(args.num_samples), "--num-test", "200",
+                         "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
+                         "--scan-warmup-epochs", "1", "--t-cos", "2", "--rho-low", "0.45",
+                         "--rho-high", "0.45", "--eval-every", "0", "--probe-every", "0",
+                         "--threads", "1", "--quiet"])
 
 
 def main(argv: list[str] | None = None) -> int:

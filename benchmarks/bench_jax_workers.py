@@ -18,9 +18,7 @@ Two measurements, side by side in one process so that the ratios share the machi
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))  # this checkout's packages
-from bench_env import bench_parser, command_and_machine, machine, publish  # noqa: E402
+from bench_env import (bench_parser, command_and_machine, machine, publish,  # noqa: E402
+                       trainer_rows)
 
 
 def write_shard_set(out: Path, num_samples: int) -> None:
@@ -66,19 +65,12 @@ def pipeline_rate(data, workers: int, batch_size: int) -> float:
 
 def trainer_epochs(shards: Path, workers: int, epochs: int, batch_size: int) -> list[dict]:
     """The JAX CLIP trainer's metrics rows on the shard set, SCAN's warm-up throughout."""
-    with tempfile.TemporaryDirectory() as run:
-        cmd = [sys.executable, "-m", "reference_trainers.clip", "--framework", "jax",
-               "--preset", "cpu-tiny", "--train-data", str(shards), "--tokenizer", "word",
-               "--workers", str(workers), "--epochs", str(epochs), "--scan-warmup-epochs",
-               str(epochs), "--batch-size", str(batch_size), "--eval-every", "0",
-               "--probe-every", "0", "--num-test", "100", "--threads", "1", "--quiet",
-               "--out", str(Path(run) / "run")]
-        done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        if done.returncode != 0:
-            raise SystemExit(f"the trainer failed ({' '.join(cmd)}):\n{done.stderr[-3000:]}")
-        lines = (Path(run) / "run" / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return trainer_rows(["-m", "reference_trainers.clip", "--framework", "jax", "--preset",
+                         "cpu-tiny", "--train-data", str(shards), "--tokenizer", "word",
+                         "--workers", str(workers), "--epochs", str(epochs),
+                         "--scan-warmup-epochs", str(epochs), "--batch-size", str(batch_size),
+                         "--eval-every", "0", "--probe-every", "0", "--num-test", "100",
+                         "--threads", "1", "--quiet"])
 
 
 def main(argv: list[str] | None = None) -> int:
