@@ -108,12 +108,16 @@ def publish(block: str, name: str, *, write_docs_too: bool) -> None:
         write_docs(block, f"<!-- {name}:begin -->", f"<!-- {name}:end -->")
 
 
+TIMING_FLAGS = ("--eval-every", "0", "--probe-every", "0", "--threads", "1", "--quiet")
+
+
 def trainer_rows(argv: list[str]) -> list[dict]:
     """Run a trainer in a subprocess of this checkout (`python ARGV --out <temporary run>`,
-    e.g. ["-m", "reference_trainers.clip", ...]) and return its metrics.jsonl rows; a failed
-    run stops the benchmark with the trainer's last stderr."""
+    e.g. ["-m", "reference_trainers.clip", ...]) for timing: no evaluation, one thread, quiet
+    (TIMING_FLAGS). Return its metrics.jsonl rows; a failed run stops the benchmark with the
+    trainer's last stderr."""
     with tempfile.TemporaryDirectory() as run:
-        cmd = [sys.executable, *argv, "--out", str(Path(run) / "run")]
+        cmd = [sys.executable, *argv, *TIMING_FLAGS, "--out", str(Path(run) / "run")]
         done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         if done.returncode != 0:

@@ -44,8 +44,7 @@ def epochs_of(module: str, preset: str, arm: str, args) -> list[dict]:
                          "--num-train", str(args.num_samples), "--num-test", "200",
                          "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
                          "--scan-warmup-epochs", "1", "--t-cos", "2", "--rho-low", "0.45",
-                         "--rho-high", "0.45", "--eval-every", "0", "--probe-every", "0",
-                         "--threads", "1", "--quiet"])
+                         "--rho-high", "0.45"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{[round(float(r['seconds']), 2) for r in pruned]} s", flush=True)
     load = os.getloadavg()[0]
     command = (f".venv/bin/python benchmarks/bench_jax_padding.py --num-samples "
-               f"{args.num_samples} --epochs {args.epochs} --rounds {args.rounds}")
+               f"{args.num_samples} --batch-size {args.batch_size} --epochs {args.epochs} "
+               f"--rounds {args.rounds} --trainers {' '.join(args.trainers)}")
     block = command_and_machine(command, machine()) + [
         f"Load average at the end: {load:.1f}.", "",
         f"Seconds of each epoch after the first (which compiles the full-batch step), "

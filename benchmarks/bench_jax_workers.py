@@ -69,8 +69,7 @@ def trainer_epochs(shards: Path, workers: int, epochs: int, batch_size: int) -> 
                          "cpu-tiny", "--train-data", str(shards), "--tokenizer", "word",
                          "--workers", str(workers), "--epochs", str(epochs),
                          "--scan-warmup-epochs", str(epochs), "--batch-size", str(batch_size),
-                         "--eval-every", "0", "--probe-every", "0", "--num-test", "100",
-                         "--threads", "1", "--quiet"])
+                         "--num-test", "100"])
 
 
 def main(argv: list[str] | None = None) -> int:
