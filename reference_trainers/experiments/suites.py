@@ -266,7 +266,9 @@ def beyond(seeds, miniature) -> list[RunSpec]:
     persistence rule (a) (ill-matched only when in the ill-matched end of two preparations in
     a row), at 0 / 20 / 40% caption noise, against suite 3's full, random and paper-SCAN runs
     of the same cells (the same run ids: shared) and random at each rule's own measured
-    saving."""
+    saving. With clean captions also the redundant end alone (no ill-matched pruning, so no
+    hard pair is dropped) against random at its budget: the control for the issue's goal at
+    0% noise."""
     runs = []
     for seed in seeds:
         for noise in (0.2, 0.4, 0.0):
@@ -289,6 +291,14 @@ def beyond(seeds, miniature) -> list[RunSpec]:
             runs.append(make_run("clip", seed, {**cell, "rule": "random, persistence budget"},
                                  miniature=miniature, pruning="random", **base,
                                  derive={"kind": "random_budget", "source": persist.run_id}))
+            if noise == 0.0:  # clean captions: the control that keeps every hard pair
+                redundant = make_run("clip", seed, {**cell, "rule": "redundant"},
+                                     miniature=miniature, pruning="redundant", **base)
+                runs.append(redundant)
+                runs.append(make_run("clip", seed, {**cell, "rule": "random, redundant budget"},
+                                     miniature=miniature, pruning="random", **base,
+                                     derive={"kind": "random_budget",
+                                             "source": redundant.run_id}))
     return runs
 
 

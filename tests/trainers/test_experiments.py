@@ -174,6 +174,27 @@ def test_beyond_trains_the_persistence_rule_beside_paper_scan_and_random_at_its_
         assert rnd["config"]["target_rate"] == share and rnd["config"]["pruning"] == "random"
 
 
+def test_beyond_redundant_control_at_clean_captions_only(mini_grid):
+    """With clean captions the suite also trains the redundant end alone (SCAN without its
+    ill-matched end, so no hard pair is pruned) and random at its measured budget; at 20% and
+    40% noise it does not."""
+    specs = suite_runs("beyond", (0,), miniature=True)
+    cells = {(s.cell["noise"], s.cell["rule"]): s for s in specs}
+    assert {n for n, r in cells if r.startswith(("redundant", "random, redundant"))} == {"0%"}
+    redundant = _result(mini_grid, cells[("0%", "redundant")])
+    paper = _result(mini_grid, cells[("0%", "scan")])
+    assert redundant["config"]["pruning"] == "redundant"
+    assert redundant["config"]["mismatch_share"] == paper["config"]["mismatch_share"] == 0.0
+    prep_r, prep_s = ([r for r in run["metrics"] if r["phase"] == "prepare"][0]
+                      for run in (redundant, paper))
+    assert 0 < prep_r["num_candidates"] < prep_s["num_candidates"]  # one end of two
+    share = redundant["summary"]["realised_pruned_share"]
+    assert 0.0 < share < paper["summary"]["realised_pruned_share"]
+    rnd = _result(mini_grid, cells[("0%", "random, redundant budget")])
+    assert rnd["derived"]["matched_share"] == share
+    assert rnd["config"]["target_rate"] == share and rnd["config"]["pruning"] == "random"
+
+
 def test_infobatch_prune_ratio_is_set_from_scans_measured_share(mini_grid):
     specs = suite_runs("clip-table", (0,), miniature=True)
     scan = _result(mini_grid, next(s for s in specs if s.rule == "scan"))
