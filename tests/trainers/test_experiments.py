@@ -195,6 +195,27 @@ def test_beyond_redundant_control_at_clean_captions_only(mini_grid):
     assert rnd["config"]["target_rate"] == share and rnd["config"]["pruning"] == "random"
 
 
+def test_beyond_retires_nearly_alone_at_40_percent_noise(mini_grid):
+    """T = 100: after the one preparation a mutation epoch drops rho_cur(1, 100) < 0.001 of
+    D' besides the retired set, so what is skipped is (almost) the retired set alone."""
+    cells = {(s.cell["noise"], s.cell["rule"]): s
+             for s in suite_runs("beyond", (0,), miniature=True)}
+    alone = {(n, r) for n, r in cells if ", T 100" in r}
+    assert alone == {("40%", "retire 10%, T 100"), ("40%", "retire 20%, T 100")}
+    for share in (0.10, 0.20):
+        run = _result(mini_grid, cells[("40%", f"retire {share:.0%}, T 100")])
+        assert run["config"]["t_cos"] == 100 and run["config"]["retire_share"] == share
+        rows = run["metrics"]
+        first = next(i for i, r in enumerate(rows) if r["phase"] == "prepare")
+        n = rows[first]["num_kept"]                       # a preparation trains on all N
+        retired = rows[first]["num_retired"]
+        assert retired == int(share * n)
+        after = rows[first + 1]
+        assert after["phase"] == "mutate"
+        assert n - retired - 0.001 * after["num_candidates"] - 1 <= after["num_kept"] \
+            <= n - retired
+
+
 def test_infobatch_prune_ratio_is_set_from_scans_measured_share(mini_grid):
     specs = suite_runs("clip-table", (0,), miniature=True)
     scan = _result(mini_grid, next(s for s in specs if s.rule == "scan"))
