@@ -6,6 +6,7 @@ The JAX half is tests/jax_trainers/test_pins_jax.py."""
 import pytest
 
 from tests.trainers.pin_check import check_pin
+from tests.trainers.pins.record_pins import machine
 
 
 @pytest.mark.parametrize("name", ["clip-torch", "moco-torch"])
@@ -27,3 +28,21 @@ def test_the_pin_check_sees_a_changed_behaviour(tmp_path, monkeypatch):
                         lambda name: {**expected, "run": changed_run})
     with pytest.raises(AssertionError, match="epoch 0's metrics row"):
         check_pin("moco-torch", tmp_path)
+
+
+def _cpuinfo(family: int, model: int) -> str:
+    block = (f"processor\t: {{n}}\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\n"
+             f"model\t\t: {model}\nmodel name\t: AMD EPYC\nstepping\t: 1\nflags\t\t: fpu sse2\n")
+    return block.format(n=0) + "\n" + block.format(n=1).replace(f": {model}\n", ": 99\n")
+
+
+def test_two_cpu_generations_under_one_name_are_two_machines():
+    """Two EPYC generations both name themselves "AMD EPYC" and round float32 differently (the
+    torch pins' first loss moved in the 8th digit): a pin from one must skip on the other, not
+    fail. Only the first processor's block counts."""
+    zen4, zen5 = machine(_cpuinfo(25, 17)), machine(_cpuinfo(26, 2))
+    assert zen4["cpu"] != zen5["cpu"]
+    assert zen4["cpu"].startswith("AMD EPYC") and "model 17" in zen4["cpu"]
+    assert zen4 == machine(_cpuinfo(25, 17))
+    assert {k: v for k, v in zen4.items() if k != "cpu"} == \
+        {k: v for k, v in zen5.items() if k != "cpu"}

@@ -70,14 +70,26 @@ def digest(array: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def machine() -> dict[str, str]:
-    """What exact equality depends on: CPU, Python and the numeric libraries' versions."""
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+def machine(cpuinfo: str | None = None) -> dict[str, str]:
+    """What exact equality depends on: the CPU (its name, and the family / model / stepping
+    that tell its generation apart: two AMD EPYC generations both say "AMD EPYC" and round
+    float32 differently), Python and the numeric libraries' versions. cpuinfo: the text of
+    /proc/cpuinfo (read when None)."""
+    cpu, generation = platform.processor(), {}
+    if cpuinfo is None:
+        with contextlib.suppress(OSError):
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+    for line in (cpuinfo or "").splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name":
+            cpu = value.strip()
+        elif key in ("cpu family", "model", "stepping"):
+            generation.setdefault(key, value.strip())
+        elif not key:  # the first processor's block has ended
+            break
+    if generation:
+        cpu += " (" + ", ".join(f"{k} {v}" for k, v in generation.items()) + ")"
     versions = {}
     for name in ("numpy", "numba", "torch", "jax", "jaxlib", "flax", "optax"):
         try:
