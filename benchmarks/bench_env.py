@@ -45,12 +45,8 @@ def reset_peak_rss() -> bool:
 def machine() -> dict[str, str]:
     """The commit (and whether scan_core has uncommitted changes), cores, CPU, RAM and the
     numeric libraries' versions: what a benchmark's number depends on."""
-    model = "unknown"
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    from reference_trainers.common.host import cpu_name
+    model = cpu_name()
     mem_kib = 0
     with open("/proc/meminfo") as fh:
         for line in fh:

@@ -154,12 +154,14 @@ def execute(spec: RunSpec, root: Path, *, threads: int | None = None,
 def _execute(spec: RunSpec, root: Path, *, threads: int | None, data_dir: str | None,
              stop_after: int | None) -> dict[str, Any]:
     from reference_trainers.common.errors import TrainerError
+    from reference_trainers.common.host import cpu_name
     from scan_core import ScanError
 
     run_dir = root / "runs" / spec.run_id
     started = time.time()
     result: dict[str, Any] = {"run_id": spec.run_id, "spec": spec.to_dict(),
-                              "host": {"node": platform.node(), "cpus": os.cpu_count()}}
+                              "host": {"node": platform.node(), "cpus": os.cpu_count(),
+                                       "cpu": cpu_name()}}
     try:
         overrides = dict(spec.overrides)
         ids = None

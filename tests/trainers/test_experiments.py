@@ -23,6 +23,7 @@ import pytest
 from reference_trainers.common.data import DEFAULT_FASHION_MNIST_DIR, write_idx
 from reference_trainers.common.planted import (PreparationStats, candidate_churn,
                                                candidate_quality)
+from reference_trainers.common.host import cpu_name
 from reference_trainers.experiments import derive as derive_mod
 from reference_trainers.experiments.__main__ import main as cli
 from reference_trainers.experiments.quality import snapshot_candidates, store_quality
@@ -87,6 +88,8 @@ def test_every_suite_miniature_runs_and_tabulates(mini_grid, name):
             assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", result["code_version"])
         else:
             assert result["code_version"] is None
+        # the CPU with its generation: runs match bit for bit only on one (docs/results.md)
+        assert result["host"]["cpu"] == cpu_name()
         visits = sum(r["num_kept"] for r in result["metrics"])
         n = result["summary"]["num_samples"]
         assert result["summary"]["realised_pruned_share"] == pytest.approx(1 - visits / (epochs * n))

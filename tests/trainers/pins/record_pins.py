@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from reference_trainers.common.host import cpu_name
+
 PINS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PINS_DIR.parents[2]
 
@@ -71,25 +73,10 @@ def digest(array: Any) -> str:
 
 
 def machine(cpuinfo: str | None = None) -> dict[str, str]:
-    """What exact equality depends on: the CPU (its name, and the family / model / stepping
-    that tell its generation apart: two AMD EPYC generations both say "AMD EPYC" and round
-    float32 differently), Python and the numeric libraries' versions. cpuinfo: the text of
-    /proc/cpuinfo (read when None)."""
-    cpu, generation = platform.processor(), {}
-    if cpuinfo is None:
-        with contextlib.suppress(OSError):
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-    for line in (cpuinfo or "").splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name":
-            cpu = value.strip()
-        elif key in ("cpu family", "model", "stepping"):
-            generation.setdefault(key, value.strip())
-        elif not key:  # the first processor's block has ended
-            break
-    if generation:
-        cpu += " (" + ", ".join(f"{k} {v}" for k, v in generation.items()) + ")"
+    """What exact equality depends on: the CPU (its name and generation, `host.cpu_name`: two
+    AMD EPYC generations both say "AMD EPYC" and round float32 differently), Python and the
+    numeric libraries' versions. cpuinfo: the text of /proc/cpuinfo (read when None)."""
+    cpu = cpu_name(cpuinfo)
     versions = {}
     for name in ("numpy", "numba", "torch", "jax", "jaxlib", "flax", "optax"):
         try:
