@@ -204,7 +204,9 @@ def test_beyond_retires_nearly_alone_at_40_percent_noise(mini_grid):
     cells = {(s.cell["noise"], s.cell["rule"]): s
              for s in suite_runs("beyond", (0,), miniature=True)}
     alone = {(n, r) for n, r in cells if ", T 100" in r}
-    assert alone == {("40%", "retire 10%, T 100"), ("40%", "retire 20%, T 100")}
+    assert alone == {("40%", "retire 10%, T 100"), ("40%", "retire 20%, T 100"),
+                     ("40%", "random, retire 10%, T 100 budget"),
+                     ("40%", "random, retire 20%, T 100 budget")}
     for share in (0.10, 0.20):
         run = _result(mini_grid, cells[("40%", f"retire {share:.0%}, T 100")])
         assert run["config"]["t_cos"] == 100 and run["config"]["retire_share"] == share
@@ -217,6 +219,9 @@ def test_beyond_retires_nearly_alone_at_40_percent_noise(mini_grid):
         assert after["phase"] == "mutate"
         assert n - retired - 0.001 * after["num_candidates"] - 1 <= after["num_kept"] \
             <= n - retired
+        rnd = _result(mini_grid, cells[("40%", f"random, retire {share:.0%}, T 100 budget")])
+        assert rnd["config"]["pruning"] == "random" and rnd["config"]["t_cos"] != 100
+        assert rnd["config"]["target_rate"] == run["summary"]["realised_pruned_share"]
 
 
 def test_infobatch_prune_ratio_is_set_from_scans_measured_share(mini_grid):
