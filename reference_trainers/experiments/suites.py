@@ -284,39 +284,27 @@ def beyond(seeds, miniature) -> list[RunSpec]:
             for rule in ("full", "random", "scan"):
                 runs.append(make_run("clip", seed, {**cell, "rule": rule}, miniature=miniature,
                                      pruning=rule, **base))
-            retire = make_run("clip", seed, {**cell, "rule": "scan + retire 10%"},
-                              miniature=miniature, pruning="scan", retire_share=RETIRE_SHARE,
-                              **base)
-            runs.append(retire)
-            runs.append(make_run("clip", seed, {**cell, "rule": "random, retire budget"},
-                                 miniature=miniature, pruning="random", **base,
-                                 derive={"kind": "random_budget", "source": retire.run_id}))
-            persist = make_run("clip", seed, {**cell, "rule": "scan + persistence 2"},
-                               miniature=miniature, pruning="scan",
-                               ill_persistence=PERSISTENCE, **base)
-            runs.append(persist)
-            runs.append(make_run("clip", seed, {**cell, "rule": "random, persistence budget"},
-                                 miniature=miniature, pruning="random", **base,
-                                 derive={"kind": "random_budget", "source": persist.run_id}))
+            def beside_random(label: str, budget: str, **overrides: Any) -> None:
+                """The rule's run, then random at its measured saving ("random, BUDGET
+                budget")."""
+                rule = make_run("clip", seed, {**cell, "rule": label}, miniature=miniature,
+                                **overrides, **base)
+                runs.extend([rule, make_run(
+                    "clip", seed, {**cell, "rule": f"random, {budget} budget"},
+                    miniature=miniature, pruning="random", **base,
+                    derive={"kind": "random_budget", "source": rule.run_id})])
+
+            beside_random("scan + retire 10%", "retire", pruning="scan",
+                          retire_share=RETIRE_SHARE)
+            beside_random("scan + persistence 2", "persistence", pruning="scan",
+                          ill_persistence=PERSISTENCE)
             if noise == 0.4:  # the goal of +1 point over full data: retire, barely prune
                 for share in RETIRE_ALONE_SHARES:
                     name = f"retire {share:.0%}, T {LONG_T_COS}"
-                    alone = make_run("clip", seed, {**cell, "rule": name}, miniature=miniature,
-                                     pruning="scan", retire_share=share, t_cos=LONG_T_COS,
-                                     **base)
-                    runs.append(alone)
-                    runs.append(make_run("clip", seed, {**cell, "rule": f"random, {name} budget"},
-                                         miniature=miniature, pruning="random", **base,
-                                         derive={"kind": "random_budget",
-                                                 "source": alone.run_id}))
+                    beside_random(name, name, pruning="scan", retire_share=share,
+                                  t_cos=LONG_T_COS)
             if noise == 0.0:  # clean captions: the control that keeps every hard pair
-                redundant = make_run("clip", seed, {**cell, "rule": "redundant"},
-                                     miniature=miniature, pruning="redundant", **base)
-                runs.append(redundant)
-                runs.append(make_run("clip", seed, {**cell, "rule": "random, redundant budget"},
-                                     miniature=miniature, pruning="random", **base,
-                                     derive={"kind": "random_budget",
-                                             "source": redundant.run_id}))
+                beside_random("redundant", "redundant", pruning="redundant")
     return runs
 
 
